@@ -1,0 +1,72 @@
+"""Batching: the collator (the only place a padding mask is built) and length-grouped sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+
+class Collator:
+    """Pads `input_ids` to the longest sequence in the batch, rounded up to a multiple of 8.
+
+    Returns `input_ids` [B, S] (long), `padding_mask` [B, S] (bool, True = padding: what
+    `nn.MultiheadAttention(key_padding_mask=...)` expects), and `labels` [B] when present.
+    """
+
+    def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int = 8):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [len(e["input_ids"]) for e in examples]
+        if min(lengths) == 0:
+            raise ValueError("an example has no tokens; every sequence needs at least its [CLS] token")
+        m = self.pad_to_multiple_of
+        seq = -(-max(lengths) // m) * m
+        input_ids = torch.full((len(examples), seq), self.pad_token_id, dtype=torch.long)
+        padding_mask = torch.ones((len(examples), seq), dtype=torch.bool)
+        for i, e in enumerate(examples):
+            input_ids[i, : lengths[i]] = torch.as_tensor(e["input_ids"], dtype=torch.long)
+            padding_mask[i, : lengths[i]] = False
+        batch = {"input_ids": input_ids, "padding_mask": padding_mask}
+        if "labels" in examples[0]:
+            batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
+        return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Random order in which neighbours have similar lengths, so batches carry little padding.
+
+    As Hugging Face's `group_by_length`: shuffle, cut into mega-batches of `batch_size * mega`,
+    sort each by length (longest first), then shuffle the order of the resulting batches, so each
+    epoch sees different batch compositions and no length-ordered drift. Seeded by seed + epoch.
+    It yields indices (not batches), so Lightning can still shard it across processes.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size = batch_size
+        self.mega = mega
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g)
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+            batches.extend(chunk.split(self.batch_size))
+        # Only the last batch may be short: keep it last so DataLoader's batch boundaries line up.
+        last = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        for batch in [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + last:
+            yield from batch.tolist()
+

@@ -1,0 +1,229 @@
+"""A LightningDataModule over Hugging Face `datasets` for text classification.
+
+raw splits (Hub / local files / offline source) -> checked columns and labels -> tokenizer
+(trained on train, cached) -> `datasets.map(batched=True)` tokenization (cached by fingerprint)
+-> length-grouped sampler -> Collator (padding + padding_mask).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import lightning as L
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from torch.utils.data import DataLoader, RandomSampler
+
+from encoder.data.collate import Collator, LengthGroupedSampler
+from encoder.data.sources import SOURCES, default_cache_dir
+from encoder.data.tokenizer import fingerprint, get_tokenizer
+from encoder.model import ConfigError
+
+log = logging.getLogger(__name__)
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """The data does not fit the configuration; the message says what and how to fix it."""
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str = "csv",
+        name: str | None = None,
+        data_files: dict | str | None = None,
+        source: str | None = None,
+        splits: dict | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        label_names: list[str] | None = None,
+        val_fraction: float = 0.1,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        group_by_length: bool = True,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        tokenizer: dict | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if source is not None and source not in SOURCES:
+            raise ConfigError(f"data.source={source!r} is unknown; choose one of {sorted(SOURCES)} or null")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
+        if max_length < 2:
+            raise ConfigError(f"data.max_length={max_length} must be at least 2 ([CLS] and [SEP])")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        self.path, self.name, self.data_files, self.source = path, name, data_files, source
+        self.splits = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
+        self.text_column, self.label_column = text_column, label_column
+        self.label_names = list(label_names) if label_names else None
+        self.val_fraction, self.max_length = val_fraction, max_length
+        self.batch_size, self.eval_batch_size, self.group_by_length = batch_size, eval_batch_size, group_by_length
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.tokenizer_cfg = dict(tokenizer or {"kind": "wordpiece", "vocab_size": 8192})
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.seed = seed
+        self.tokenizer = None
+        self.datasets: dict[str, Dataset] = {}
+        self.collator = Collator(pad_token_id=0)
+
+    # ---- loading and checking -------------------------------------------------------------
+    def _describe(self) -> str:
+        if self.source or not self.data_files:
+            return self.source or (f"{self.path}/{self.name}" if self.name else self.path)
+        return "data.data_files"
+
+    def load_raw(self) -> dict[str, Dataset]:
+        """The configured splits as Hugging Face datasets (validation carved from train if absent)."""
+        data_files = SOURCES[self.source](self.cache_dir) if self.source else self.data_files
+        if not data_files and self.path in ("csv", "json", "parquet", "text"):
+            raise DataError(f"data.path={self.path} needs files; set data.data_files.train=... (and .test=...)")
+        # No remote code: `datasets` >= 3 never runs dataset scripts unless asked, and we never ask.
+        try:
+            raw: DatasetDict = load_dataset(self.path, self.name, data_files=data_files)
+        except ValueError as e:  # `datasets` refuses a split file with no rows
+            empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(e))
+            if not empty:
+                raise
+            raise DataError(f"the {empty.group(1)} split of {self._describe()} is empty; "
+                            f"point data at non-empty files") from None
+        available = list(raw)
+        out = {}
+        for split in SPLIT_NAMES:
+            wanted = self.splits.get(split)
+            if wanted is None:
+                continue
+            if wanted not in raw:
+                if split == "train":
+                    raise DataError(f"{self._describe()} has no split {wanted!r} (it has {available}); "
+                                    f"set data.splits.train to one of them")
+                if wanted == split:  # a default name that this dataset lacks: carve validation, skip test
+                    log.warning("%s has no %s split; %s", self._describe(), split,
+                                "carving one from train" if split == "validation" else "skipping the test")
+                    continue
+                raise DataError(f"{self._describe()} has no split {wanted!r} (it has {available}); "
+                                f"set data.splits.{split} to one of them or null")
+            out[split] = raw[wanted]
+        if "validation" not in out:
+            parts = out["train"].train_test_split(test_size=self.val_fraction, seed=self.seed)
+            out["train"], out["validation"] = parts["train"], parts["test"]
+            log.info("carved a %.0f%% validation split from train (seed %d)", 100 * self.val_fraction, self.seed)
+        for split, limit in (("train", self.max_train_samples), ("validation", self.max_eval_samples),
+                             ("test", self.max_eval_samples)):
+            if limit is not None and split in out and len(out[split]) > limit:
+                out[split] = out[split].select(range(limit))
+        for split, ds in out.items():
+            if len(ds) == 0:
+                raise DataError(f"the {split} split of {self._describe()} is empty; point data at non-empty files")
+            for key, column in (("text_column", self.text_column), ("label_column", self.label_column)):
+                if column not in ds.column_names:
+                    raise DataError(f"data.{key}={column!r} is not a column of the {split} split; "
+                                    f"its columns are {ds.column_names}")
+        return out
+
+    def _label_names(self, train: Dataset) -> list[str]:
+        feature = train.features[self.label_column]
+        if isinstance(feature, ClassLabel):
+            return list(feature.names)
+        if self.label_names:
+            return self.label_names
+        values = set(train.unique(self.label_column)) - {None}
+        if all(isinstance(v, str) for v in values):
+            return sorted(values)
+        return [str(i) for i in range(int(max(values)) + 1)]
+
+    def _label_to_id(self, names: list[str]) -> dict:
+        mapping = {name: i for i, name in enumerate(names)}
+        mapping.update({i: i for i in range(len(names))})  # integer labels (ClassLabel or plain ints)
+        return mapping
+
+    def _check_labels(self, ds: Dataset, split: str, mapping: dict) -> None:
+        bad = [v for v in ds.unique(self.label_column) if v not in mapping or isinstance(v, bool)]
+        if bad:
+            shown = sorted(map(repr, bad))[:5]
+            raise DataError(f"the {split} split has labels {', '.join(shown)} outside the label set "
+                            f"{self.label_names}; fix the data or set data.label_names")
+
+    # ---- Lightning hooks ------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download/prepare files and train the tokenizer once (cached), before any process uses them."""
+        self.setup()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return  # idempotent: train.py sets up early to learn the vocabulary and labels
+        raw = self.load_raw()
+        self.label_names = self._label_names(raw["train"])
+        mapping = self._label_to_id(self.label_names)
+        for split, ds in raw.items():
+            self._check_labels(ds, split, mapping)
+        texts = raw["train"]
+        self.tokenizer = get_tokenizer(
+            self.tokenizer_cfg,
+            lambda: (t for t in texts[self.text_column] if isinstance(t, str)),
+            texts._fingerprint,
+            self.cache_dir,
+        )
+        self.tokenizer.enable_truncation(self.max_length)
+        tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length)
+        text_col, label_col, tok = self.text_column, self.label_column, self.tokenizer
+
+        def encode(batch):
+            # None and non-strings become "": [CLS] [SEP] still gives the model something to read.
+            enc = tok.encode_batch([t if isinstance(t, str) else "" for t in batch[text_col]])
+            ids = [e.ids for e in enc]
+            return {"input_ids": ids, "length": [len(i) for i in ids],
+                    "labels": [mapping[v] for v in batch[label_col]]}
+
+        for split, ds in raw.items():
+            self.datasets[split] = ds.map(
+                encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {split}",
+                new_fingerprint=fingerprint(ds._fingerprint, tokenizer_id, self.label_names),
+            )
+        log.info("data: %s", {s: len(d) for s, d in self.datasets.items()})
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        if train and self.group_by_length:
+            sampler = LengthGroupedSampler(list(ds["length"]), self.batch_size, seed=self.seed)
+        elif train:
+            sampler = RandomSampler(ds)
+        else:  # evaluation order does not matter: sort by length so batches carry no padding
+            lengths = list(ds["length"])
+            sampler = sorted(range(len(ds)), key=lengths.__getitem__)
+        return DataLoader(
+            ds.with_format(columns=["input_ids", "labels"]),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise DataError("this dataset has no test split; set data.splits.test")
+        return self._loader("test", train=False)
+

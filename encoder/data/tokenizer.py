@@ -1,0 +1,91 @@
+"""Tokenizers from the `tokenizers` library: trained on the training split (and cached), or loaded.
+
+Special tokens are fixed so that the model and the collator agree without configuration:
+[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Every encoding starts with [CLS], so no row of a
+batch is ever all padding (DESIGN.md). Truncation to `max_length` is done by the tokenizer;
+padding is the collator's job, so it is always turned off here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+KINDS = ("wordpiece", "bpe")
+
+
+def _build(kind: str, lowercase: bool) -> tuple[Tokenizer, type]:
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        return tok, trainers.WordPieceTrainer
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        return tok, trainers.BpeTrainer
+    raise ValueError(f"tokenizer.kind={kind!r} is unknown; choose one of {list(KINDS)}")
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8192,
+                    min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
+    tok, trainer_cls = _build(kind, lowercase)
+    extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()} if kind == "bpe" else {}
+    trainer = trainer_cls(vocab_size=vocab_size, min_frequency=min_frequency,
+                          special_tokens=SPECIAL_TOKENS, show_progress=False, **extra)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return finalize(tok)
+
+
+def finalize(tok: Tokenizer) -> Tokenizer:
+    """Add [CLS] ... [SEP] (and pair) templates; no padding, no truncation (we set those per use)."""
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls is None or sep is None or tok.token_to_id("[PAD]") is None:
+        raise ValueError("the tokenizer has no [CLS], [SEP] or [PAD] token; train one with tokenizer=wordpiece")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist; set tokenizer.path to a tokenizer.json")
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def get_tokenizer(cfg: dict, texts_fn, data_fingerprint: str, cache_dir: Path) -> Tokenizer:
+    """Load `cfg.path` if given, else train on `texts_fn()` once and cache by data + settings."""
+    if cfg.get("path"):
+        return load_tokenizer(cfg["path"])
+    settings = {k: cfg.get(k) for k in ("kind", "vocab_size", "min_frequency", "lowercase")}
+    cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(settings, data_fingerprint)}.json"
+    if cached.exists():
+        return load_tokenizer(cached)
+    tok = train_tokenizer(texts_fn(), **settings)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, cached)
+    return tok

@@ -1,0 +1,100 @@
+"""Load a trained model for inference: `encoder.load_model(path).predict(texts)` / `.embed(texts)`.
+
+Loading never runs a pickle that could execute code: checkpoints are read with
+`torch.load(..., weights_only=True)`, which only rebuilds tensors and plain Python types.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from encoder.data.collate import Collator
+from encoder.model import EncoderClassifier
+from encoder.module import model_config
+
+
+class Predictor:
+    """Batches texts (sorted by length, so batches carry little padding), runs the model in
+    inference mode, and returns results in the input order."""
+
+    def __init__(self, model: EncoderClassifier, tokenizer: Tokenizer, label_names: list[str], max_length: int,
+                 batch_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
+        self.label_names = list(label_names)
+        self.batch_size = batch_size
+        self.collator = Collator(pad_token_id=model.cfg.pad_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "Predictor":
+        self.model.to(device)
+        return self
+
+    @torch.inference_mode()
+    def _run(self, texts: list[str], fn) -> torch.Tensor:
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts, e.g. predict([text])")
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        if not texts:
+            return torch.empty(0)
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        outputs = [None] * len(ids)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self.collator([{"input_ids": ids[i]} for i in chunk])
+            result = fn(batch["input_ids"].to(self.device), batch["padding_mask"].to(self.device)).float().cpu()
+            for row, i in enumerate(chunk):
+                outputs[i] = result[row]
+        return torch.stack(outputs)
+
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), num_labels] class probabilities."""
+        return self._run(texts, self.model).softmax(-1)
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """One dict per text: `label`, its `score` (probability) and `probs` for every label."""
+        results = []
+        for p in self.probabilities(texts).tolist():
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"label": self.label_names[best], "score": p[best],
+                            "probs": dict(zip(self.label_names, p))})
+        return results
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), embed_dim] pooled sentence vectors (the classifier's input)."""
+        return self._run(texts, self.model.embed)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a .ckpt file "
+                                f"(train.py prints it as 'best checkpoint')")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"refusing to load {path}: it needs arbitrary Python objects to unpickle, which "
+                         f"could run code ({first}); only load checkpoints written by encoder") from None
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> Predictor:
+    """A `Predictor` from a checkpoint written by `python train.py`."""
+    ckpt = load_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    tokenizer = Tokenizer.from_str(hp["tokenizer_json"])
+    return Predictor(model, tokenizer, hp["label_names"], hp["max_length"], batch_size=batch_size).to(device)

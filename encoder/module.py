@@ -1,0 +1,121 @@
+"""The LightningModule: loss, metrics, optimizer and schedule around `EncoderClassifier`.
+
+It receives plain values only (dicts, lists, strings) and builds the model itself, so
+`TextClassifier.load_from_checkpoint(path)` works in any Python process without Hydra, and the
+checkpoint (hyperparameters: model config, label names, tokenizer JSON) loads with
+`torch.load(path, weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from encoder.config import check_max_length, check_optim
+from encoder.model import EncoderClassifier, ModelConfig
+
+
+def model_config(model: dict, tokenizer_json: str, label_names: list[str]) -> ModelConfig:
+    """The architecture from the model config plus what the data decides (vocabulary, labels)."""
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    derived = {"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": tokenizer.token_to_id("[PAD]"),
+               "num_labels": len(label_names)}
+    return ModelConfig.from_dict({**model, **derived})
+
+
+def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine or linear decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+class TextClassifier(L.LightningModule):
+    def __init__(self, model: dict, label_names: list[str], tokenizer_json: str, max_length: int,
+                 optim: dict | None = None):
+        super().__init__()
+        # logger=False: the run's full (flat, readable) config is logged by train.py instead of a
+        # tokenizer JSON; everything here still goes into the checkpoint.
+        self.save_hyperparameters(logger=False)
+        self.optim = {"lr": 5e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8, "warmup_ratio": 0.1,
+                      "warmup_steps": None, "schedule": "cosine", "min_lr_ratio": 0.0, "fused": None, **(optim or {})}
+        check_optim(self.optim)
+        self.cfg = model_config(model, tokenizer_json, label_names)
+        check_max_length(max_length, self.cfg)
+        self.model = EncoderClassifier(self.cfg)
+        n = self.cfg.num_labels
+        metrics = MetricCollection({"acc": MulticlassAccuracy(n, average="micro"),
+                                    "f1": MulticlassF1Score(n, average="macro")})
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self._clock: tuple[float, int] | None = None
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, padding_mask)
+
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["input_ids"], batch["padding_mask"])
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 batch_size=len(logits), sync_dist=not on_step)
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, logits = self._step(batch, "train")
+        self.train_acc(logits, batch["labels"])
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(logits))
+        real = int((~batch["padding_mask"]).sum())
+        self.log("perf/padding_efficiency", real / batch["padding_mask"].numel(), batch_size=len(logits))
+        # Real tokens per second over the whole previous step (data, forward, backward, optimizer).
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.log("perf/tokens_per_s", self._clock[1] / (now - self._clock[0]), batch_size=len(logits))
+        self._clock = (now, real)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._clock = None  # validation ran in between: do not count it
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, logits = self._step(batch, "val")
+        self.val_metrics(logits, batch["labels"])
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(logits))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        _, logits = self._step(batch, "test")
+        self.test_metrics(logits, batch["labels"])
+        self.log_dict(self.test_metrics, batch_size=len(logits))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.model(batch["input_ids"], batch["padding_mask"]).float().softmax(-1)
+
+    def configure_optimizers(self):
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # No weight decay on biases (incl. MHA's in_proj_bias, bias_k, bias_v) or norm weights.
+            (no_decay if p.ndim < 2 or "bias" in name.rsplit(".", 1)[-1] else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o["weight_decay"], "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        fused = o["fused"] if o["fused"] is not None else self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = o["warmup_steps"] if o["warmup_steps"] is not None else int(o["warmup_ratio"] * total)
+        schedule = functools.partial(warmup_then_decay, warmup=max(1, warmup), total=total,
+                                     schedule=o["schedule"], min_ratio=o["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

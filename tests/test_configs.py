@@ -1,0 +1,87 @@
+"""Every config in configs/ composes and instantiates; --help lists the groups; errors come early."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose
+from encoder.config import resolved, unused_dir, validate
+from encoder.data import TextDataModule
+from encoder.model import ConfigError, ModelConfig
+
+GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (ROOT / "configs").iterdir() if p.is_dir()}
+CHOICES = [(group, name) for group, names in GROUPS.items() for name in names if group != "experiment"]
+
+
+@pytest.mark.parametrize("group,name", CHOICES)
+def test_every_config_composes_and_instantiates(group, name, tmp_path):
+    overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else [])
+    cfg = compose(overrides, tmp_path)
+    validate(cfg)
+    resolved(cfg)  # every interpolation resolves
+    if group == "data":
+        assert isinstance(instantiate(cfg.data, _convert_="all"), TextDataModule)
+    elif group == "model":
+        ModelConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": 100})
+    elif group == "trainer":
+        assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), L.Trainer) \
+            if name != "gpu" else cfg.trainer.precision == "bf16-mixed"
+    elif group == "callbacks":
+        assert all(isinstance(instantiate(c), L.Callback) for c in cfg.callbacks.values())
+    elif group == "logger":
+        assert instantiate(cfg.logger).log_dir.startswith(str(tmp_path))
+
+
+def test_help_lists_config_groups_and_options():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for group in ("model", "data", "trainer", "optim", "tokenizer", "callbacks"):
+        assert f"{group}:" in out.stdout
+    for option in ("tiny", "small", "base", "rotten_tomatoes_offline", "imdb", "debug", "gpu"):
+        assert option in out.stdout
+
+
+def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.embed_dim=30"], "error: model.embed_dim=30 is not divisible by model.attention.num_heads=4"),
+    (["model.dropout=1.5"], "error: model.dropout=1.5 must be in [0, 1)"),
+    (["optim.lr=-1"], "error: optim.lr=-1 must be a positive number"),
+    (["data.max_length=1024"], "error: data.max_length=1024 exceeds model.max_positions=512"),
+    (["data.text_column=review"], "error: data.text_column='review' is not a column of the train split; "
+                                  "its columns are ['text', 'label']"),
+])
+def test_bad_input_fails_in_one_line_before_training(overrides, message, tmp_path):
+    out = run_train(*overrides, "trainer=debug", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+def test_unknown_config_name_gets_hydras_message(tmp_path):
+    out = run_train("model=huge", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Could not find 'model/huge'" in out.stderr and "tiny" in out.stderr
+
+
+def test_run_directories_are_never_reused(tmp_path):
+    (tmp_path / "run").mkdir()
+    assert unused_dir(str(tmp_path / "run")) == str(tmp_path / "run-1")
+    (tmp_path / "run-1").mkdir()
+    assert unused_dir(str(tmp_path / "run")) == str(tmp_path / "run-2")
+    assert unused_dir(str(tmp_path / "new")) == str(tmp_path / "new")
+
+
+def test_config_errors_name_the_key_even_inside_nested_groups(tmp_path):
+    cfg = compose(["+model.attention.heads=3"], tmp_path)
+    with pytest.raises(ConfigError, match="unknown key model.attention.heads"):
+        validate(cfg)

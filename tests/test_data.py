@@ -1,0 +1,143 @@
+import csv
+import json
+
+import pytest
+
+from encoder.data import DataError, TextDataModule
+from encoder.data.sources import rotten_tomatoes_critics, split_of
+
+TOK = {"kind": "wordpiece", "vocab_size": 300, "min_frequency": 1, "lowercase": True}
+
+
+def write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def module(tmp_path, **kwargs):
+    values = dict(tokenizer=TOK, cache_dir=str(tmp_path / "cache"), max_length=16, batch_size=4)
+    return TextDataModule(**{**values, **kwargs})
+
+
+SENTENCES = [("a gorgeous, witty, seductive movie", "pos"), ("dull and lifeless", "neg"), ("a joy to watch", "pos"),
+             ("tedious, overlong and flat", "neg"), ("sharp and funny", "pos"), ("a mess", "neg")] * 4
+
+
+def test_offline_default_dataset_is_real_and_split_stably(rt_files):
+    sizes = {}
+    for split, path in rt_files.items():
+        with open(path, encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        sizes[split] = len(rows)
+        assert {r["label"] for r in rows} == {"fresh", "rotten"}
+        assert all(r["text"].strip() for r in rows)
+        assert all(split_of(r["text"]) == split for r in rows[:200])  # the split is a function of the text
+    # 12,808 labelled snippets minus the empty ones, split by text hash: identical on every machine
+    assert sizes == {"train": 10213, "validation": 1264, "test": 1331}
+    assert rotten_tomatoes_critics() == rt_files  # cached: the second call reuses the files
+
+
+def test_local_csv_string_labels_become_ids_and_validation_is_carved(tmp_path):
+    dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "train.csv", SENTENCES)})
+    dm.setup()
+    assert dm.label_names == ["neg", "pos"]
+    assert set(dm.datasets) == {"train", "validation"}
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == len(SENTENCES)
+    example = dm.datasets["train"][0]
+    assert example["input_ids"][0] == dm.tokenizer.token_to_id("[CLS]")
+    assert example["labels"] in (0, 1)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[1] % 8 == 0 and batch["padding_mask"].dtype.is_floating_point is False
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_local_json_and_parquet_files(tmp_path, fmt):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"review": [t for t, _ in SENTENCES], "stars": [int(y == "pos") for _, y in SENTENCES]})
+    path = tmp_path / f"train.{fmt}"
+    ds.to_json(path) if fmt == "json" else ds.to_parquet(path)
+    dm = module(tmp_path, path=fmt, data_files={"train": str(path), "test": str(path)},
+                text_column="review", label_column="stars", label_names=["bad", "good"])
+    dm.setup()
+    assert dm.label_names == ["bad", "good"] and len(dm.datasets["test"]) == len(SENTENCES)
+
+
+def test_missing_text_column_lists_the_columns_that_exist(tmp_path):
+    dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "t.csv", SENTENCES)}, text_column="sentence")
+    with pytest.raises(DataError, match=r"data.text_column='sentence' is not a column of the train split; "
+                                        r"its columns are \['text', 'label'\]"):
+        dm.setup()
+
+
+def test_missing_label_column_is_named(tmp_path):
+    dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "t.csv", SENTENCES)}, label_column="stars")
+    with pytest.raises(DataError, match=r"data.label_column='stars' is not a column"):
+        dm.setup()
+
+
+def test_empty_split_is_refused(tmp_path):
+    files = {"train": write_csv(tmp_path / "t.csv", SENTENCES), "test": write_csv(tmp_path / "e.csv", [])}
+    with pytest.raises(DataError, match=r"the test split of .* is empty"):
+        module(tmp_path, data_files=files).setup()
+
+
+def test_label_outside_the_configured_label_set_is_refused(tmp_path):
+    rows = SENTENCES + [("who knows", "meh")]
+    dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "t.csv", rows)}, label_names=["neg", "pos"])
+    with pytest.raises(DataError, match=r"the train split has labels 'meh' outside the label set \['neg', 'pos'\]"):
+        dm.setup()
+
+
+def test_missing_split_and_missing_files_are_named(tmp_path):
+    files = {"train": write_csv(tmp_path / "t.csv", SENTENCES)}
+    with pytest.raises(DataError, match=r"data.data_files has no split 'dev' \(it has \['train'\]\); set data.splits.test"):
+        module(tmp_path, data_files=files, splits={"test": "dev"}).setup()
+    with pytest.raises(DataError, match=r"data.path=csv needs files"):
+        module(tmp_path).setup()
+
+
+def test_empty_whitespace_unicode_and_very_long_texts_are_tokenized_and_truncated(tmp_path):
+    odd = [("", "neg"), ("   \t ", "pos"), ("🎬🍿 très bien — 非常好 😀", "pos"), ("word " * 50_000, "neg"),
+           ("\u200b\u0000zero-width and nul", "neg")]
+    dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "t.csv", SENTENCES + odd)})
+    dm.setup()
+    lengths = [len(x) for split in ("train", "validation") for x in dm.datasets[split]["input_ids"]]
+    assert max(lengths) == 16 and min(lengths) >= 2  # truncated to max_length; [CLS] [SEP] at least
+    for batch in dm.train_dataloader():
+        assert not batch["padding_mask"].all(1).any()
+
+
+def test_tokenizer_is_trained_once_and_cached(tmp_path):
+    files = {"train": write_csv(tmp_path / "t.csv", SENTENCES)}
+    first = module(tmp_path, data_files=files)
+    first.setup()
+    cached = list((tmp_path / "cache" / "tokenizers").glob("*.json"))
+    assert len(cached) == 1
+    second = module(tmp_path, data_files=files)
+    second.setup()
+    assert second.tokenizer.to_str() == first.tokenizer.to_str()
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("*.json"))) == 1
+
+
+def test_existing_tokenizer_json_is_used_as_is(tmp_path):
+    files = {"train": write_csv(tmp_path / "t.csv", SENTENCES)}
+    first = module(tmp_path, data_files=files)
+    first.setup()
+    first.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    dm = module(tmp_path, data_files=files, splits={"test": None}, tokenizer={"path": str(tmp_path)})
+    dm.setup()
+    assert dm.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    with pytest.raises(FileNotFoundError, match="set tokenizer.path"):
+        module(tmp_path, data_files=files, tokenizer={"path": str(tmp_path / "nope.json")}).setup()
+
+
+def test_jsonl_with_int_labels_without_names(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": i % 3}) for i, (t, _) in enumerate(SENTENCES)))
+    dm = module(tmp_path, path="json", data_files={"train": str(path)})
+    dm.setup()
+    assert dm.label_names == ["0", "1", "2"] and dm.num_labels == 3

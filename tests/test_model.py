@@ -1,0 +1,123 @@
+import pytest
+import torch
+from torch import nn
+
+from encoder.model import AttentionConfig, ConfigError, Encoder, EncoderClassifier, EncoderLayer, ModelConfig
+
+
+def tiny(**overrides) -> ModelConfig:
+    values = dict(vocab_size=50, embed_dim=32, num_layers=2, ffn_dim=64, max_positions=64, dropout=0.1)
+    return ModelConfig(**{**values, **overrides})
+
+
+def batch_with_short_first():
+    """Row 0: a 5-token sentence; rows 1-2: much longer neighbours."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 50, (3, 40), generator=g)
+    ids[:, 0] = 2
+    lengths = torch.tensor([5, 40, 23])
+    mask = torch.arange(40) >= lengths[:, None]
+    return ids.masked_fill(mask, 0), mask
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("positions,pooling", [("learned", "cls"), ("sinusoidal", "mean")])
+@pytest.mark.parametrize("unpad", [True, False])
+def test_logits_do_not_depend_on_neighbours_padding(norm_first, positions, pooling, unpad):
+    torch.manual_seed(0)
+    model = EncoderClassifier(tiny(norm_first=norm_first, positions=positions, pooling=pooling, unpad=unpad)).eval()
+    ids, mask = batch_with_short_first()
+    with torch.no_grad():
+        in_batch = model(ids, mask)[0]
+        alone = model(ids[:1, :5], mask[:1, :5])[0]
+    torch.testing.assert_close(in_batch, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("option", [{}, {"bias": False}, {"add_bias_kv": True}, {"add_zero_attn": True},
+                                    {"add_bias_kv": True, "add_zero_attn": True}])
+def test_every_attention_option_works_with_padding_masks(option):
+    torch.manual_seed(0)
+    cfg = tiny(attention=AttentionConfig(num_heads=4, **option))
+    model = EncoderClassifier(cfg).eval()
+    ids, mask = batch_with_short_first()
+    with torch.no_grad():
+        hidden = model.encoder(ids, mask)
+        alone = model.encoder(ids[:1, :5], mask[:1, :5])
+    assert torch.isfinite(hidden).all()
+    torch.testing.assert_close(hidden[0, :5], alone[0], atol=1e-5, rtol=0)
+    assert (hidden[mask] == 0).all()  # padded positions carry nothing
+    # the option really is on: the parameters nn.MultiheadAttention creates for it exist
+    attn = model.encoder.layers[0].attn
+    assert (attn.bias_k is not None) == cfg.attention.add_bias_kv
+    assert (attn.in_proj_bias is not None) == cfg.attention.bias
+    assert attn.add_zero_attn == cfg.attention.add_zero_attn
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_unpadded_and_padded_paths_agree_in_outputs_and_gradients(norm_first):
+    torch.manual_seed(0)
+    model = EncoderClassifier(tiny(norm_first=norm_first, dropout=0.0, attention=AttentionConfig(2, dropout=0.0)))
+    ids, mask = batch_with_short_first()
+    results = []
+    for unpad in (True, False):
+        model.zero_grad()
+        model.cfg.unpad = unpad
+        hidden = model.encoder(ids, mask)
+        hidden.pow(2).sum().backward()
+        results.append((hidden.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_layer_matches_torch_transformer_encoder_layer(norm_first):
+    """Post-LN/pre-LN with ReLU, same weights: ours == nn.TransformerEncoderLayer (a reference we did not write)."""
+    torch.manual_seed(0)
+    cfg = tiny(activation="relu", norm_first=norm_first, layer_norm_eps=1e-5)
+    ours = EncoderLayer(cfg).eval()
+    ref = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.1, activation="relu",
+                                     layer_norm_eps=1e-5, batch_first=True, norm_first=norm_first).eval()
+    for p in ref.parameters():
+        nn.init.normal_(p, std=0.2)
+    ours.attn.load_state_dict(ref.self_attn.state_dict())
+    ours.ffn[0].load_state_dict(ref.linear1.state_dict())
+    ours.ffn[2].load_state_dict(ref.linear2.state_dict())
+    ours.norm1.load_state_dict(ref.norm1.state_dict())
+    ours.norm2.load_state_dict(ref.norm2.state_dict())
+    x = torch.randn(3, 40, 32)
+    _, mask = batch_with_short_first()
+    with torch.no_grad():
+        expected = ref(x, src_key_padding_mask=mask)
+        padded = ours(x, mask)
+        index = (~mask).flatten().nonzero().squeeze(1)
+        packed = ours(x.reshape(-1, 32)[index], mask, index)
+    real = ~mask
+    torch.testing.assert_close(padded[real], expected[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed, expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_embed_dim_not_divisible_by_num_heads_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"model.embed_dim=30 is not divisible by model.attention.num_heads=4") as e:
+        tiny(embed_dim=30, attention=AttentionConfig(num_heads=4))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"embed_dimm": 32}, r"unknown key model.embed_dimm"),
+    ({"attention": {"heads": 2}}, r"unknown key model.attention.heads"),
+    ({"dropout": 1.5}, r"model.dropout=1.5 must be in \[0, 1\)"),
+    ({"activation": "swish"}, r"model.activation='swish' is unknown; choose one of"),
+    ({"pooling": "max"}, r"model.pooling='max' is unknown"),
+    ({"num_layers": 0}, r"model.num_layers=0 must be a positive integer"),
+])
+def test_bad_model_configs_fail_with_the_key_named(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict({"vocab_size": 50, **values})
+
+
+def test_sequence_longer_than_position_table_is_refused():
+    model = Encoder(tiny(max_positions=8))
+    ids = torch.full((1, 16), 7)
+    with pytest.raises(ValueError, match="exceeds model.max_positions=8"):
+        model(ids, torch.zeros(1, 16, dtype=torch.bool))

@@ -1,0 +1,112 @@
+"""A real tiny training run on a slice of the default dataset, and everything a user does after it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import encoder
+from conftest import ROOT, TINY, compose
+from encoder.module import TextClassifier
+
+TEXTS = ["a gorgeous, witty, seductive movie", "", "   ", "dull " * 5000, "🎬 très bien — 非常好 😀",
+         "the plot is thin but the acting is superb"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, rt_files):
+    import train
+
+    out = tmp_path_factory.mktemp("run")
+    metrics = train.train(compose(TINY, out))
+    best = next((out / "checkpoints").glob("best-*.ckpt"))
+    return {"dir": out, "metrics": metrics, "best": best}
+
+
+def test_fit_writes_checkpoints_metrics_and_tensorboard_events(run):
+    assert (run["dir"] / "checkpoints" / "last.ckpt").is_file()
+    assert 0.0 <= run["metrics"]["test/acc"] <= 1.0 and "test/f1" in run["metrics"]
+    events = EventAccumulator(str(run["dir"] / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "val/loss", "val/acc", "val/f1", "test/acc", "test/f1", "lr/decay",
+                "perf/padding_efficiency", "perf/tokens_per_s"):
+        assert tag in tags, f"{tag} not in {sorted(tags)}"
+    assert events.Scalars("perf/padding_efficiency")[-1].value > 0.7  # length-grouped batches
+    # HPARAMS tab: the hparams plugin has the run's config and final metrics
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin
+    assert b"model/embed_dim" in plugin["_hparams_/session_start_info"]
+    assert "hp/test_acc" in tags
+
+
+def test_checkpoint_holds_only_plain_types_and_is_self_contained(run):
+    ckpt = torch.load(run["best"], map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["label_names"] == ["rotten", "fresh"]
+    assert '"[CLS]"' in hp["tokenizer_json"] and hp["model"]["embed_dim"] == 64
+    # Lightning's own loader rebuilds the module from the hyperparameters alone (no Hydra)
+    module = TextClassifier.load_from_checkpoint(run["best"], map_location="cpu", weights_only=True)
+    assert module.cfg.num_labels == 2
+
+
+def test_load_model_predicts_in_input_order_with_finite_probabilities(run):
+    predictor = encoder.load_model(run["best"])
+    results = predictor.predict(TEXTS)
+    assert len(results) == len(TEXTS)
+    for r in results:
+        assert r["label"] in ("rotten", "fresh") and r["score"] == max(r["probs"].values())
+        assert abs(sum(r["probs"].values()) - 1) < 1e-5
+    singles = [predictor.predict([t])[0]["probs"]["fresh"] for t in TEXTS]
+    assert [r["probs"]["fresh"] for r in results] == pytest.approx(singles, abs=1e-5)
+    vectors = predictor.embed(TEXTS)
+    assert vectors.shape == (len(TEXTS), 64) and torch.isfinite(vectors).all()
+
+
+def test_fresh_process_gives_identical_predictions(run):
+    ours = [r["probs"] for r in encoder.load_model(run["best"]).predict(TEXTS)]
+    code = ("import json, sys, encoder; p = encoder.load_model(sys.argv[1]);"
+            "print(json.dumps([r['probs'] for r in p.predict(json.loads(sys.argv[2]))]))")
+    out = subprocess.run([sys.executable, "-c", code, str(run["best"]), json.dumps(TEXTS)], capture_output=True,
+                         text=True, cwd=ROOT, check=True)
+    assert json.loads(out.stdout) == ours
+
+
+def test_predict_cli_prints_json_lines_for_arguments_and_files(run, tmp_path):
+    cli = [sys.executable, "-m", "encoder.predict", str(run["best"])]
+    out = subprocess.run(cli + ["a gorgeous, witty, seductive movie"], capture_output=True, text=True, check=True)
+    row = json.loads(out.stdout)
+    assert row["label"] in ("rotten", "fresh") and set(row["probs"]) == {"rotten", "fresh"}
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = subprocess.run(cli + ["--file", str(texts)], capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["text"] for r in rows] == TEXTS
+
+
+def test_predict_cli_missing_checkpoint_is_one_line_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "encoder.predict", str(tmp_path / "nope.ckpt"), "hello"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nope.ckpt'} does not exist; "
+                                               "pass the path of a .ckpt file (train.py prints it as 'best checkpoint')"]
+
+
+def test_load_model_refuses_pickles_that_need_arbitrary_globals(tmp_path):
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"x": torch.optim.SGD}, "state_dict": {}}, bad)
+    with pytest.raises(ValueError, match="refusing to load .*evil.ckpt: it needs arbitrary Python objects"):
+        encoder.load_model(bad)
+
+
+def test_a_second_run_into_the_same_directory_is_refused(run):
+    import train
+
+    from encoder.model import ConfigError
+
+    before = sorted(p.stat().st_mtime for p in (run["dir"] / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train.train(compose(TINY, run["dir"]))
+    assert sorted(p.stat().st_mtime for p in (run["dir"] / "checkpoints").iterdir()) == before

@@ -1,0 +1,81 @@
+"""Train an encoder: compose the Hydra config, check it, build data + model + trainer, fit, test.
+
+    python train.py                                   # the offline default: Rotten Tomatoes, model=small
+    python train.py model=tiny trainer.max_epochs=3 optim.lr=1e-3 data.max_length=64
+    python train.py --help                            # config groups and options
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from encoder.config import resolved, validate
+from encoder.data.datamodule import DataError
+from encoder.model import ConfigError
+
+log = logging.getLogger("encoder")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job; returns its final metrics (plus `objective` for sweepers)."""
+    validate(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    if any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
+                          f"(to continue that run, pass ckpt_path=...)")
+    L.seed_everything(cfg.seed, workers=True)
+
+    # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
+    datamodule = instantiate(cfg.data, _convert_="all", tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
+                             cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+    datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
+    module = instantiate(
+        cfg.task,
+        _convert_="all",
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        label_names=list(datamodule.label_names),
+        tokenizer_json=datamodule.tokenizer.to_str(),
+        max_length=cfg.data.max_length,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    logger = instantiate(cfg.logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[f"best_{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    if cfg.test and "test" in datamodule.datasets:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    # The HPARAMS tab: the whole flat config next to the final metrics, once per run.
+    logger.log_hyperparams(resolved(cfg), {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
+    metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
+
+    if trainer.is_global_zero:
+        print(f"run directory:   {run_dir}")
+        print(f"tensorboard:     tensorboard --logdir {logger.log_dir}")
+        print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
+        print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["objective"]
+    except (ConfigError, DataError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
