@@ -60,6 +60,7 @@ class ModelConfig:
     norm_first: bool = False  # False = post-LN (BERT), True = pre-LN (+ a final LayerNorm)
     positions: str = "learned"
     pooling: str = "cls"
+    pooler: bool = False  # BERT's dense + tanh on the pooled vector before the classifier
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     num_labels: int = 2
@@ -160,7 +161,7 @@ class EncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
 
-    def attention(self, x: torch.Tensor, padding_mask: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
         if index is None:
             return self.attn(x, x, x, key_padding_mask=padding_mask, need_weights=False)[0]
         batch, seq = padding_mask.shape
@@ -168,7 +169,8 @@ class EncoderLayer(nn.Module):
         out = self.attn(padded, padded, padded, key_padding_mask=padding_mask, need_weights=False)[0]
         return out.reshape(batch * seq, -1).index_select(0, index)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
         if self.norm_first:
             x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index))
             return x + self.dropout2(self.ffn(self.norm2(x)))
@@ -192,10 +194,13 @@ class Encoder(nn.Module):
             raise ValueError(f"sequence length {seq} exceeds model.max_positions={self.cfg.max_positions}; "
                              f"lower data.max_length")
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        if not self.cfg.unpad:
+        has_padding = bool(padding_mask.any())
+        if not self.cfg.unpad or not has_padding:
+            # Without padding there is nothing to skip, and attention needs no mask (a faster kernel).
+            mask = padding_mask if has_padding else None
             x = self.embeddings(input_ids, positions)
             for layer in self.layers:
-                x = layer(x, padding_mask)
+                x = layer(x, mask)
             return self.final_norm(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
         # Gather the real tokens once; everything but attention runs on them only.
         index = (~padding_mask).flatten().nonzero().squeeze(1)
@@ -221,6 +226,7 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
+        self.pooler = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.Tanh()) if cfg.pooler else None
         self.dropout = nn.Dropout(cfg.classifier_dropout)
         self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
         self.apply(self._init_weights)
@@ -247,5 +253,8 @@ class EncoderClassifier(nn.Module):
         return pool(self.encoder(input_ids, padding_mask), padding_mask, self.cfg.pooling)
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.embed(input_ids, padding_mask)))
+        pooled = self.embed(input_ids, padding_mask)
+        if self.pooler is not None:
+            pooled = self.pooler(pooled)
+        return self.classifier(self.dropout(pooled))
 

@@ -1,0 +1,90 @@
+"""Training-step throughput: ours vs Hugging Face BERT (SDPA) with the same architecture, weights and
+padded batches, and vs a naive `need_weights=True` padded layer. Also model FLOPs utilisation.
+
+    python benchmarks/train_step.py [--sizes small base] [--pairs 5]
+
+One step = forward + backward + AdamW step, in train mode (dropout on), on CPU unless --device cuda.
+The contenders alternate (ours, HF, naive, ours, HF, ...) and ratios are medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from common import (NaiveLayer, alternate, default_data, flops_per_token, full_batches, machine, median_ratio,
+                    model_config, peak_flops_fp32, random_batches, real_tokens)
+from encoder.hf import to_bert
+from encoder.model import EncoderClassifier
+
+
+def step_fn(model, batches, hf: bool):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def run():
+        for b in batches:
+            if hf:
+                logits = model(input_ids=b["input_ids"], attention_mask=(~b["padding_mask"]).long()).logits
+            else:
+                logits = model(b["input_ids"], b["padding_mask"])
+            F.cross_entropy(logits, b["labels"]).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return run
+
+
+def bench(size: str, batches: list[dict], vocab: int, pairs: int, peak: float, label: str) -> dict:
+    torch.manual_seed(0)
+    ours = EncoderClassifier(model_config(size, vocab)).train()
+    hf = to_bert(ours).train()
+    naive = EncoderClassifier(model_config(size, vocab, unpad=False)).train()
+    naive.load_state_dict(ours.state_dict())
+    for layer in naive.encoder.layers:
+        layer.__class__ = NaiveLayer
+    times = alternate({"ours": step_fn(ours, batches, False), "hf": step_fn(hf, batches, True),
+                       "naive": step_fn(naive, batches, False)}, pairs)
+    tokens = real_tokens(batches)
+    computed = sum(b["padding_mask"].numel() for b in batches)
+    context = sum(b["padding_mask"].shape[1] * b["padding_mask"].shape[0] for b in batches) / len(batches) / \
+        batches[0]["padding_mask"].shape[0]
+    fpt = flops_per_token(ours.cfg, context)
+    result = {"size": size, "batch": label, "real": tokens / computed}
+    for name in times:
+        t = statistics.median(times[name])
+        result[f"{name}_tok_s"] = tokens / t
+        result[f"{name}_mfu"] = fpt * tokens / t / peak
+    result["vs_hf"] = median_ratio(times, "hf", "ours")
+    result["vs_naive"] = median_ratio(times, "naive", "ours")
+    print(f"{size:5s} {label:9s} real={result['real']:.0%}  tokens/s ours={result['ours_tok_s']:.0f} "
+          f"hf={result['hf_tok_s']:.0f} naive={result['naive_tok_s']:.0f}  MFU ours={result['ours_mfu']:.1%} "
+          f"hf={result['hf_mfu']:.1%}  ours/hf={result['vs_hf']:.2f}x ours/naive={result['vs_naive']:.2f}x",
+          flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["small", "base"])
+    parser.add_argument("--pairs", type=int, default=5)
+    args = parser.parse_args()
+    dm = default_data()
+    vocab = dm.tokenizer.get_vocab_size()
+    peak = peak_flops_fp32()
+    print(f"machine: {machine()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    plan = {"small": (32, 4), "base": (8, 2)}  # batch size, batches per timed round
+    results = []
+    for size in args.sizes:
+        bs, count = plan[size]
+        mixed = random_batches(dm, bs, count)
+        results.append(bench(size, mixed, vocab, args.pairs, peak, "mixed"))
+        results.append(bench(size, full_batches(bs, 64, count, vocab), vocab, args.pairs, peak, "no-pad"))
+    print("\nsize  batch     ours/hf  ours/naive  (median of per-round time ratios; >1 = ours faster)")
+    for r in results:
+        print(f"{r['size']:5s} {r['batch']:9s} {r['vs_hf']:.2f}x    {r['vs_naive']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
