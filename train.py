@@ -3,11 +3,13 @@
     python train.py                                   # the offline default: Rotten Tomatoes, model=small
     python train.py model=tiny trainer.max_epochs=3 optim.lr=1e-3 data.max_length=64
     python train.py --help                            # config groups and options
+    python train.py resume=auto                       # continue the newest run of this experiment
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,11 +17,40 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from encoder.callbacks import Interrupted
 from encoder.config import resolved, validate
+from encoder.inference import load_checkpoint
 from encoder.data.datamodule import DataError
 from encoder.model import ConfigError
 
 log = logging.getLogger("encoder")
+
+
+def resume_from(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume: `ckpt_path`, or with resume=auto the newest last.ckpt of this experiment."""
+    if cfg.resume not in ("auto", None, False):
+        raise ConfigError(f"resume={cfg.resume!r} is unknown; use resume=auto or ckpt_path=PATH")
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file or resume=auto")
+        return str(cfg.ckpt_path)
+    if cfg.resume == "auto":
+        found = [p for p in run_dir.parent.glob("*/checkpoints/last.ckpt") if p.parents[1] != run_dir]
+        if not found:
+            raise ConfigError(f"resume=auto found no last.ckpt under {run_dir.parent}/; start without resume")
+        return str(max(found, key=lambda p: p.stat().st_mtime))
+    return None
+
+
+def check_resumable(ckpt_path: str, datamodule) -> None:
+    """The data side of a resumed run must be the one the checkpoint was trained with."""
+    hp = load_checkpoint(ckpt_path)["hyper_parameters"]
+    if hp["tokenizer_json"] != datamodule.tokenizer.to_str():
+        raise ConfigError(f"the tokenizer differs from the one in {ckpt_path}; set tokenizer.path to that "
+                          f"run's tokenizer (python -m encoder.export writes it out)")
+    if list(hp["label_names"]) != list(datamodule.label_names):
+        raise ConfigError(f"labels {datamodule.label_names} differ from the checkpoint's {hp['label_names']}; "
+                          f"set data.label_names={hp['label_names']}")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -29,6 +60,7 @@ def train(cfg: DictConfig) -> dict:
     if any((run_dir / "checkpoints").glob("*.ckpt")):
         raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
                           f"(to continue that run, pass ckpt_path=...)")
+    ckpt_path = resume_from(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
@@ -44,10 +76,13 @@ def train(cfg: DictConfig) -> dict:
         max_length=cfg.data.max_length,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
     )
+    if ckpt_path:
+        check_resumable(ckpt_path, datamodule)
+        log.info("resuming from %s", ckpt_path)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
@@ -73,8 +108,11 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)["objective"]
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, FloatingPointError) as e:
         raise SystemExit(f"error: {e}") from None
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
 
 
 if __name__ == "__main__":

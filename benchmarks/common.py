@@ -82,7 +82,7 @@ def peak_flops_fp32(n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large fp32 matmul on this machine: the denominator of model FLOPs utilisation."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))  # best of several: the least disturbed
     return 2 * n**3 / best
 
 

@@ -1,14 +1,49 @@
-"""Config checks that run before any data is loaded, and the `unused_dir` resolver for run dirs."""
+"""The config schema checks that run before any data is loaded, and the `unused_dir` resolver.
+
+The model's schema is `encoder.model.ModelConfig`, the optimizer's `OptimConfig` below; data and
+trainer nodes are checked against the signatures of `TextDataModule` and `lightning.Trainer`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from encoder.model import ConfigError, ModelConfig
+from encoder.model import ModelConfig
+from encoder.schema import ConfigError, build, check_call, check_choice
 
 SCHEDULES = ("cosine", "linear", "constant")
+NONFINITE = ("stop", "skip")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (configs/optim/)."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_ratio: float = 0.1  # of all optimizer steps, unless warmup_steps is set
+    warmup_steps: int | None = None
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.0
+    fused: bool | None = None  # None: the fused kernel on GPU, the plain one on CPU
+
+    def __post_init__(self):
+        check_choice(self.schedule, SCHEDULES, "optim.schedule")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr={self.lr!r} must be a positive number")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
 
 
 def unused_dir(path: str) -> str:
@@ -33,18 +68,6 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
-def check_optim(optim: dict) -> None:
-    if optim.get("schedule", "cosine") not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={optim['schedule']!r} is unknown; choose one of {list(SCHEDULES)}")
-    lr = optim.get("lr", 1.0)
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise ConfigError(f"optim.lr={lr!r} must be a positive number")
-    if optim.get("weight_decay", 0.0) < 0:
-        raise ConfigError(f"optim.weight_decay={optim['weight_decay']} must be >= 0")
-    if not 0.0 <= optim.get("warmup_ratio", 0.0) < 1.0:
-        raise ConfigError(f"optim.warmup_ratio={optim['warmup_ratio']} must be in [0, 1)")
-
-
 def check_max_length(max_length: int, cfg: ModelConfig) -> None:
     if max_length > cfg.max_positions:
         raise ConfigError(f"data.max_length={max_length} exceeds model.max_positions={cfg.max_positions}; "
@@ -53,8 +76,20 @@ def check_max_length(max_length: int, cfg: ModelConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Fail in one line, before data loading, on what the config alone can tell is wrong."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    import lightning as L
+
+    from encoder.data import TextDataModule
+    from encoder.data.tokenizer import TokenizerConfig
+
+    plain = resolved(cfg)
     # vocabulary and labels come from the data later; placeholders let the rest be checked now
-    arch = ModelConfig.from_dict({**model, "vocab_size": 8, "pad_token_id": 0, "num_labels": 2})
-    check_optim(OmegaConf.to_container(cfg.optim, resolve=True))
-    check_max_length(cfg.data.max_length, arch)
+    arch = ModelConfig.from_dict({**plain["model"], "vocab_size": 8, "pad_token_id": 0, "num_labels": 2})
+    build(OptimConfig, plain["optim"], "optim")
+    build(TokenizerConfig, plain["tokenizer"], "tokenizer")
+    check_call(TextDataModule.__init__, plain["data"], "data")
+    check_call(L.Trainer.__init__, plain["trainer"], "trainer", check_types=False)
+    check_max_length(plain["data"]["max_length"], arch)
+    from encoder.module import TextClassifier
+
+    check_call(TextClassifier.__init__, plain["task"], "task")
+    check_choice(plain["task"].get("on_nonfinite_loss", "stop"), NONFINITE, "task.on_nonfinite_loss")

@@ -1,11 +1,14 @@
-"""Load a trained model for inference: `encoder.load_model(path).predict(texts)` / `.embed(texts)`.
+"""Load a trained model for inference: `encoder.load_model(path).predict(texts)` / `.embed(texts)`;
+export a checkpoint to a pickle-free folder (safetensors + JSON).
 
 Loading never runs a pickle that could execute code: checkpoints are read with
-`torch.load(..., weights_only=True)`, which only rebuilds tensors and plain Python types.
+`torch.load(..., weights_only=True)`, which only rebuilds tensors and plain Python types, and
+exports are read with `safetensors` and `json` only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -14,6 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from encoder.data.collate import Collator
+from encoder.data.sources import sha256
 from encoder.model import EncoderClassifier
 from encoder.module import model_config
 
@@ -90,11 +94,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> Predictor:
-    """A `Predictor` from a checkpoint written by `python train.py`."""
-    ckpt = load_checkpoint(path)
-    hp = ckpt["hyper_parameters"]
+    """A `Predictor` from a `.ckpt` written by `python train.py` or a folder written by
+    `python -m encoder.export` (safetensors + JSON: no pickle at all)."""
+    path = Path(path)
+    if path.is_dir():
+        hp, state = load_export(path)
+    else:
+        ckpt = load_checkpoint(path)
+        hp = ckpt["hyper_parameters"]
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     tokenizer = Tokenizer.from_str(hp["tokenizer_json"])
     return Predictor(model, tokenizer, hp["label_names"], hp["max_length"], batch_size=batch_size).to(device)
+
+
+EXPORT_FORMAT = "encoder-export-v1"
+
+
+def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write `model.safetensors`, `config.json` (architecture, labels, the weights' sha256) and
+    `tokenizer.json` into a new folder. Refuses to write into a non-empty folder."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
+    ckpt = load_checkpoint(checkpoint)
+    hp = ckpt["hyper_parameters"]
+    state = {k.removeprefix("model."): v.contiguous() for k, v in ckpt["state_dict"].items()
+             if k.startswith("model.")}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, out / "model.safetensors", metadata={"format": EXPORT_FORMAT})
+    (out / "tokenizer.json").write_text(hp["tokenizer_json"], encoding="utf-8")
+    config = {"format": EXPORT_FORMAT, "model": hp["model"], "label_names": hp["label_names"],
+              "max_length": hp["max_length"], "sha256": {"model.safetensors": sha256(out / "model.safetensors")}}
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out
+
+
+def load_export(folder: Path) -> tuple[dict, dict]:
+    """Hyperparameters and weights of an export folder, after checking the weights' hash."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    names = ("config.json", "model.safetensors", "tokenizer.json")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}; pass a folder written by "
+                                f"python -m encoder.export, or a .ckpt file")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / 'config.json'} is not valid JSON ({e}); re-export the model") from None
+    if config.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{folder / 'config.json'} is not an encoder export (format {config.get('format')!r})")
+    expected = config.get("sha256", {}).get("model.safetensors")
+    if sha256(folder / "model.safetensors") != expected:
+        raise ValueError(f"{folder / 'model.safetensors'} does not match the sha256 in config.json: "
+                         f"the export was modified or corrupted; re-export it")
+    try:
+        state = load_file(folder / "model.safetensors")
+    except SafetensorError as e:
+        raise ValueError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
+    hp = {"model": config["model"], "label_names": config["label_names"], "max_length": config["max_length"],
+          "tokenizer_json": (folder / "tokenizer.json").read_text(encoding="utf-8")}
+    return hp, state

@@ -12,26 +12,18 @@ runs the plain padded computation; tests check both give the same outputs at rea
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key and the fix in one line."""
+from encoder.schema import ConfigError, build, check_choice
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("cls", "mean")
-
-
-def _choose(value: str, choices, key: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"model.{key}={value!r} is unknown; choose one of {sorted(choices)}")
 
 
 @dataclass
@@ -66,23 +58,14 @@ class ModelConfig:
     num_labels: int = 2
     classifier_dropout: float = 0.1
     unpad: bool = True
+    compile: bool = False  # torch.compile the model for training (measure first: see README)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         """Build from a plain dict (a Hydra node or a checkpoint), rejecting unknown keys by name."""
-        values = dict(values)
-        values.pop("_target_", None)
-        attention = dict(values.pop("attention", {}) or {})
-        for known, given, prefix in ((cls, values, "model"), (AttentionConfig, attention, "model.attention")):
-            names = {f.name for f in dataclasses.fields(known)}
-            unknown = sorted(set(given) - names)
-            if unknown:
-                raise ConfigError(f"unknown key {prefix}.{unknown[0]}; known keys are {sorted(names)}")
-        return cls(attention=AttentionConfig(**attention), **values)
+        return build(cls, values, "model")
 
     def __post_init__(self):
-        if isinstance(self.attention, dict):
-            self.attention = AttentionConfig(**self.attention)
         positive = ("vocab_size", "max_positions", "embed_dim", "num_layers", "ffn_dim", "num_labels")
         for key in positive:
             value = getattr(self, key)
@@ -100,9 +83,9 @@ class ModelConfig:
                            ("classifier_dropout", self.classifier_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"model.{key}={value} must be in [0, 1)")
-        _choose(self.activation, ACTIVATIONS, "activation")
-        _choose(self.positions, POSITIONS, "positions")
-        _choose(self.pooling, POOLINGS, "pooling")
+        check_choice(self.activation, ACTIVATIONS, "model.activation")
+        check_choice(self.positions, POSITIONS, "model.positions")
+        check_choice(self.pooling, POOLINGS, "model.pooling")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary")
 

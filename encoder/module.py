@@ -9,7 +9,9 @@ checkpoint (hyperparameters: model config, label names, tokenizer JSON) loads wi
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import random
 import time
 
 import lightning as L
@@ -19,8 +21,11 @@ from tokenizers import Tokenizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from encoder.config import check_max_length, check_optim
+from encoder.config import NONFINITE, OptimConfig, check_max_length
 from encoder.model import EncoderClassifier, ModelConfig
+from encoder.schema import build, check_choice
+
+log = logging.getLogger(__name__)
 
 
 def model_config(model: dict, tokenizer_json: str, label_names: list[str]) -> ModelConfig:
@@ -44,14 +49,14 @@ def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_rat
 
 class TextClassifier(L.LightningModule):
     def __init__(self, model: dict, label_names: list[str], tokenizer_json: str, max_length: int,
-                 optim: dict | None = None):
+                 optim: dict | None = None, on_nonfinite_loss: str = "stop"):
         super().__init__()
         # logger=False: the run's full (flat, readable) config is logged by train.py instead of a
         # tokenizer JSON; everything here still goes into the checkpoint.
         self.save_hyperparameters(logger=False)
-        self.optim = {"lr": 5e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8, "warmup_ratio": 0.1,
-                      "warmup_steps": None, "schedule": "cosine", "min_lr_ratio": 0.0, "fused": None, **(optim or {})}
-        check_optim(self.optim)
+        self.optim = build(OptimConfig, optim, "optim")
+        check_choice(on_nonfinite_loss, NONFINITE, "task.on_nonfinite_loss")
+        self.on_nonfinite_loss = on_nonfinite_loss
         self.cfg = model_config(model, tokenizer_json, label_names)
         check_max_length(max_length, self.cfg)
         self.model = EncoderClassifier(self.cfg)
@@ -62,6 +67,10 @@ class TextClassifier(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._clock: tuple[float, int] | None = None
+
+    def configure_model(self) -> None:
+        if self.cfg.compile:
+            self.model.compile(dynamic=True)  # in place: state_dict keys (and checkpoints) stay the same
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, padding_mask)
@@ -74,8 +83,15 @@ class TextClassifier(L.LightningModule):
                  batch_size=len(logits), sync_dist=not on_step)
         return loss, logits
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss, logits = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            message = f"loss is {loss.item()} at step {self.global_step}"
+            if self.on_nonfinite_loss == "skip":
+                log.warning("%s: skipping this batch (task.on_nonfinite_loss=skip)", message)
+                return None  # Lightning skips backward and the optimizer step
+            raise FloatingPointError(f"{message}; stopped, earlier checkpoints are intact. Lower optim.lr, "
+                                     f"or set task.on_nonfinite_loss=skip to skip such batches")
         self.train_acc(logits, batch["labels"])
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(logits))
         real = int((~batch["padding_mask"]).sum())
@@ -103,19 +119,37 @@ class TextClassifier(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.model(batch["input_ids"], batch["padding_mask"]).float().softmax(-1)
 
+    # ---- exact resume: dropout's random state travels with the checkpoint ----------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # Restored here, right before the first resumed step, so nothing in between draws from it.
+        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
     def configure_optimizers(self):
         o = self.optim
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             # No weight decay on biases (incl. MHA's in_proj_bias, bias_k, bias_v) or norm weights.
             (no_decay if p.ndim < 2 or "bias" in name.rsplit(".", 1)[-1] else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o["weight_decay"], "name": "decay"},
+        groups = [{"params": decay, "weight_decay": o.weight_decay, "name": "decay"},
                   {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-        fused = o["fused"] if o["fused"] is not None else self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused)
+        fused = o.fused if o.fused is not None else self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = o["warmup_steps"] if o["warmup_steps"] is not None else int(o["warmup_ratio"] * total)
+        warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_ratio * total)
         schedule = functools.partial(warmup_then_decay, warmup=max(1, warmup), total=total,
-                                     schedule=o["schedule"], min_ratio=o["min_lr_ratio"])
+                                     schedule=o.schedule, min_ratio=o.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

@@ -41,6 +41,9 @@ class LengthGroupedSampler(Sampler[int]):
     sort each by length (longest first), then shuffle the order of the resulting batches, so each
     epoch sees different batch compositions and no length-ordered drift. Seeded by seed + epoch.
     It yields indices (not batches), so Lightning can still shard it across processes.
+
+    `mega=1` gives a plain shuffle (each group is one batch). To resume mid-epoch, `resume(epoch,
+    consumed)` makes the next pass over that epoch skip the indices already trained on.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0):
@@ -49,14 +52,26 @@ class LengthGroupedSampler(Sampler[int]):
         self.mega = mega
         self.seed = seed
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        self._skip = (epoch, consumed)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self):
+        skip = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            skip, self._skip = self._skip[1], None
+        for position, index in enumerate(self._order()):
+            if position >= skip:
+                yield index
+
+    def _order(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g)
         size = self.batch_size * self.mega

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import lightning as L
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
-from torch.utils.data import DataLoader, RandomSampler
+import torch
+from torch.utils.data import DataLoader
 
 from encoder.data.collate import Collator, LengthGroupedSampler
 from encoder.data.sources import SOURCES, default_cache_dir
-from encoder.data.tokenizer import fingerprint, get_tokenizer
-from encoder.model import ConfigError
+from encoder.data.tokenizer import TokenizerConfig, fingerprint, get_tokenizer
+from encoder.schema import ConfigError, build
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "validation", "test")
@@ -44,6 +45,7 @@ class TextDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         group_by_length: bool = True,
+        pad_to_multiple_of: int = 8,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         num_workers: int = 0,
@@ -60,8 +62,8 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
         if max_length < 2:
             raise ConfigError(f"data.max_length={max_length} must be at least 2 ([CLS] and [SEP])")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        if batch_size < 1 or eval_batch_size < 1 or pad_to_multiple_of < 1:
+            raise ConfigError("data.batch_size, data.eval_batch_size and data.pad_to_multiple_of must be positive")
         self.path, self.name, self.data_files, self.source = path, name, data_files, source
         self.splits = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
         self.text_column, self.label_column = text_column, label_column
@@ -71,12 +73,13 @@ class TextDataModule(L.LightningDataModule):
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.tokenizer_cfg = dict(tokenizer or {"kind": "wordpiece", "vocab_size": 8192})
+        self.tokenizer_cfg = build(TokenizerConfig, tokenizer, "tokenizer")
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.seed = seed
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
-        self.collator = Collator(pad_token_id=0)
+        self.collator = Collator(pad_token_id=0, pad_to_multiple_of=pad_to_multiple_of)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, examples consumed) from a checkpoint
 
     # ---- loading and checking -------------------------------------------------------------
     def _describe(self) -> str:
@@ -92,12 +95,8 @@ class TextDataModule(L.LightningDataModule):
         # No remote code: `datasets` >= 3 never runs dataset scripts unless asked, and we never ask.
         try:
             raw: DatasetDict = load_dataset(self.path, self.name, data_files=data_files)
-        except ValueError as e:  # `datasets` refuses a split file with no rows
-            empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(e))
-            if not empty:
-                raise
-            raise DataError(f"the {empty.group(1)} split of {self._describe()} is empty; "
-                            f"point data at non-empty files") from None
+        except Exception as e:  # noqa: BLE001 - turned into one line that says what to fix
+            raise self._load_error(e) from None
         available = list(raw)
         out = {}
         for split in SPLIT_NAMES:
@@ -132,6 +131,30 @@ class TextDataModule(L.LightningDataModule):
                                     f"its columns are {ds.column_names}")
         return out
 
+    def _load_error(self, error: Exception) -> Exception:
+        """A one-line DataError for what `datasets`/pandas/pyarrow raise on bad files."""
+        root = error
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+        where = self._describe()
+        empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(error))
+        if empty:
+            return DataError(f"the {empty.group(1)} split of {where} is empty; point data at non-empty files")
+        if isinstance(root, UnicodeDecodeError):
+            return DataError(f"{where} is not valid UTF-8 ({text}); re-encode the file as UTF-8, "
+                             f"e.g. iconv -f latin1 -t utf-8")
+        if type(root).__name__ == "ParserError":
+            return DataError(f"{where} has a malformed row ({text}); fix or remove that row (quote fields "
+                             f"that contain the delimiter)")
+        if type(root).__name__ in ("ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError"):
+            return DataError(f"{where} has a column that mixes types ({text}); make each column's values "
+                             f"one type (e.g. all labels strings)")
+        if isinstance(root, FileNotFoundError):
+            return DataError(f"{where}: {text}; check data.data_files / data.path")
+        return error if isinstance(error, DataError) else DataError(f"could not load {where}: "
+                                                                    f"{type(root).__name__}: {text}")
+
     def _label_names(self, train: Dataset) -> list[str]:
         feature = train.features[self.label_column]
         if isinstance(feature, ClassLabel):
@@ -149,7 +172,15 @@ class TextDataModule(L.LightningDataModule):
         return mapping
 
     def _check_labels(self, ds: Dataset, split: str, mapping: dict) -> None:
-        bad = [v for v in ds.unique(self.label_column) if v not in mapping or isinstance(v, bool)]
+        values = ds.unique(self.label_column)
+        if None in values:
+            missing = sum(v is None for v in ds[self.label_column])
+            raise DataError(f"{missing} rows of the {split} split have no {self.label_column!r}; "
+                            f"fill or drop them")
+        bad = [v for v in values if v not in mapping or isinstance(v, bool)]
+        if len(values) == 1:
+            log.warning("every example of the %s split has the label %r: metrics on it say little",
+                        split, values[0])
         if bad:
             shown = sorted(map(repr, bad))[:5]
             raise DataError(f"the {split} split has labels {', '.join(shown)} outside the label set "
@@ -180,13 +211,17 @@ class TextDataModule(L.LightningDataModule):
         text_col, label_col, tok = self.text_column, self.label_column, self.tokenizer
 
         def encode(batch):
-            # None and non-strings become "": [CLS] [SEP] still gives the model something to read.
-            enc = tok.encode_batch([t if isinstance(t, str) else "" for t in batch[text_col]])
+            # A missing text (None) is read as "" ([CLS] [SEP]); numbers etc. as their string form.
+            enc = tok.encode_batch(["" if t is None else str(t) for t in batch[text_col]])
             ids = [e.ids for e in enc]
             return {"input_ids": ids, "length": [len(i) for i in ids],
                     "labels": [mapping[v] for v in batch[label_col]]}
 
         for split, ds in raw.items():
+            missing = sum(t is None or (isinstance(t, str) and not t.strip()) for t in ds[self.text_column])
+            if missing:
+                log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts",
+                            missing, split)
             self.datasets[split] = ds.map(
                 encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {split}",
                 new_fingerprint=fingerprint(ds._fingerprint, tokenizer_id, self.label_names),
@@ -197,14 +232,25 @@ class TextDataModule(L.LightningDataModule):
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    # ---- exact resume: where in which epoch the data order stood --------------------------
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "consumed": done * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = (state["epoch"], state["consumed"]) if state else None
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.datasets[split]
-        if train and self.group_by_length:
-            sampler = LengthGroupedSampler(list(ds["length"]), self.batch_size, seed=self.seed)
-        elif train:
-            sampler = RandomSampler(ds)
+        lengths = list(ds["length"])
+        if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
+            sampler = LengthGroupedSampler(lengths, self.batch_size, mega=50 if self.group_by_length else 1,
+                                           seed=self.seed)
+            if self._resume_at:
+                sampler.resume(*self._resume_at)
         else:  # evaluation order does not matter: sort by length so batches carry no padding
-            lengths = list(ds["length"])
             sampler = sorted(range(len(ds)), key=lengths.__getitem__)
         return DataLoader(
             ds.with_format(columns=["input_ids", "labels"]),
@@ -214,6 +260,8 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            # its own generator: creating an iterator must not draw from the global RNG (dropout's)
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

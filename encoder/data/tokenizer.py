@@ -12,9 +12,12 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from encoder.schema import ConfigError, check_choice
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 KINDS = ("wordpiece", "bpe")
@@ -33,7 +36,7 @@ def _build(kind: str, lowercase: bool) -> tuple[Tokenizer, type]:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         return tok, trainers.BpeTrainer
-    raise ValueError(f"tokenizer.kind={kind!r} is unknown; choose one of {list(KINDS)}")
+    raise ConfigError(f"tokenizer.kind={kind!r} is unknown; choose one of {list(KINDS)}")
 
 
 def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8192,
@@ -75,11 +78,29 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def get_tokenizer(cfg: dict, texts_fn, data_fingerprint: str, cache_dir: Path) -> Tokenizer:
+@dataclass
+class TokenizerConfig:
+    """configs/tokenizer/: train one (kind, vocab_size, ...) or load `path` (a tokenizer.json)."""
+
+    kind: str = "wordpiece"
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    lowercase: bool = True
+    path: str | None = None
+
+    def __post_init__(self):
+        check_choice(self.kind, KINDS, "tokenizer.kind")
+        if self.vocab_size < len(SPECIAL_TOKENS) + 1 or self.min_frequency < 1:
+            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} and tokenizer.min_frequency="
+                              f"{self.min_frequency} must be positive (vocab_size > {len(SPECIAL_TOKENS)})")
+
+
+def get_tokenizer(cfg: TokenizerConfig, texts_fn, data_fingerprint: str, cache_dir: Path) -> Tokenizer:
     """Load `cfg.path` if given, else train on `texts_fn()` once and cache by data + settings."""
-    if cfg.get("path"):
-        return load_tokenizer(cfg["path"])
-    settings = {k: cfg.get(k) for k in ("kind", "vocab_size", "min_frequency", "lowercase")}
+    if cfg.path:
+        return load_tokenizer(cfg.path)
+    settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
+                "lowercase": cfg.lowercase}
     cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(settings, data_fingerprint)}.json"
     if cached.exists():
         return load_tokenizer(cached)

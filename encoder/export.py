@@ -1,0 +1,29 @@
+"""Command line: python -m encoder.export CHECKPOINT OUT_DIR
+
+Writes model.safetensors + config.json + tokenizer.json: a folder that `encoder.load_model(OUT_DIR)`
+loads without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from encoder.inference import export
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m encoder.export", description=__doc__)
+    parser.add_argument("checkpoint", help="a .ckpt written by train.py")
+    parser.add_argument("out_dir", help="a new (or empty) folder")
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.checkpoint, args.out_dir)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    print(f"exported to {out}: model.safetensors, config.json, tokenizer.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
