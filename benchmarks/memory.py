@@ -1,5 +1,6 @@
 """Peak memory (max resident set size, CPU) of the default training run, and of one `base`
-training step at sequence length 512, batch 8, with `need_weights=False` (ours) vs `True`.
+training step at sequence length 512, batch 8, with `need_weights=False` (ours) vs `True`, with
+BERT's attention dropout (0.1) and without it (0.0: the fused attention kernel can run).
 
     python benchmarks/memory.py [--train-overrides trainer.max_epochs=1]
 
@@ -21,7 +22,9 @@ import resource, sys, torch, torch.nn.functional as F
 sys.path.insert(0, {bench!r})
 from common import NaiveLayer, full_batches, model_config
 from encoder.model import EncoderClassifier
-model = EncoderClassifier(model_config("base", 8192, unpad=False)).train()
+from encoder.model import AttentionConfig
+model = EncoderClassifier(model_config("base", 8192, unpad=False,
+                                       attention=AttentionConfig(num_heads=12, dropout={dropout}))).train()
 if {naive}:
     for layer in model.encoder.layers:
         layer.__class__ = NaiveLayer
@@ -34,8 +37,8 @@ print(after / 1024, (after - before) / 1024)
 """
 
 
-def step_peak(naive: bool) -> tuple[float, float]:
-    code = STEP.format(bench=str(ROOT / "benchmarks"), naive=naive)
+def step_peak(naive: bool, dropout: float) -> tuple[float, float]:
+    code = STEP.format(bench=str(ROOT / "benchmarks"), naive=naive, dropout=dropout)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     peak, added = map(float, out.stdout.split())
     return peak, added
@@ -46,16 +49,16 @@ def main() -> None:
     parser.add_argument("--train-overrides", nargs="*", default=[], help="Hydra overrides for the training run")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
-    for naive in (False, True):
-        peak, added = step_peak(naive)
-        print(f"base, seq 512, batch 8, need_weights={naive}: peak RSS {peak:.0f} MiB "
-              f"(+{added:.0f} MiB for forward + backward)", flush=True)
-    if not args.skip_train:
+    if not args.skip_train:  # first: RUSAGE_CHILDREN reports the largest child so far
         subprocess.run([sys.executable, "train.py", *args.train_overrides], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: train.py
-        print(f"python train.py {' '.join(args.train_overrides)}: peak RSS {peak:.0f} MiB")
-
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"python train.py {' '.join(args.train_overrides)}: peak RSS {peak:.0f} MiB", flush=True)
+    for dropout in (0.1, 0.0):
+        for naive in (False, True):
+            peak, added = step_peak(naive, dropout)
+            print(f"base, seq 512, batch 8, attention dropout {dropout}, need_weights={naive}: peak RSS {peak:.0f} MiB "
+                  f"(+{added:.0f} MiB for forward + backward)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -12,8 +12,8 @@ import encoder
 from conftest import ROOT, TINY, compose
 from encoder.module import TextClassifier
 
-TEXTS = ["a gorgeous, witty, seductive movie", "", "   ", "dull " * 5000, "🎬 très bien — 非常好 😀",
-         "the plot is thin but the acting is superb"]
+TEXTS = ["a gorgeous, witty, seductive movie", "", "   ", "dull " * 20_000, "x" * 100_000,
+         "🎬 très bien — 非常好 😀 очень хорошо مرحبا", "\u200b\x00\ufeff", "the plot is thin but the acting is superb"]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_load_model_predicts_in_input_order_with_finite_probabilities(run):
 def test_fresh_process_gives_identical_predictions(run):
     ours = [r["probs"] for r in encoder.load_model(run["best"]).predict(TEXTS)]
     code = ("import json, sys, encoder; p = encoder.load_model(sys.argv[1]);"
-            "print(json.dumps([r['probs'] for r in p.predict(json.loads(sys.argv[2]))]))")
-    out = subprocess.run([sys.executable, "-c", code, str(run["best"]), json.dumps(TEXTS)], capture_output=True,
+            "print(json.dumps([r['probs'] for r in p.predict(json.load(sys.stdin))]))")
+    out = subprocess.run([sys.executable, "-c", code, str(run["best"])], input=json.dumps(TEXTS), capture_output=True,
                          text=True, cwd=ROOT, check=True)
     assert json.loads(out.stdout) == ours
 
@@ -110,3 +110,38 @@ def test_a_second_run_into_the_same_directory_is_refused(run):
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train.train(compose(TINY, run["dir"]))
     assert sorted(p.stat().st_mtime for p in (run["dir"] / "checkpoints").iterdir()) == before
+
+
+def test_export_writes_a_pickle_free_folder_that_predicts_identically(run, tmp_path):
+    out = tmp_path / "export"
+    done = subprocess.run([sys.executable, "-m", "encoder.export", str(run["best"]), str(out)], capture_output=True,
+                          text=True, check=True)
+    assert "exported to" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    expected = [r["probs"] for r in encoder.load_model(run["best"]).predict(TEXTS)]
+    assert [r["probs"] for r in encoder.load_model(out).predict(TEXTS)] == expected
+    # loading an export never unpickles: torch.load is not even called
+    original = torch.load
+    try:
+        torch.load = None
+        encoder.load_model(out)
+    finally:
+        torch.load = original
+    again = subprocess.run([sys.executable, "-m", "encoder.export", str(run["best"]), str(out)], capture_output=True,
+                           text=True)
+    assert again.returncode == 2 and "is not empty; export into a new folder" in again.stderr
+
+
+def test_tampered_exports_are_refused(run, tmp_path):
+    from encoder.inference import export
+
+    out = export(run["best"], tmp_path / "export")
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte in the tensor data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the sha256 in config.json"):
+        encoder.load_model(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
+        encoder.load_model(out)

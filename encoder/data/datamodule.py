@@ -123,6 +123,10 @@ class TextDataModule(L.LightningDataModule):
             if limit is not None and split in out and len(out[split]) > limit:
                 out[split] = out[split].select(range(limit))
         for split, ds in out.items():
+            if type(ds.features.get(self.label_column)).__name__ == "Json":  # `datasets` >= 5: mixed JSON types
+                kinds = sorted({type(v).__name__ for v in ds[self.label_column]})
+                raise DataError(f"data.label_column={self.label_column!r} mixes types ({', '.join(kinds)}) in the "
+                                f"{split} split; make every label the same type (e.g. all strings)")
             if len(ds) == 0:
                 raise DataError(f"the {split} split of {self._describe()} is empty; point data at non-empty files")
             for key, column in (("text_column", self.text_column), ("label_column", self.label_column)):
@@ -141,7 +145,8 @@ class TextDataModule(L.LightningDataModule):
         empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(error))
         if empty:
             return DataError(f"the {empty.group(1)} split of {where} is empty; point data at non-empty files")
-        if isinstance(root, UnicodeDecodeError):
+        chain = [root] + [e for e in (error, error.__cause__, error.__context__) if e is not None]
+        if any(isinstance(e, UnicodeDecodeError) or "utf8" in str(e).lower().replace("-", "") for e in chain):
             return DataError(f"{where} is not valid UTF-8 ({text}); re-encode the file as UTF-8, "
                              f"e.g. iconv -f latin1 -t utf-8")
         if type(root).__name__ == "ParserError":

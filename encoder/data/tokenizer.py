@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,19 @@ def _build(kind: str, lowercase: bool) -> tuple[Tokenizer, type]:
     raise ConfigError(f"tokenizer.kind={kind!r} is unknown; choose one of {list(KINDS)}")
 
 
+# WordPiece reads a "word" longer than this as [UNK]; such runs (URLs, base64, "aaaa...") teach a
+# tokenizer nothing and make its training quadratic in their length, so training skips them.
+MAX_WORD_CHARS = 100
+_LONG_WORD = re.compile(r"\S{%d,}" % (MAX_WORD_CHARS + 1))
+
+
 def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8192,
                     min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
     tok, trainer_cls = _build(kind, lowercase)
     extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()} if kind == "bpe" else {}
     trainer = trainer_cls(vocab_size=vocab_size, min_frequency=min_frequency,
                           special_tokens=SPECIAL_TOKENS, show_progress=False, **extra)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator((_LONG_WORD.sub(" ", t) for t in texts), trainer=trainer)
     return finalize(tok)
 
 
