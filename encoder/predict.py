@@ -1,4 +1,7 @@
-"""Command line: python -m encoder.predict PATH "text" ... [--file texts.txt] -> one JSON line per text."""
+"""Command line: python -m encoder.predict PATH "text" ... [--file texts.txt] -> one JSON line per text.
+
+PATH is a checkpoint (.ckpt) or an export folder (python -m encoder.export).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from encoder.inference import load_model
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m encoder.predict", description=__doc__)
-    parser.add_argument("checkpoint", help="a .ckpt written by train.py")
+    parser.add_argument("checkpoint", help="a .ckpt written by train.py, or a folder from encoder.export")
     parser.add_argument("texts", nargs="*", help="texts to classify")
     parser.add_argument("--file", help="a UTF-8 file with one text per line ('-' for standard input)")
     parser.add_argument("--batch-size", type=int, default=64)
