@@ -2,6 +2,7 @@
 padded batches, and vs a naive `need_weights=True` padded layer. Also model FLOPs utilisation.
 
     python benchmarks/train_step.py [--sizes small base] [--pairs 5]
+    python benchmarks/train_step.py --compile          # ours eager vs torch.compile
 
 One step = forward + backward + AdamW step, in train mode (dropout on), on CPU unless --device cuda.
 The contenders alternate (ours, HF, naive, ours, HF, ...) and ratios are medians over the rounds.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -65,15 +67,37 @@ def bench(size: str, batches: list[dict], vocab: int, pairs: int, peak: float, l
     return result
 
 
+def compile_check(dm, vocab: int, pairs: int) -> float:
+    """Ours eager vs ours under torch.compile (model.compile=true), `small`, mixed batches."""
+    batches = random_batches(dm, 32, 4)
+    torch.manual_seed(0)
+    eager = EncoderClassifier(model_config("small", vocab)).train()
+    compiled = EncoderClassifier(model_config("small", vocab)).train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(dynamic=True)
+    start = time.perf_counter()
+    step_fn(compiled, batches[:1], False)()
+    print(f"torch.compile: first step (compilation) {time.perf_counter() - start:.0f} s", flush=True)
+    times = alternate({"eager": step_fn(eager, batches, False), "compiled": step_fn(compiled, batches, False)},
+                      pairs, warmup=2)
+    ratio = median_ratio(times, "eager", "compiled")
+    print(f"small mixed: compiled/eager speed {ratio:.2f}x (>1 = compile faster)")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["small", "base"])
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="only: eager vs torch.compile for ours")
     args = parser.parse_args()
     dm = default_data()
     vocab = dm.tokenizer.get_vocab_size()
     peak = peak_flops_fp32()
     print(f"machine: {machine()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    if args.compile:
+        compile_check(dm, vocab, args.pairs)
+        return
     plan = {"small": (32, 4), "base": (8, 2)}  # batch size, batches per timed round
     results = []
     for size in args.sizes:

@@ -15,7 +15,7 @@ from encoder.data import TextDataModule
 from encoder.model import ConfigError, ModelConfig
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (ROOT / "configs").iterdir() if p.is_dir()}
-CHOICES = [(group, name) for group, names in GROUPS.items() for name in names if group != "experiment"]
+CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 
 
 @pytest.mark.parametrize("group,name", CHOICES)
@@ -85,3 +85,9 @@ def test_config_errors_name_the_key_even_inside_nested_groups(tmp_path):
     cfg = compose(["+model.attention.heads=3"], tmp_path)
     with pytest.raises(ConfigError, match="unknown key model.attention.heads"):
         validate(cfg)
+
+
+def test_experiment_configs_override_the_entry_config(tmp_path):
+    cfg = compose(["experiment=minilm_rotten_tomatoes"], tmp_path)
+    assert cfg.name == "minilm_rotten_tomatoes"  # runs go to outputs/minilm_rotten_tomatoes/...
+    assert (cfg.model.embed_dim, cfg.model.init_from, cfg.trainer.max_epochs) == (384, "all-MiniLM-L6-v2", 2)
