@@ -66,7 +66,8 @@ class TextClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(n, average="micro")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self._clock: tuple[float, int] | None = None
+        self._clock: tuple[float, int] | None = None  # (time, real tokens) of the previous step
+        self._rng_to_restore: dict | None = None  # from a checkpoint, applied at on_train_start
 
     def configure_model(self) -> None:
         if self.cfg.compile:
@@ -130,7 +131,7 @@ class TextClassifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         # Restored here, right before the first resumed step, so nothing in between draws from it.
-        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        rng, self._rng_to_restore = self._rng_to_restore, None
         if rng:
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
