@@ -91,3 +91,12 @@ def test_experiment_configs_override_the_entry_config(tmp_path):
     cfg = compose(["experiment=minilm_rotten_tomatoes"], tmp_path)
     assert cfg.name == "minilm_rotten_tomatoes"  # runs go to outputs/minilm_rotten_tomatoes/...
     assert (cfg.model.embed_dim, cfg.model.init_from, cfg.trainer.max_epochs) == (384, "all-MiniLM-L6-v2", 2)
+
+
+def test_multirun_gives_each_job_its_own_directory(tmp_path, rt_files):
+    from conftest import TINY
+
+    out = run_train("-m", *TINY, "optim.lr=1e-4,3e-4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = sorted(p.parent.parent.name for p in (tmp_path / "multirun").glob("*/*/checkpoints/last.ckpt"))
+    assert jobs == ["0", "1"]
