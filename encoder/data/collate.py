@@ -44,13 +44,18 @@ class LengthGroupedSampler(Sampler[int]):
 
     `mega=1` gives a plain shuffle (each group is one batch). To resume mid-epoch, `resume(epoch,
     consumed)` makes the next pass over that epoch skip the indices already trained on.
+    With several processes (DDP), every rank computes the same batch list and takes every
+    `num_replicas`-th whole batch (padded by repeating the first ones so ranks stay in step), so
+    batches stay length-grouped and ranks see different data.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0):
+    def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths = torch.as_tensor(lengths)
         self.batch_size = batch_size
         self.mega = mega
         self.seed = seed
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
 
@@ -61,17 +66,18 @@ class LengthGroupedSampler(Sampler[int]):
         self._skip = (epoch, consumed)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        if self.num_replicas == 1:
+            return len(self.lengths)
+        return sum(len(b) for b in self._batches()[self.rank :: self.num_replicas])
 
     def __iter__(self):
         skip = 0
         if self._skip is not None and self._skip[0] == self.epoch:
             skip, self._skip = self._skip[1], None
-        for position, index in enumerate(self._order()):
-            if position >= skip:
-                yield index
+        mine = [i for batch in self._batches()[self.rank :: self.num_replicas] for i in batch.tolist()]
+        yield from mine[skip:]
 
-    def _order(self):
+    def _batches(self) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g)
         size = self.batch_size * self.mega
@@ -82,6 +88,7 @@ class LengthGroupedSampler(Sampler[int]):
             batches.extend(chunk.split(self.batch_size))
         # Only the last batch may be short: keep it last so DataLoader's batch boundaries line up.
         last = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
-        for batch in [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + last:
-            yield from batch.tolist()
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + last
+        short = -len(batches) % self.num_replicas  # every rank gets as many batches
+        return batches + batches[:short]
 

@@ -251,13 +251,15 @@ class TextDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.datasets[split]
         lengths = list(ds["length"])
+        # We shard across processes ourselves (the trainer configs set use_distributed_sampler=false).
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
             sampler = LengthGroupedSampler(lengths, self.batch_size, mega=50 if self.group_by_length else 1,
-                                           seed=self.seed)
+                                           seed=self.seed, num_replicas=world, rank=rank)
             if self._resume_at:
                 sampler.resume(*self._resume_at)
         else:  # evaluation order does not matter: sort by length so batches carry no padding
-            sampler = sorted(range(len(ds)), key=lengths.__getitem__)
+            sampler = sorted(range(len(ds)), key=lengths.__getitem__)[rank::world]
         return DataLoader(
             ds.with_format(columns=["input_ids", "labels"]),
             batch_size=self.batch_size if train else self.eval_batch_size,
