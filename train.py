@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -109,6 +111,9 @@ def train(cfg: DictConfig) -> dict:
     logger.log_hyperparams(resolved(cfg), {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
     logger.finalize("success")  # flush: the hparams summary is the last thing written
     metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
+    if trainer.is_global_zero:  # for sweep summaries and scripts
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "overrides": overrides}, indent=2))
 
     if trainer.is_global_zero:
         print(f"run directory:   {run_dir}")

@@ -1,5 +1,6 @@
 """Every config in configs/ composes and instantiates; --help lists the groups; errors come early."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,9 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path, rt_files):
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = sorted(p.parent.parent.name for p in (tmp_path / "multirun").glob("*/*/checkpoints/last.ckpt"))
     assert jobs == ["0", "1"]
+    # the sweep ends with one table of both jobs, also saved as summary.json
+    assert "sweep summary (2 jobs, best first" in out.stdout
+    summary = json.loads(next((tmp_path / "multirun").glob("*/summary.json")).read_text())
+    assert sorted(r["job"] for r in summary) == ["0", "1"]
+    assert {r["overrides"][-1] for r in summary} == {"optim.lr=0.0001", "optim.lr=0.0003"}
+    assert all(0.0 <= r["metrics"]["test/acc"] <= 1.0 for r in summary)
