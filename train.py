@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict:
     init = pretrained.load(model_cfg["init_from"], cfg.paths.cache_dir) if model_cfg.get("init_from") else None
     if init is not None:  # its tokenizer, never a retrained one
         pretrained.check_matches(init, model_cfg)
-        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != (init.folder / "tokenizer.json"):
+        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != (init.folder / "tokenizer.json").resolve():
             raise ConfigError(f"tokenizer.path={tokenizer_cfg['path']} differs from the pretrained encoder's "
                               f"{init.folder / 'tokenizer.json'}; drop tokenizer.path")
         tokenizer_cfg["path"] = str(init.folder / "tokenizer.json")

@@ -86,7 +86,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a .ckpt file "
                                 f"(train.py prints it as 'best checkpoint')")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: reading the hyperparameters of a large checkpoint does not load all of it into memory
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"refusing to load {path}: it needs arbitrary Python objects to unpickle, which "
