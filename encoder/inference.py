@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from encoder.data.collate import Collator
+from encoder.data.datamodule import as_text
 from encoder.data.sources import sha256
 from encoder.model import EncoderClassifier
 from encoder.module import model_config
@@ -48,7 +49,7 @@ class Predictor:
     def _run(self, texts: list[str], fn) -> torch.Tensor:
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, e.g. predict([text])")
-        texts = [t if isinstance(t, str) else "" for t in texts]
+        texts = [as_text(t) for t in texts]  # the same reading of None/non-strings as in training
         if not texts:
             return torch.empty(0)
         ids = [e.ids for e in self.tokenizer.encode_batch(texts)]

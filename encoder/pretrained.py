@@ -17,6 +17,7 @@ import torch
 from encoder.data.sources import PRETRAINED
 from encoder.hf import load_bert
 from encoder.inference import EXPORT_FORMAT, load_export
+from encoder.module import model_config
 from encoder.schema import ConfigError
 
 SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "activation", "layer_norm_eps",
@@ -49,8 +50,9 @@ def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
     if not is_export:
         return Pretrained(folder, *load_bert(folder))
     hp, state = load_export(folder)
-    arch = {k: hp["model"][k] for k in SHAPE_KEYS}
-    arch["attention"] = {k: hp["model"]["attention"][k] for k in ("num_heads", "bias", "add_bias_kv", "add_zero_attn")}
+    cfg = model_config(hp["model"], hp["tokenizer_json"], hp["label_names"])  # defaults filled in
+    arch = {k: getattr(cfg, k) for k in SHAPE_KEYS}
+    arch["attention"] = {k: getattr(cfg.attention, k) for k in ("num_heads", "bias", "add_bias_kv", "add_zero_attn")}
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     return Pretrained(folder, arch, state, hp["tokenizer_json"])
 

@@ -12,8 +12,10 @@ import re
 from pathlib import Path
 
 import lightning as L
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+import pandas
+import pyarrow
 import torch
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from torch.utils.data import DataLoader
 
 from encoder.data.collate import Collator, LengthGroupedSampler
@@ -23,6 +25,11 @@ from encoder.schema import ConfigError, build
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "validation", "test")
+
+
+def as_text(value) -> str:
+    """A missing text (None) is read as "" (the model still sees [CLS] [SEP]); numbers etc. as their string."""
+    return "" if value is None else str(value)
 
 
 class DataError(ValueError):
@@ -137,28 +144,32 @@ class TextDataModule(L.LightningDataModule):
 
     def _load_error(self, error: Exception) -> Exception:
         """A one-line DataError for what `datasets`/pandas/pyarrow raise on bad files."""
-        root = error
-        while root.__cause__ is not None or root.__context__ is not None:
-            root = root.__cause__ or root.__context__
+        chain = [error]  # the exception and everything it was raised from, deepest last
+        while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        root = chain[-1]
         text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
         where = self._describe()
+
+        def raised(kind) -> bool:
+            return any(isinstance(e, kind) for e in chain)
+
         empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(error))
         if empty:
             return DataError(f"the {empty.group(1)} split of {where} is empty; point data at non-empty files")
-        chain = [root] + [e for e in (error, error.__cause__, error.__context__) if e is not None]
-        if any(isinstance(e, UnicodeDecodeError) or "utf8" in str(e).lower().replace("-", "") for e in chain):
+        # pyarrow reports bad UTF-8 in its own words, as an ArrowInvalid: check the text too
+        if raised(UnicodeDecodeError) or any("utf8" in str(e).lower().replace("-", "") for e in chain):
             return DataError(f"{where} is not valid UTF-8 ({text}); re-encode the file as UTF-8, "
                              f"e.g. iconv -f latin1 -t utf-8")
-        if type(root).__name__ == "ParserError":
+        if raised(pandas.errors.ParserError):
             return DataError(f"{where} has a malformed row ({text}); fix or remove that row (quote fields "
                              f"that contain the delimiter)")
-        if type(root).__name__ in ("ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError"):
+        if raised(pyarrow.ArrowException):
             return DataError(f"{where} has a column that mixes types ({text}); make each column's values "
                              f"one type (e.g. all labels strings)")
-        if isinstance(root, FileNotFoundError):
+        if raised(FileNotFoundError):
             return DataError(f"{where}: {text}; check data.data_files / data.path")
-        return error if isinstance(error, DataError) else DataError(f"could not load {where}: "
-                                                                    f"{type(root).__name__}: {text}")
+        return DataError(f"could not load {where}: {type(root).__name__}: {text}")
 
     def _label_names(self, train: Dataset) -> list[str]:
         feature = train.features[self.label_column]
@@ -207,7 +218,7 @@ class TextDataModule(L.LightningDataModule):
         texts = raw["train"]
         self.tokenizer = get_tokenizer(
             self.tokenizer_cfg,
-            lambda: (t for t in texts[self.text_column] if isinstance(t, str)),
+            lambda: (as_text(t) for t in texts[self.text_column]),
             texts._fingerprint,
             self.cache_dir,
         )
@@ -217,8 +228,7 @@ class TextDataModule(L.LightningDataModule):
         text_col, label_col, tok = self.text_column, self.label_column, self.tokenizer
 
         def encode(batch):
-            # A missing text (None) is read as "" ([CLS] [SEP]); numbers etc. as their string form.
-            enc = tok.encode_batch(["" if t is None else str(t) for t in batch[text_col]])
+            enc = tok.encode_batch([as_text(t) for t in batch[text_col]])
             ids = [e.ids for e in enc]
             return {"input_ids": ids, "length": [len(i) for i in ids],
                     "labels": [mapping[v] for v in batch[label_col]]}
