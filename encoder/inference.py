@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -114,9 +116,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 6
 EXPORT_FORMAT = "encoder-export-v1"
 
 
-def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False) -> Path:
     """Write `model.safetensors`, `config.json` (architecture, labels, the weights' sha256) and
-    `tokenizer.json` into a new folder. Refuses to write into a non-empty folder."""
+    `tokenizer.json` into a new folder (and `model.onnx` with onnx=True). Refuses to write into a
+    non-empty folder."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -126,13 +129,54 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     hp = ckpt["hyper_parameters"]
     state = {k.removeprefix("model."): v.contiguous() for k, v in ckpt["state_dict"].items()
              if k.startswith("model.")}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, out / "model.safetensors", metadata={"format": EXPORT_FORMAT})
-    (out / "tokenizer.json").write_text(hp["tokenizer_json"], encoding="utf-8")
-    config = {"format": EXPORT_FORMAT, "model": hp["model"], "label_names": hp["label_names"],
-              "max_length": hp["max_length"], "sha256": {"model.safetensors": sha256(out / "model.safetensors")}}
-    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`
+        save_file(state, tmp / "model.safetensors", metadata={"format": EXPORT_FORMAT})
+        (tmp / "tokenizer.json").write_text(hp["tokenizer_json"], encoding="utf-8")
+        files = ["model.safetensors"]
+        if onnx:
+            model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
+            model.load_state_dict(state)
+            export_onnx(model, tmp / "model.onnx")
+            files.append("model.onnx")
+        config = {"format": EXPORT_FORMAT, "model": hp["model"], "label_names": hp["label_names"],
+                  "max_length": hp["max_length"], "sha256": {name: sha256(tmp / name) for name in files}}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        os.replace(tmp, out)  # onto a missing or empty folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+class _OnnxGraph(torch.nn.Module):
+    """What model.onnx computes: (input_ids, padding_mask) -> (logits, pooled embeddings)."""
+
+    def __init__(self, model: EncoderClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor):
+        pooled = self.model.embed(input_ids, padding_mask)
+        return self.model.head(pooled), pooled
+
+
+def export_onnx(model: EncoderClassifier, path: Path) -> None:
+    """ONNX graph with dynamic batch and sequence axes. Inputs: `input_ids` int64 [batch, seq] and
+    `padding_mask` bool [batch, seq] (True = padding, as everywhere); outputs `logits` and `embeddings`."""
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'encoder[onnx]'") from None
+    model = model.eval()
+    ids = torch.full((2, 16), model.cfg.pad_token_id + 1, dtype=torch.long)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[1, 8:] = True  # an example batch; the graph itself is shape-generic
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=model.cfg.max_positions)
+    torch.onnx.export(_OnnxGraph(model), (ids, mask), str(path), dynamo=True, verbose=False,
+                      external_data=False,  # one self-contained file (fine below protobuf's 2 GB)
+                      input_names=["input_ids", "padding_mask"], output_names=["logits", "embeddings"],
+                      dynamic_shapes={"input_ids": {0: batch, 1: seq}, "padding_mask": {0: batch, 1: seq}})
 
 
 def load_export(folder: Path) -> tuple[dict, dict]:

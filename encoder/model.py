@@ -178,8 +178,10 @@ class Encoder(nn.Module):
             raise ValueError(f"sequence length {seq} exceeds model.max_positions={self.cfg.max_positions}; "
                              f"lower data.max_length")
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        has_padding = bool(padding_mask.any())
-        if not self.cfg.unpad or not has_padding:
+        # A graph export (ONNX) cannot branch on data: it takes the padded path with the mask.
+        exporting = torch.compiler.is_exporting()
+        has_padding = exporting or bool(padding_mask.any())
+        if not self.cfg.unpad or not has_padding or exporting:
             # Without padding there is nothing to skip, and attention needs no mask (a faster kernel).
             mask = padding_mask if has_padding else None
             x = self.embeddings(input_ids, positions)
@@ -236,9 +238,12 @@ class EncoderClassifier(nn.Module):
     def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         return pool(self.encoder(input_ids, padding_mask), padding_mask, self.cfg.pooling)
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.embed(input_ids, padding_mask)
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from the pooled vectors."""
         if self.pooler is not None:
             pooled = self.pooler(pooled)
         return self.classifier(self.dropout(pooled))
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(input_ids, padding_mask))
 

@@ -145,3 +145,28 @@ def test_tampered_exports_are_refused(run, tmp_path):
     (out / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
         encoder.load_model(out)
+
+
+def test_onnx_export_runs_in_onnxruntime_and_matches_pytorch(run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")  # in the dev extra, so CI runs it
+    out = tmp_path / "export"
+    done = subprocess.run([sys.executable, "-m", "encoder.export", str(run["best"]), str(out), "--onnx"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "model.safetensors",
+                                                     "tokenizer.json"]
+    assert "model.onnx" in json.loads((out / "config.json").read_text())["sha256"]
+    predictor = encoder.load_model(out)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    # batch and sequence sizes unlike the export's example batch (2 x 16): the axes are dynamic
+    for texts in (TEXTS[:1], TEXTS, [t * 3 for t in TEXTS[:5]] * 3):
+        ids = [e.ids for e in predictor.tokenizer.encode_batch(texts)]
+        batch = predictor.collator([{"input_ids": i} for i in ids])
+        logits, embeddings = session.run(None, {"input_ids": batch["input_ids"].numpy(),
+                                                "padding_mask": batch["padding_mask"].numpy()})
+        with torch.inference_mode():
+            expected = predictor.model(batch["input_ids"], batch["padding_mask"])
+            expected_emb = predictor.model.embed(batch["input_ids"], batch["padding_mask"])
+        assert logits.shape == (len(texts), 2) and embeddings.shape == (len(texts), 64)
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(embeddings), expected_emb, atol=1e-4, rtol=0)
