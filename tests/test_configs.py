@@ -109,3 +109,26 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path, rt_files):
     assert sorted(r["job"] for r in summary) == ["0", "1"]
     assert {r["overrides"][-1] for r in summary} == {"optim.lr=0.0001", "optim.lr=0.0003"}
     assert all(0.0 <= r["metrics"]["test/acc"] <= 1.0 for r in summary)
+
+
+def test_optuna_sweep_returns_the_objective_and_records_the_best_trial(tmp_path, rt_files):
+    import yaml
+    from conftest import TINY
+
+    out = run_train("-m", "hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sweep = next((tmp_path / "multirun").iterdir())
+    trials = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
+    assert sorted(trials) == ["0", "1"]
+    for trial in trials.values():  # each trial ran with its own sample from the configured search space
+        sampled = dict(o.split("=", 1) for o in trial["overrides"] if o.startswith(("optim.", "data.batch")))
+        assert 1e-4 <= float(sampled["optim.lr"]) <= 3e-3 and sampled["data.batch_size"] in ("16", "32", "64")
+    lrs = {dict(o.split("=", 1) for o in t["overrides"] if "=" in o)["optim.lr"] for t in trials.values()}
+    assert len(lrs) == 2
+    # the sweeper received train.py's objective (best val/acc) and kept the best trial's parameters
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = max(trials.values(), key=lambda t: t["metrics"]["objective"])
+    assert results["best_value"] == pytest.approx(best["metrics"]["best_val/acc"])
+    assert str(results["best_params"]["optim.lr"]) in {o.split("=", 1)[1] for o in best["overrides"]
+                                                       if o.startswith("optim.lr=")}
+    assert "sweep summary (2 jobs, best first" in out.stdout
