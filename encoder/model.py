@@ -197,6 +197,22 @@ class Encoder(nn.Module):
         return x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, index, x).view(batch, seq, -1)
 
 
+    @torch.no_grad()
+    def attention_maps(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's attention probabilities [batch, heads, seq, seq], for visualisation only:
+        the one place that asks `nn.MultiheadAttention` for weights (`need_weights=True` leaves
+        the fused kernels). Call it in eval mode (no dropout) to see what the model attends to."""
+        batch, seq = input_ids.shape
+        x = self.embeddings(input_ids, torch.arange(seq, device=input_ids.device).expand(batch, seq))
+        maps = []
+        for layer in self.layers:
+            h = layer.norm1(x) if layer.norm_first else x  # what the attention block sees
+            maps.append(layer.attn(h, h, h, key_padding_mask=padding_mask, need_weights=True,
+                                   average_attn_weights=False)[1])
+            x = layer(x, padding_mask)
+        return maps
+
+
 def pool(hidden: torch.Tensor, padding_mask: torch.Tensor, how: str) -> torch.Tensor:
     """One vector per sequence: the [CLS] state, or the mean over real tokens (padding excluded)."""
     if how == "cls":

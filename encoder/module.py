@@ -107,10 +107,11 @@ class TextClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._clock = None  # validation ran in between: do not count it
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, "val")
         self.val_metrics(logits, batch["labels"])
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(logits))
+        return logits  # for callbacks (the confusion matrix in encoder.visualize)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self._step(batch, "test")

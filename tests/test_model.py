@@ -121,3 +121,27 @@ def test_sequence_longer_than_position_table_is_refused():
     ids = torch.full((1, 16), 7)
     with pytest.raises(ValueError, match="exceeds model.max_positions=8"):
         model(ids, torch.zeros(1, 16, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first):
+    torch.manual_seed(0)
+    model = EncoderClassifier(tiny(norm_first=norm_first, attention=AttentionConfig(num_heads=4))).eval()
+    ids, mask = batch_with_short_first()
+    maps = model.encoder.attention_maps(ids, mask)
+    assert len(maps) == 2 and maps[0].shape == (3, 4, 40, 40)
+    for m in maps:
+        torch.testing.assert_close(m[0, :, :5, :].sum(-1), torch.ones(4, 5))  # each query row sums to 1
+        assert m[0, :, :, 5:].abs().max() == 0  # no attention to padding
+    # what the short sentence attends to does not depend on its padded neighbours
+    alone = model.encoder.attention_maps(ids[:1, :5], mask[:1, :5])
+    for m, a in zip(maps, alone):
+        torch.testing.assert_close(m[0, :, :5, :5], a[0], atol=1e-5, rtol=0)
+    # the maps are those of the layers that produced the outputs: recompute layer 0's attention by hand
+    layer = model.encoder.layers[0]
+    x = model.encoder.embeddings(ids, torch.arange(40).expand(3, 40))
+    h = layer.norm1(x) if norm_first else x
+    q, k, _ = nn.functional.linear(h, layer.attn.in_proj_weight, layer.attn.in_proj_bias).chunk(3, -1)
+    scores = (q.view(3, 40, 4, 8).transpose(1, 2) @ k.view(3, 40, 4, 8).permute(0, 2, 3, 1)) / 8 ** 0.5
+    expected = scores.masked_fill(mask[:, None, None, :], float("-inf")).softmax(-1)
+    torch.testing.assert_close(maps[0], expected.detach(), atol=1e-5, rtol=0)

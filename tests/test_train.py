@@ -21,7 +21,8 @@ def run(tmp_path_factory, rt_files):
     import train
 
     out = tmp_path_factory.mktemp("run")
-    metrics = train.train(compose(TINY, out))
+    visuals = ["callbacks.tensorboard_visuals.histograms=true", "callbacks.tensorboard_visuals.histogram_every_n_steps=4"]
+    metrics = train.train(compose(TINY + visuals, out))
     best = next((out / "checkpoints").glob("best-*.ckpt"))
     return {"dir": out, "metrics": metrics, "best": best}
 
@@ -40,6 +41,32 @@ def test_fit_writes_checkpoints_metrics_and_tensorboard_events(run):
     assert "_hparams_/session_start_info" in plugin
     assert b"model/embed_dim" in plugin["_hparams_/session_start_info"]
     assert "hp/test_acc" in tags
+
+
+def test_tensorboard_shows_attention_maps_confusion_matrix_projector_and_histograms(run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    events = EventAccumulator(str(run["dir"] / "tensorboard"), size_guidance={"images": 0, "histograms": 0}).Reload()
+    images = set(events.Tags()["images"])
+    expected = {"val/confusion_matrix"} | {f"attention/sentence{i}/heads_mean" for i in range(3)} \
+        | {f"attention/sentence{i}/layer{l}" for i in range(3) for l in range(2)}  # tiny: 2 layers
+    assert expected <= images, sorted(images)
+    # a real picture: it decodes as PNG, is large enough to read the tokens, and is not blank
+    for tag in ("attention/sentence0/heads_mean", "attention/sentence0/layer1", "val/confusion_matrix"):
+        png = tmp_path / (tag.replace("/", "_") + ".png")
+        png.write_bytes(events.Images(tag)[-1].encoded_image_string)
+        pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
+        assert min(pixels.shape) >= 200 and pixels.std() > 20, (tag, pixels.shape, pixels.std())
+    # the projector: the pooled vectors of the 64 validation examples, labelled, with their text
+    assert "pooled" in (run["dir"] / "tensorboard" / "projector_config.pbtxt").read_text()
+    metadata = next((run["dir"] / "tensorboard").glob("*/pooled/metadata.tsv")).read_text().splitlines()
+    vectors = next((run["dir"] / "tensorboard").glob("*/pooled/tensors.tsv")).read_text().splitlines()
+    assert metadata[0] == "label\ttext" and len(metadata) == 65 and len(vectors) == 64
+    assert {line.split("\t")[0] for line in metadata[1:]} <= {"rotten", "fresh"}
+    assert len(vectors[0].split("\t")) == 64  # embed_dim of model=tiny
+    histograms = set(events.Tags()["histograms"])
+    assert {"weights/encoder.layers.0.attn.in_proj_weight", "grads/encoder.layers.0.attn.in_proj_weight"} <= histograms
 
 
 def test_checkpoint_holds_only_plain_types_and_is_self_contained(run):

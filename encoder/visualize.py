@@ -1,0 +1,170 @@
+"""TensorBoard that shows the model: attention maps, a confusion matrix, the embedding projector
+and (optionally) weight/gradient histograms, from one Lightning callback.
+
+Every `every_n_epochs` validation epochs (not during the sanity check) it logs, to the run's
+TensorBoardLogger:
+- IMAGES `attention/sentence<i>/heads_mean`: each layer's head-averaged attention for a few fixed
+  validation sentences, tokens on both axes; `attention/sentence<i>/layer<l>`: each head.
+- IMAGES `val/confusion_matrix`: counts, true label per row, predicted label per column.
+- PROJECTOR `pooled`: the pooled ([CLS] or mean) vectors of the first validation examples, with
+  their label and text as metadata.
+- HISTOGRAMS `weights/*` and `grads/*` every `histogram_every_n_steps` optimizer steps, when
+  `histograms=true` (off by default: hundreds of histograms per step slow training down).
+Drawing costs about 0.45 s per figure on CPU (1 + num_layers figures per sentence): about 7 s per
+validation epoch for model=small. Raise `every_n_epochs` or drop it: ~callbacks.tensorboard_visuals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import matplotlib
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+matplotlib.use("Agg")  # render to pixels, never open a window
+from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
+
+log = logging.getLogger(__name__)
+
+
+def attention_figure(maps: torch.Tensor, tokens: list[str], title: str) -> plt.Figure:
+    """One heatmap per (map [seq, seq], name) panel: queries down, keys across. Each panel is
+    scaled to its own maximum, so the pattern shows even when attention is spread thin."""
+    n, size = len(maps), max(2.5, 0.22 * len(tokens))
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1, rows * size + 0.6), squeeze=False)
+    for ax, (panel, name) in zip(axes.flat, maps):
+        panel = panel.float().cpu()
+        ax.imshow(panel.numpy(), cmap="viridis", vmin=0.0, vmax=float(panel.max()))
+        ax.set_title(f"{name} (max {float(panel.max()):.2f})", fontsize=9)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: torch.Tensor, label_names: list[str], title: str) -> plt.Figure:
+    n = len(label_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n))
+    counts = matrix.cpu().numpy()
+    ax.imshow(counts, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center",
+                    color="white" if counts[i, j] > counts.max() / 2 else "black", fontsize=9)
+    ax.set_xticks(range(n), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+class TensorBoardVisuals(L.Callback):
+    def __init__(self, num_sentences: int = 3, max_tokens: int = 24, projector_samples: int = 256,
+                 every_n_epochs: int = 1, histograms: bool = False, histogram_every_n_steps: int = 100):
+        self.num_sentences, self.max_tokens, self.every_n_epochs = num_sentences, max_tokens, every_n_epochs
+        self.projector_samples = projector_samples
+        self.histograms, self.histogram_every_n_steps = histograms, histogram_every_n_steps
+        self.confusion: MulticlassConfusionMatrix | None = None
+
+    @staticmethod
+    def _writer(trainer: L.Trainer):
+        """The SummaryWriter of the run's TensorBoardLogger (None without one)."""
+        return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+            log.warning("TensorBoardVisuals needs a TensorBoardLogger; it logs nothing in this run")
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        return (not trainer.sanity_checking and self._writer(trainer) is not None
+                and trainer.current_epoch % self.every_n_epochs == 0)
+
+    # ---- confusion matrix: accumulated over the whole validation set (synced across ranks) ---
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        label_names = getattr(pl_module, "hparams", {}).get("label_names")
+        due = self._due(trainer) and label_names
+        self.confusion = MulticlassConfusionMatrix(len(label_names)).to(pl_module.device) if due else None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.confusion is not None and isinstance(outputs, torch.Tensor):
+            self.confusion.update(outputs.argmax(-1), batch["labels"])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        step = trainer.global_step
+        matrix = self.confusion.compute() if self.confusion is not None else None  # all ranks: it syncs
+        if not trainer.is_global_zero:
+            return
+        writer = self._writer(trainer)
+        if matrix is not None:
+            figure = confusion_figure(matrix, pl_module.hparams.label_names, f"validation, step {step}")
+            writer.add_figure("val/confusion_matrix", figure, step)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or "validation" not in getattr(datamodule, "datasets", {}):
+            return  # the sentences and texts below come from our TextDataModule
+        self._log_attention(writer, pl_module, datamodule, step)
+        self._log_projector(writer, pl_module, datamodule, step)
+
+    def _batch(self, pl_module, datamodule, rows: list[dict]) -> dict:
+        batch = datamodule.collator([{"input_ids": r["input_ids"]} for r in rows])
+        return {k: v.to(pl_module.device) for k, v in batch.items()}
+
+    def _log_attention(self, writer, pl_module, datamodule, step: int) -> None:
+        """The same few short validation sentences every epoch, so the maps can be compared."""
+        ds = datamodule.datasets["validation"]
+        rows = [r for r in ds.select(range(min(len(ds), 200))) if 4 <= r["length"] <= self.max_tokens]
+        rows = rows[: self.num_sentences]
+        if not rows:
+            return
+        batch = self._batch(pl_module, datamodule, rows)
+        maps = pl_module.model.encoder.attention_maps(batch["input_ids"], batch["padding_mask"])
+        for i, row in enumerate(rows):
+            n = row["length"]
+            tokens = [datamodule.tokenizer.id_to_token(t) for t in row["input_ids"]]
+            per_layer = [(layer[i].mean(0)[:n, :n], f"layer {l}") for l, layer in enumerate(maps)]
+            text = datamodule.tokenizer.decode(row["input_ids"])
+            writer.add_figure(f"attention/sentence{i}/heads_mean",
+                              attention_figure(per_layer, tokens, f"head-averaged attention: {text[:80]}"), step)
+            for l, layer in enumerate(maps):
+                heads = [(layer[i, h, :n, :n], f"head {h}") for h in range(layer.shape[1])]
+                writer.add_figure(f"attention/sentence{i}/layer{l}",
+                                  attention_figure(heads, tokens, f"layer {l}: {text[:80]}"), step)
+
+    def _log_projector(self, writer, pl_module, datamodule, step: int) -> None:
+        ds = datamodule.datasets["validation"]
+        rows = list(ds.select(range(min(len(ds), self.projector_samples))))
+        if not rows or self.projector_samples <= 0:
+            return
+        vectors = []
+        for start in range(0, len(rows), 64):
+            batch = self._batch(pl_module, datamodule, rows[start : start + 64])
+            with torch.no_grad():
+                vectors.append(pl_module.model.embed(batch["input_ids"], batch["padding_mask"]).float().cpu())
+        names = pl_module.hparams.label_names
+        texts = datamodule.tokenizer.decode_batch([r["input_ids"] for r in rows])
+        # tabs and newlines would break TensorBoard's metadata.tsv
+        metadata = [[names[r["labels"]], " ".join(t.split())[:120] or "(empty)"] for r, t in zip(rows, texts)]
+        writer.add_embedding(torch.cat(vectors), metadata=metadata, metadata_header=["label", "text"],
+                             tag="pooled", global_step=step)
+
+    # ---- histograms: weights and their gradients, right before the optimizer uses them ------
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        writer = self._writer(trainer)
+        step = trainer.global_step
+        if not self.histograms or writer is None or not trainer.is_global_zero or step % self.histogram_every_n_steps:
+            return
+        for name, p in pl_module.model.named_parameters():
+            writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+            if p.grad is not None:
+                writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
