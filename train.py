@@ -8,16 +8,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from encoder import pretrained
 from encoder.callbacks import Interrupted
@@ -54,6 +58,33 @@ def check_resumable(ckpt_path: str, datamodule) -> None:
     if list(hp["label_names"]) != list(datamodule.label_names):
         raise ConfigError(f"labels {datamodule.label_names} differ from the checkpoint's {hp['label_names']}; "
                           f"set data.label_names={hp['label_names']}")
+
+
+@contextlib.contextmanager
+def ddp_ranks_run_this_job_only():
+    """Lightning starts the extra DDP ranks as `python train.py <sys.argv[1:]> hydra.run.dir=<run.dir>`.
+    Inside a multirun job that would start a whole sweep per rank, in another directory: point them
+    at this job instead (its overrides, its directory). Afterwards, forget the DDP environment
+    Lightning set up, or the next job would wait for ranks that are never started."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    argv, env = sys.argv, dict(os.environ)
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            if key in env:
+                os.environ[key] = env[key]
+            else:
+                os.environ.pop(key, None)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def train(cfg: DictConfig) -> dict:
@@ -126,7 +157,8 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
-        return train(cfg)["objective"]
+        with ddp_ranks_run_this_job_only():
+            return train(cfg)["objective"]
     except (ConfigError, DataError, FloatingPointError) as e:
         raise SystemExit(f"error: {e}") from None
     except Interrupted as e:

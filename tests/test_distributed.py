@@ -46,3 +46,23 @@ def test_two_process_ddp_writes_one_run_and_shards_the_data(tmp_path, rt_files):
     assert len(seen[0]) == len(seen[1]) == 8 * 16  # 8 batches of 16 each
     shared = {tuple(x) for x in seen[0]} & {tuple(x) for x in seen[1]}
     assert len(shared) <= 2, "the ranks trained on the same examples"  # (duplicate texts aside)
+
+
+def test_multirun_of_ddp_jobs_gives_one_directory_per_job_not_per_rank(tmp_path, rt_files):
+    # lightning-hydra-template's most reported problem: each DDP rank re-ran the whole sweep
+    overrides = [o for o in TINY if o != "trainer=debug"] + [
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "~callbacks.tensorboard_visuals"]
+    args = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, "optim.lr=1e-4,3e-4",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no stray outputs/ from a rank
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]  # two jobs, not two per rank
+    for job in jobs:
+        ckpt = torch.load(tmp_path / "sweep" / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 2
+    assert out.stdout.count("sweep summary (2 jobs") == 1
+    assert out.stdout.count("best checkpoint:") == 2  # one line per job, from its rank 0
