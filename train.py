@@ -55,7 +55,7 @@ def check_resumable(ckpt_path: str, datamodule) -> None:
     if hp["tokenizer_json"] != datamodule.tokenizer.to_str():
         raise ConfigError(f"the tokenizer differs from the one in {ckpt_path}; set tokenizer.path to that "
                           f"run's tokenizer (python -m encoder.export writes it out)")
-    if list(hp["label_names"]) != list(datamodule.label_names):
+    if hp.get("label_names") != datamodule.label_names:
         raise ConfigError(f"labels {datamodule.label_names} differ from the checkpoint's {hp['label_names']}; "
                           f"set data.label_names={hp['label_names']}")
 
@@ -101,23 +101,24 @@ def train(cfg: DictConfig) -> dict:
     init = pretrained.load(model_cfg["init_from"], cfg.paths.cache_dir) if model_cfg.get("init_from") else None
     if init is not None:  # its tokenizer, never a retrained one
         pretrained.check_matches(init, model_cfg)
-        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != (init.folder / "tokenizer.json").resolve():
+        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():
             raise ConfigError(f"tokenizer.path={tokenizer_cfg['path']} differs from the pretrained encoder's "
-                              f"{init.folder / 'tokenizer.json'}; drop tokenizer.path")
-        tokenizer_cfg["path"] = str(init.folder / "tokenizer.json")
+                              f"{init.tokenizer_path}; drop tokenizer.path")
+        tokenizer_cfg["path"] = str(init.tokenizer_path)
 
     # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
     datamodule = instantiate(cfg.data, _convert_="all", tokenizer=tokenizer_cfg, cache_dir=cfg.paths.cache_dir,
                              seed=cfg.seed)
     datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
+    labels = {"label_names": list(datamodule.label_names)} if datamodule.label_names is not None else {}
     module = instantiate(
         cfg.task,
         _convert_="all",
         model=model_cfg,
-        label_names=list(datamodule.label_names),
         tokenizer_json=datamodule.tokenizer.to_str(),
         max_length=cfg.data.max_length,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        **labels,
     )
     if init is not None and not ckpt_path:
         pretrained.apply(init, module.model)

@@ -89,7 +89,19 @@ def validate(cfg: DictConfig) -> None:
     check_call(TextDataModule.__init__, plain["data"], "data")
     check_call(L.Trainer.__init__, plain["trainer"], "trainer", check_types=False)
     check_max_length(plain["data"]["max_length"], arch)
-    from encoder.module import TextClassifier
+    from encoder import module
 
-    check_call(TextClassifier.__init__, plain["task"], "task")
+    tasks = {cls.__name__: cls for cls in vars(module).values()
+             if isinstance(cls, type) and issubclass(cls, module.EncoderTask) and cls.task}
+    target = plain["task"].get("_target_", "")
+    if target.rsplit(".", 1)[-1] not in tasks or not target.startswith("encoder."):
+        raise ConfigError(f"task._target_={target!r} is not one of encoder's tasks "
+                          f"{sorted('encoder.module.' + n for n in tasks)}; pick one with task=...")
+    task = tasks[target.rsplit(".", 1)[-1]]
+    check_call(task.__init__, plain["task"], "task")
     check_choice(plain["task"].get("on_nonfinite_loss", "stop"), NONFINITE, "task.on_nonfinite_loss")
+    if task.task == "mlm" and not plain["data"].get("mlm_probability"):
+        raise ConfigError("task=mlm needs data.mlm_probability > 0 (0.15 as in BERT); configs/task/mlm.yaml sets it")
+    if task.task != "mlm" and plain["data"].get("mlm_probability"):
+        raise ConfigError(f"data.mlm_probability={plain['data']['mlm_probability']} masks tokens, which only "
+                          f"task=mlm uses; set it to 0")

@@ -21,21 +21,22 @@ from tokenizers import Tokenizer
 from encoder.data.collate import Collator
 from encoder.data.datamodule import as_text
 from encoder.data.sources import sha256
-from encoder.model import EncoderClassifier
+from encoder.model import EncoderClassifier, EncoderForMaskedLM
 from encoder.module import model_config
 
 
 class Predictor:
     """Batches texts (sorted by length, so batches carry little padding), runs the model in
-    inference mode, and returns results in the input order."""
+    inference mode, and returns results in the input order. `embed` works for every task;
+    `predict` is the task's own (see the subclasses)."""
 
-    def __init__(self, model: EncoderClassifier, tokenizer: Tokenizer, label_names: list[str], max_length: int,
-                 batch_size: int = 64):
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, max_length: int, batch_size: int = 64,
+                 label_names: list[str] | None = None):
         self.model = model.eval()
+        self.label_names = list(label_names) if label_names is not None else None
         self.tokenizer = tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
-        self.label_names = list(label_names)
         self.batch_size = batch_size
         self.collator = Collator(pad_token_id=model.cfg.pad_token_id)
 
@@ -47,24 +48,36 @@ class Predictor:
         self.model.to(device)
         return self
 
-    @torch.inference_mode()
-    def _run(self, texts: list[str], fn) -> torch.Tensor:
+    def _batches(self, texts: list[str]):
+        """(positions in `texts`, input_ids, padding_mask) for length-sorted batches."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, e.g. predict([text])")
         texts = [as_text(t) for t in texts]  # the same reading of None/non-strings as in training
-        if not texts:
-            return torch.empty(0)
         ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        outputs = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = self.collator([{"input_ids": ids[i]} for i in chunk])
-            result = fn(batch["input_ids"].to(self.device), batch["padding_mask"].to(self.device)).float().cpu()
+            yield chunk, batch["input_ids"].to(self.device), batch["padding_mask"].to(self.device)
+
+    @torch.inference_mode()
+    def _run(self, texts: list[str], fn) -> torch.Tensor:
+        outputs = [None] * len(texts)
+        for chunk, input_ids, padding_mask in self._batches(texts):
+            result = fn(input_ids, padding_mask).float().cpu()
             for row, i in enumerate(chunk):
                 outputs[i] = result[row]
-        return torch.stack(outputs)
+        return torch.stack(outputs) if outputs else torch.empty(0)
 
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), embed_dim] pooled sentence vectors (model.pooling: [CLS] or mean)."""
+        return self._run(texts, self.model.embed)
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        raise NotImplementedError
+
+
+class ClassifierPredictor(Predictor):
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), num_labels] class probabilities."""
         return self._run(texts, self.model).softmax(-1)
@@ -78,9 +91,37 @@ class Predictor:
                             "probs": dict(zip(self.label_names, p))})
         return results
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """[len(texts), embed_dim] pooled sentence vectors (the classifier's input)."""
-        return self._run(texts, self.model.embed)
+
+class MaskedLMPredictor(Predictor):
+    @torch.inference_mode()
+    def predict(self, texts: list[str], top_k: int = 5) -> list[dict]:
+        """One dict per text: `masks`, for each [MASK] in it (in order) the `top_k` most likely
+        tokens with their probabilities."""
+        mask_id = self.tokenizer.token_to_id("[MASK]")
+        results = [{"masks": []} for _ in texts]
+        for chunk, input_ids, padding_mask in self._batches(texts):
+            selected = input_ids == mask_id
+            if not selected.any():
+                continue
+            probs = self.model(input_ids, padding_mask, selected).float().softmax(-1).cpu()
+            top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+            rows = selected.nonzero()[:, 0].tolist()  # the batch row of each [MASK], in reading order
+            for row, scores, ids in zip(rows, top.values.tolist(), top.indices.tolist()):
+                results[chunk[row]]["masks"].append(
+                    [{"token": self.tokenizer.id_to_token(t), "score": p} for t, p in zip(ids, scores)])
+        return results
+
+
+# task name (checkpoints and exports record it) -> (model class, predictor class)
+TASKS = {"classification": (EncoderClassifier, ClassifierPredictor), "mlm": (EncoderForMaskedLM, MaskedLMPredictor)}
+
+
+def build_model(hp: dict) -> torch.nn.Module:
+    task = hp.get("task") or "classification"  # checkpoints from before tasks were recorded
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is unknown to this version of encoder (known: {sorted(TASKS)}); "
+                         f"upgrade encoder")
+    return TASKS[task][0](model_config(hp["model"], hp["tokenizer_json"], hp.get("label_names")))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -101,16 +142,20 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 6
     """A `Predictor` from a `.ckpt` written by `python train.py` or a folder written by
     `python -m encoder.export` (safetensors + JSON: no pickle at all)."""
     path = Path(path)
-    if path.is_dir():
-        hp, state = load_export(path)
-    else:
-        ckpt = load_checkpoint(path)
-        hp = ckpt["hyper_parameters"]
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
+    hp, state = load_export(path) if path.is_dir() else _checkpoint_parts(path)
+    model = build_model(hp)
     model.load_state_dict(state)
-    tokenizer = Tokenizer.from_str(hp["tokenizer_json"])
-    return Predictor(model, tokenizer, hp["label_names"], hp["max_length"], batch_size=batch_size).to(device)
+    predictor = TASKS[hp["task"]][1](model, Tokenizer.from_str(hp["tokenizer_json"]), hp["max_length"], batch_size,
+                                     hp.get("label_names"))
+    return predictor.to(device)
+
+
+def _checkpoint_parts(path: Path) -> tuple[dict, dict]:
+    """(hyperparameters + task, model weights) of a Lightning checkpoint."""
+    ckpt = load_checkpoint(path)
+    hp = {**ckpt["hyper_parameters"], "task": ckpt.get("task") or "classification"}
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return hp, state
 
 
 EXPORT_FORMAT = "encoder-export-v1"
@@ -125,10 +170,10 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
-    ckpt = load_checkpoint(checkpoint)
-    hp = ckpt["hyper_parameters"]
-    state = {k.removeprefix("model."): v.contiguous() for k, v in ckpt["state_dict"].items()
-             if k.startswith("model.")}
+    hp, state = _checkpoint_parts(Path(checkpoint))
+    state = {k: v.contiguous() for k, v in state.items()}
+    if onnx and hp["task"] != "classification":
+        raise ValueError(f"--onnx exports classification models; this checkpoint is task={hp['task']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`
@@ -136,12 +181,13 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool
         (tmp / "tokenizer.json").write_text(hp["tokenizer_json"], encoding="utf-8")
         files = ["model.safetensors"]
         if onnx:
-            model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
+            model = build_model(hp)
             model.load_state_dict(state)
             export_onnx(model, tmp / "model.onnx")
             files.append("model.onnx")
-        config = {"format": EXPORT_FORMAT, "model": hp["model"], "label_names": hp["label_names"],
-                  "max_length": hp["max_length"], "sha256": {name: sha256(tmp / name) for name in files}}
+        config = {"format": EXPORT_FORMAT, "task": hp["task"], "model": hp["model"],
+                  "label_names": hp.get("label_names"), "max_length": hp["max_length"],
+                  "sha256": {name: sha256(tmp / name) for name in files}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:
@@ -203,6 +249,7 @@ def load_export(folder: Path) -> tuple[dict, dict]:
         state = load_file(folder / "model.safetensors")
     except SafetensorError as e:
         raise ValueError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
-    hp = {"model": config["model"], "label_names": config["label_names"], "max_length": config["max_length"],
+    hp = {"task": config.get("task") or "classification", "model": config["model"],
+          "label_names": config.get("label_names"), "max_length": config["max_length"],
           "tokenizer_json": (folder / "tokenizer.json").read_text(encoding="utf-8")}
     return hp, state

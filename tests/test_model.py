@@ -145,3 +145,21 @@ def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first):
     scores = (q.view(3, 40, 4, 8).transpose(1, 2) @ k.view(3, 40, 4, 8).permute(0, 2, 3, 1)) / 8 ** 0.5
     expected = scores.masked_fill(mask[:, None, None, :], float("-inf")).softmax(-1)
     torch.testing.assert_close(maps[0], expected.detach(), atol=1e-5, rtol=0)
+
+
+def test_mlm_head_is_tied_to_the_token_embeddings_and_scores_selected_positions_only():
+    from encoder.model import EncoderForMaskedLM
+
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(tiny()).eval()
+    assert not any("decoder" in k for k in model.state_dict())  # one copy of the tied matrix
+    ids, mask = batch_with_short_first()
+    selected = torch.zeros_like(mask)
+    selected[0, 1], selected[1, 7], selected[2, 20] = True, True, True
+    logits = model(ids, mask, selected)
+    assert logits.shape == (3, 50)  # [selected tokens, vocab]: nothing computed elsewhere
+    hidden = model.encoder(ids, mask)[selected]
+    expected = model.transform(hidden) @ model.encoder.embeddings.tokens.weight.T + model.bias
+    torch.testing.assert_close(logits, expected)
+    logits.sum().backward()  # the output projection trains the input embeddings
+    assert model.encoder.embeddings.tokens.weight.grad.abs().sum() > 0

@@ -31,7 +31,7 @@ def sentences(rt_files):
 def test_imported_minilm_matches_transformers_bert(minilm, sentences):
     from transformers import BertModel
 
-    tok = Tokenizer.from_str(minilm.tokenizer_json)
+    tok = Tokenizer.from_file(str(minilm.tokenizer_path))
     tok.enable_truncation(128)
     cfg = ModelConfig.from_dict({**minilm.arch, "vocab_size": tok.get_vocab_size(), "pooling": "mean",
                                  "pad_token_id": tok.token_to_id("[PAD]")})
@@ -61,7 +61,7 @@ def test_fine_tuning_from_minilm_keeps_its_tokenizer(minilm, tmp_path):
     best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
     hp = torch.load(best, weights_only=True)["hyper_parameters"]
     # the 30,522-token BERT vocabulary, not a retrained one
-    assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_str(minilm.tokenizer_json).get_vocab()
+    assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_file(str(minilm.tokenizer_path)).get_vocab()
     predictor = encoder.load_model(best)
     assert predictor.tokenizer.get_vocab_size() == 30522
     assert predictor.predict(["a gorgeous, witty, seductive movie"])[0]["label"] in ("rotten", "fresh")
@@ -73,7 +73,7 @@ def test_a_model_shape_that_does_not_match_is_refused_in_one_line(minilm, tmp_pa
     with pytest.raises(ConfigError, match=r"model.embed_dim=64 does not match the pretrained encoder in .* \(384\); "
                                           r"set model.embed_dim=384"):
         train.train(compose(TINY + ["model.init_from=all-MiniLM-L6-v2"], tmp_path))
-    with pytest.raises(ConfigError, match="is neither a folder nor a known name"):
+    with pytest.raises(ConfigError, match="is neither a folder, a .ckpt file nor a known name"):
         train.train(compose(TINY + ["model.init_from=no-such-model"], tmp_path))
 
 
@@ -88,7 +88,7 @@ def test_init_from_our_own_export(tmp_path):
     cfg = compose(TINY + [f"model.init_from={folder}", "trainer.limit_train_batches=1"], tmp_path / "second")
     train.train(cfg)
     hp = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
-    assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_str(source.tokenizer_json).get_vocab()
+    assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_file(str(source.tokenizer_path)).get_vocab()
     # apply() puts every exported encoder tensor into a fresh model
     model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
     pretrained.apply(source, model)

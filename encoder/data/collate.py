@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch.utils.data import Sampler
 
@@ -11,11 +13,23 @@ class Collator:
 
     Returns `input_ids` [B, S] (long), `padding_mask` [B, S] (bool, True = padding: what
     `nn.MultiheadAttention(key_padding_mask=...)` expects), and `labels` [B] when present.
+
+    With `mlm_probability` > 0 (masked-language modelling) it also masks, as BERT does: that share
+    of the real, non-special tokens is selected (at least one per batch); of those 80% become
+    [MASK], 10% a random token, 10% stay. `labels` [B, S] then holds the original token at selected
+    positions and -100 elsewhere. The random draws are seeded by `seed` and the batch's own tokens,
+    so a batch is masked the same way in any process, worker or resumed run, and differently when
+    the sampler groups examples differently (every epoch).
     """
 
-    def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int = 8):
+    def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int = 8, mlm_probability: float = 0.0,
+                 mask_token_id: int | None = None, special_token_ids: list[int] | None = None,
+                 vocab_size: int | None = None, seed: int = 0):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.mlm_probability = mlm_probability
+        self.mask_token_id, self.vocab_size, self.seed = mask_token_id, vocab_size, seed
+        self.special_token_ids = torch.as_tensor(special_token_ids or [], dtype=torch.long)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         lengths = [len(e["input_ids"]) for e in examples]
@@ -29,9 +43,25 @@ class Collator:
             input_ids[i, : lengths[i]] = torch.as_tensor(e["input_ids"], dtype=torch.long)
             padding_mask[i, : lengths[i]] = False
         batch = {"input_ids": input_ids, "padding_mask": padding_mask}
-        if "labels" in examples[0]:
+        if self.mlm_probability > 0:
+            batch["input_ids"], batch["labels"] = self.mask(input_ids, padding_mask)
+        elif "labels" in examples[0]:
             batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
         return batch
+
+    def mask(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(input_ids.numpy().tobytes()))
+        maskable = ~padding_mask & ~torch.isin(input_ids, self.special_token_ids)
+        selected = (torch.rand(input_ids.shape, generator=g) < self.mlm_probability) & maskable
+        if not selected.any() and maskable.any():  # tiny batches: still one token to learn from
+            candidates = maskable.flatten().nonzero().squeeze(1)
+            selected.view(-1)[candidates[torch.randint(len(candidates), (1,), generator=g)]] = True
+        labels = input_ids.masked_fill(~selected, -100)
+        roll = torch.rand(input_ids.shape, generator=g)
+        random_ids = torch.randint(self.vocab_size, input_ids.shape, generator=g)
+        masked = input_ids.masked_fill(selected & (roll < 0.8), self.mask_token_id)
+        masked = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_ids, masked)
+        return masked, labels
 
 
 class LengthGroupedSampler(Sampler[int]):

@@ -1,8 +1,12 @@
-"""A LightningDataModule over Hugging Face `datasets` for text classification.
+"""A LightningDataModule over Hugging Face `datasets`: labelled texts, or a raw corpus for MLM.
 
 raw splits (Hub / local files / offline source) -> checked columns and labels -> tokenizer
 (trained on train, cached) -> `datasets.map(batched=True)` tokenization (cached by fingerprint)
--> length-grouped sampler -> Collator (padding + padding_mask).
+-> length-grouped sampler -> Collator (padding + padding_mask, + masking for MLM).
+
+`label_column=null` reads an unlabelled corpus (empty texts are dropped: nothing to learn from).
+`long_texts=chunk` splits a text longer than `max_length` into consecutive [CLS] ... [SEP] pieces
+instead of truncating it, so no text is lost. `mlm_probability` > 0 makes the collator mask.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from torch.utils.data import DataLoader
 from encoder.data.collate import Collator, LengthGroupedSampler
 from encoder.data.sources import SOURCES, default_cache_dir
 from encoder.data.tokenizer import TokenizerConfig, fingerprint, get_tokenizer
-from encoder.schema import ConfigError, build
+from encoder.schema import ConfigError, build, check_choice
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "validation", "test")
+LONG_TEXTS = ("truncate", "chunk")
 
 
 def as_text(value) -> str:
@@ -45,10 +50,12 @@ class TextDataModule(L.LightningDataModule):
         source: str | None = None,
         splits: dict | None = None,
         text_column: str = "text",
-        label_column: str = "label",
+        label_column: str | None = "label",
         label_names: list[str] | None = None,
         val_fraction: float = 0.1,
         max_length: int = 128,
+        long_texts: str = "truncate",
+        mlm_probability: float = 0.0,
         batch_size: int = 32,
         eval_batch_size: int = 128,
         group_by_length: bool = True,
@@ -67,7 +74,10 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.source={source!r} is unknown; choose one of {sorted(SOURCES)} or null")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
-        if max_length < 2:
+        check_choice(long_texts, LONG_TEXTS, "data.long_texts")
+        if not 0.0 <= mlm_probability < 1.0:
+            raise ConfigError(f"data.mlm_probability={mlm_probability} must be in [0, 1) (BERT: 0.15)")
+        if max_length < 2 + (long_texts == "chunk"):
             raise ConfigError(f"data.max_length={max_length} must be at least 2 ([CLS] and [SEP])")
         if batch_size < 1 or eval_batch_size < 1 or pad_to_multiple_of < 1:
             raise ConfigError("data.batch_size, data.eval_batch_size and data.pad_to_multiple_of must be positive")
@@ -75,7 +85,7 @@ class TextDataModule(L.LightningDataModule):
         self.splits = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
         self.text_column, self.label_column = text_column, label_column
         self.label_names = list(label_names) if label_names else None
-        self.val_fraction, self.max_length = val_fraction, max_length
+        self.val_fraction, self.max_length, self.long_texts = val_fraction, max_length, long_texts
         self.batch_size, self.eval_batch_size, self.group_by_length = batch_size, eval_batch_size, group_by_length
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.num_workers, self.pin_memory = num_workers, pin_memory
@@ -85,7 +95,8 @@ class TextDataModule(L.LightningDataModule):
         self.seed = seed
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
-        self.collator = Collator(pad_token_id=0, pad_to_multiple_of=pad_to_multiple_of)
+        self.collator = Collator(pad_token_id=0, pad_to_multiple_of=pad_to_multiple_of,
+                                 mlm_probability=mlm_probability, seed=seed)
         self._resume_at: tuple[int, int] | None = None  # (epoch, examples consumed) from a checkpoint
 
     # ---- loading and checking -------------------------------------------------------------
@@ -130,14 +141,14 @@ class TextDataModule(L.LightningDataModule):
             if limit is not None and split in out and len(out[split]) > limit:
                 out[split] = out[split].select(range(limit))
         for split, ds in out.items():
-            if type(ds.features.get(self.label_column)).__name__ == "Json":  # `datasets` >= 5: mixed JSON types
+            if self.label_column and type(ds.features.get(self.label_column)).__name__ == "Json":  # `datasets` >= 5: mixed JSON types
                 kinds = sorted({type(v).__name__ for v in ds[self.label_column]})
                 raise DataError(f"data.label_column={self.label_column!r} mixes types ({', '.join(kinds)}) in the "
                                 f"{split} split; make every label the same type (e.g. all strings)")
             if len(ds) == 0:
                 raise DataError(f"the {split} split of {self._describe()} is empty; point data at non-empty files")
             for key, column in (("text_column", self.text_column), ("label_column", self.label_column)):
-                if column not in ds.column_names:
+                if column is not None and column not in ds.column_names:
                     raise DataError(f"data.{key}={column!r} is not a column of the {split} split; "
                                     f"its columns are {ds.column_names}")
         return out
@@ -211,10 +222,22 @@ class TextDataModule(L.LightningDataModule):
         if self.datasets:
             return  # idempotent: train.py sets up early to learn the vocabulary and labels
         raw = self.load_raw()
-        self.label_names = self._label_names(raw["train"])
-        mapping = self._label_to_id(self.label_names)
-        for split, ds in raw.items():
-            self._check_labels(ds, split, mapping)
+        mapping = None
+        if self.label_column:
+            self.label_names = self._label_names(raw["train"])
+            mapping = self._label_to_id(self.label_names)
+            for split, ds in raw.items():
+                self._check_labels(ds, split, mapping)
+        else:  # a corpus: empty texts would be all special tokens, with nothing to predict
+            for split, ds in raw.items():
+                kept = ds.filter(lambda b: [bool(as_text(t).strip()) for t in b[self.text_column]], batched=True,
+                                 desc=f"dropping empty texts of {split}")
+                if len(kept) < len(ds):
+                    log.info("dropped %d empty texts of the %s split", len(ds) - len(kept), split)
+                if len(kept) == 0:
+                    raise DataError(f"every text of the {split} split of {self._describe()} is empty; "
+                                    f"check data.text_column")
+                raw[split] = kept
         texts = raw["train"]
         self.tokenizer = get_tokenizer(
             self.tokenizer_cfg,
@@ -222,16 +245,26 @@ class TextDataModule(L.LightningDataModule):
             texts._fingerprint,
             self.cache_dir,
         )
-        self.tokenizer.enable_truncation(self.max_length)
-        self.collator.pad_token_id = self.tokenizer.token_to_id("[PAD]")
-        tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length)
+        if self.long_texts == "truncate":
+            self.tokenizer.enable_truncation(self.max_length)
+        self._configure_collator()
+        tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length, self.long_texts)
         text_col, label_col, tok = self.text_column, self.label_column, self.tokenizer
+        cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), self.max_length - 2
 
         def encode(batch):
-            enc = tok.encode_batch([as_text(t) for t in batch[text_col]])
-            ids = [e.ids for e in enc]
-            return {"input_ids": ids, "length": [len(i) for i in ids],
-                    "labels": [mapping[v] for v in batch[label_col]]}
+            texts = [as_text(t) for t in batch[text_col]]
+            if self.long_texts == "chunk":  # every token kept: [CLS] piece [SEP], piece by piece
+                bare = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+                owner = [i for i, b in enumerate(bare) for _ in range(max(1, -(-len(b) // piece)))]
+                ids = [[cls, *b[k : k + piece], sep] for b in bare for k in range(0, max(1, len(b)), piece)]
+            else:
+                owner = range(len(texts))
+                ids = [e.ids for e in tok.encode_batch(texts)]
+            out = {"input_ids": ids, "length": [len(i) for i in ids]}
+            if label_col:
+                out["labels"] = [mapping[batch[label_col][i]] for i in owner]
+            return out
 
         for split, ds in raw.items():
             missing = sum(t is None or (isinstance(t, str) and not t.strip()) for t in ds[self.text_column])
@@ -240,13 +273,25 @@ class TextDataModule(L.LightningDataModule):
                             missing, split)
             self.datasets[split] = ds.map(
                 encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {split}",
-                new_fingerprint=fingerprint(ds._fingerprint, tokenizer_id, self.label_names),
+                new_fingerprint=fingerprint(ds._fingerprint, tokenizer_id, self.label_names, label_col),
             )
         log.info("data: %s", {s: len(d) for s, d in self.datasets.items()})
 
     @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
+    def num_labels(self) -> int | None:
+        return len(self.label_names) if self.label_names is not None else None
+
+    def _configure_collator(self) -> None:
+        tok = self.tokenizer
+        self.collator.pad_token_id = tok.token_to_id("[PAD]")
+        if self.collator.mlm_probability > 0:
+            if tok.token_to_id("[MASK]") is None:
+                raise DataError("masked-language modelling needs a [MASK] token; this tokenizer has none "
+                                "(train one with tokenizer=wordpiece)")
+            self.collator.mask_token_id = tok.token_to_id("[MASK]")
+            self.collator.vocab_size = tok.get_vocab_size()
+            self.collator.special_token_ids = torch.as_tensor(
+                [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")], dtype=torch.long)
 
     # ---- exact resume: where in which epoch the data order stood --------------------------
     def state_dict(self) -> dict:
@@ -271,7 +316,7 @@ class TextDataModule(L.LightningDataModule):
         else:  # evaluation order does not matter: sort by length so batches carry no padding
             sampler = sorted(range(len(ds)), key=lengths.__getitem__)[rank::world]
         return DataLoader(
-            ds.with_format(columns=["input_ids", "labels"]),
+            ds.with_format(columns=[c for c in ("input_ids", "labels") if c in ds.column_names]),
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
             collate_fn=self.collator,

