@@ -111,6 +111,8 @@ def train(cfg: DictConfig) -> dict:
                              seed=cfg.seed)
     datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
     labels = {"label_names": list(datamodule.label_names)} if datamodule.label_names is not None else {}
+    if datamodule.text_pair_column and not model_cfg.get("type_vocab_size"):
+        model_cfg["type_vocab_size"] = 2  # sentence pairs: segment embeddings for the first and second text
     module = instantiate(
         cfg.task,
         _convert_="all",

@@ -102,6 +102,9 @@ def validate(cfg: DictConfig) -> None:
     check_choice(plain["task"].get("on_nonfinite_loss", "stop"), NONFINITE, "task.on_nonfinite_loss")
     if task.task == "mlm" and not plain["data"].get("mlm_probability"):
         raise ConfigError("task=mlm needs data.mlm_probability > 0 (0.15 as in BERT); configs/task/mlm.yaml sets it")
+    if (task.task == "regression") != bool(plain["data"].get("regression")):
+        raise ConfigError("task=regression and data.regression=true go together (numeric labels); "
+                          "pick task=regression, which sets both")
     if task.task != "mlm" and plain["data"].get("mlm_probability"):
         raise ConfigError(f"data.mlm_probability={plain['data']['mlm_probability']} masks tokens, which only "
                           f"task=mlm uses; set it to 0")

@@ -57,7 +57,7 @@ def bert_config(cfg: ModelConfig):
         num_attention_heads=cfg.attention.num_heads, intermediate_size=cfg.ffn_dim,
         hidden_act=ACTIVATIONS[cfg.activation], hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.attention.dropout, classifier_dropout=cfg.classifier_dropout,
-        max_position_embeddings=cfg.max_positions, type_vocab_size=1, layer_norm_eps=cfg.layer_norm_eps,
+        max_position_embeddings=cfg.max_positions, type_vocab_size=max(1, cfg.type_vocab_size), layer_norm_eps=cfg.layer_norm_eps,
         pad_token_id=cfg.pad_token_id, num_labels=cfg.num_labels, attn_implementation="sdpa",
     )
 
@@ -68,9 +68,11 @@ def to_bert_state_dict(model: EncoderClassifier) -> dict[str, torch.Tensor]:
     out = {theirs: s[ours] for ours, theirs in _pairs(model.cfg.num_layers, "bert.")}
     for ours, theirs in _qkv(model.cfg.num_layers, "bert."):
         out.update(zip(theirs, s[ours].chunk(3)))
+    segments = s.get("encoder.embeddings.segments.weight")
     out.update({
-        # one segment whose embedding is zero: BERT adds it to every token
-        "bert.embeddings.token_type_embeddings.weight": torch.zeros(1, model.cfg.embed_dim),
+        # without segments of ours: one segment whose embedding is zero (BERT adds it to every token)
+        "bert.embeddings.token_type_embeddings.weight": segments if segments is not None
+        else torch.zeros(1, model.cfg.embed_dim),
         "bert.pooler.dense.weight": s["pooler.0.weight"], "bert.pooler.dense.bias": s["pooler.0.bias"],
         "classifier.weight": s["classifier.weight"], "classifier.bias": s["classifier.bias"],
     })
@@ -93,8 +95,8 @@ def to_bert(model: EncoderClassifier):
 def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     """(architecture for ModelConfig, weights under our names, tokenizer JSON) of a BERT folder.
 
-    BERT adds token-type embedding 0 to every token of a single text; we fold it into the position
-    table, which is exact for single-text inputs. The pooler is returned when the folder has one.
+    Its token-type (segment) embeddings become ours (`type_vocab_size`, 2 for BERT): a single text is
+    segment 0 throughout, a pair 0 then 1, as in BERT. The pooler is returned when the folder has one.
     """
     from safetensors.torch import load_file
 
@@ -117,14 +119,15 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     state = {ours: tensors[theirs] for ours, theirs in _pairs(layers, prefix)}
     for ours, theirs in _qkv(layers, prefix):
         state[ours] = torch.cat([tensors[t] for t in theirs])
-    segment = tensors.get(f"{prefix}embeddings.token_type_embeddings.weight")
-    if segment is not None:
-        state["encoder.embeddings.positions.weight"] = state["encoder.embeddings.positions.weight"] + segment[0]
+    segments = tensors.get(f"{prefix}embeddings.token_type_embeddings.weight")
+    if segments is not None:
+        state["encoder.embeddings.segments.weight"] = segments
     if f"{prefix}pooler.dense.weight" in tensors:
         state["pooler.0.weight"] = tensors[f"{prefix}pooler.dense.weight"]
         state["pooler.0.bias"] = tensors[f"{prefix}pooler.dense.bias"]
     arch = {"embed_dim": config["hidden_size"], "num_layers": layers, "ffn_dim": config["intermediate_size"],
             "max_positions": config["max_position_embeddings"], "activation": config["hidden_act"],
+            "type_vocab_size": len(segments) if segments is not None else 0,
             "layer_norm_eps": config.get("layer_norm_eps", 1e-12), "norm_first": False, "positions": "learned",
             "attention": {"num_heads": config["num_attention_heads"], "bias": True, "add_bias_kv": False,
                           "add_zero_attn": False}}

@@ -48,23 +48,28 @@ class Predictor:
         self.model.to(device)
         return self
 
-    def _batches(self, texts: list[str]):
-        """(positions in `texts`, input_ids, padding_mask) for length-sorted batches."""
+    def _batches(self, texts: list):
+        """(positions in `texts`, batch on the device) for length-sorted batches. A text is a string,
+        or a (text, text_pair) tuple for models trained on pairs."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, e.g. predict([text])")
-        texts = [as_text(t) for t in texts]  # the same reading of None/non-strings as in training
-        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        # the same reading of None/non-strings as in training
+        texts = [tuple(map(as_text, t)) if isinstance(t, (tuple, list)) else as_text(t) for t in texts]
+        pairs = bool(self.model.cfg.type_vocab_size)
+        if not pairs and any(isinstance(t, tuple) for t in texts):
+            raise ValueError("this model was trained on single texts; pass strings, not (text, text_pair) tuples")
+        encodings = self.tokenizer.encode_batch(texts)
+        rows = [{"input_ids": e.ids, **({"token_type_ids": e.type_ids} if pairs else {})} for e in encodings]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch = self.collator([{"input_ids": ids[i]} for i in chunk])
-            yield chunk, batch["input_ids"].to(self.device), batch["padding_mask"].to(self.device)
+            yield chunk, {k: v.to(self.device) for k, v in self.collator([rows[i] for i in chunk]).items()}
 
     @torch.inference_mode()
-    def _run(self, texts: list[str], fn) -> torch.Tensor:
+    def _run(self, texts: list, fn) -> torch.Tensor:
         outputs = [None] * len(texts)
-        for chunk, input_ids, padding_mask in self._batches(texts):
-            result = fn(input_ids, padding_mask).float().cpu()
+        for chunk, batch in self._batches(texts):
+            result = fn(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().cpu()
             for row, i in enumerate(chunk):
                 outputs[i] = result[row]
         return torch.stack(outputs) if outputs else torch.empty(0)
@@ -92,6 +97,12 @@ class ClassifierPredictor(Predictor):
         return results
 
 
+class RegressorPredictor(Predictor):
+    def predict(self, texts: list) -> list[dict]:
+        """One dict per text: its predicted `value`."""
+        return [{"value": v} for v in self._run(texts, self.model).squeeze(-1).tolist()]
+
+
 class MaskedLMPredictor(Predictor):
     @torch.inference_mode()
     def predict(self, texts: list[str], top_k: int = 5) -> list[dict]:
@@ -99,11 +110,11 @@ class MaskedLMPredictor(Predictor):
         tokens with their probabilities."""
         mask_id = self.tokenizer.token_to_id("[MASK]")
         results = [{"masks": []} for _ in texts]
-        for chunk, input_ids, padding_mask in self._batches(texts):
-            selected = input_ids == mask_id
+        for chunk, batch in self._batches(texts):
+            selected = batch["input_ids"] == mask_id
             if not selected.any():
                 continue
-            probs = self.model(input_ids, padding_mask, selected).float().softmax(-1).cpu()
+            probs = self.model(batch["input_ids"], batch["padding_mask"], selected).float().softmax(-1).cpu()
             top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
             rows = selected.nonzero()[:, 0].tolist()  # the batch row of each [MASK], in reading order
             for row, scores, ids in zip(rows, top.values.tolist(), top.indices.tolist()):
@@ -113,7 +124,8 @@ class MaskedLMPredictor(Predictor):
 
 
 # task name (checkpoints and exports record it) -> (model class, predictor class)
-TASKS = {"classification": (EncoderClassifier, ClassifierPredictor), "mlm": (EncoderForMaskedLM, MaskedLMPredictor)}
+TASKS = {"classification": (EncoderClassifier, ClassifierPredictor), "regression": (EncoderClassifier, RegressorPredictor),
+         "mlm": (EncoderForMaskedLM, MaskedLMPredictor)}
 
 
 def build_model(hp: dict) -> torch.nn.Module:
@@ -172,8 +184,9 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
     hp, state = _checkpoint_parts(Path(checkpoint))
     state = {k: v.contiguous() for k, v in state.items()}
-    if onnx and hp["task"] != "classification":
-        raise ValueError(f"--onnx exports classification models; this checkpoint is task={hp['task']}")
+    if onnx and (hp["task"] not in ("classification", "regression") or hp["model"].get("type_vocab_size")):
+        raise ValueError(f"--onnx exports single-text classification and regression models; this checkpoint is "
+                         f"task={hp['task']}" + (" with text pairs" if hp["model"].get("type_vocab_size") else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`

@@ -43,6 +43,7 @@ class ModelConfig:
 
     vocab_size: int = 8192
     max_positions: int = 512
+    type_vocab_size: int = 0  # segment (token-type) embeddings: 2 for text pairs, 0 for none
     embed_dim: int = 256
     num_layers: int = 4
     ffn_dim: int = 1024
@@ -68,6 +69,8 @@ class ModelConfig:
 
     def __post_init__(self):
         positive = ("vocab_size", "max_positions", "embed_dim", "num_layers", "ffn_dim", "num_labels")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ConfigError(f"model.type_vocab_size={self.type_vocab_size!r} must be 0 (no segments) or more")
         for key in positive:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -102,7 +105,9 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
 
 
 class Embeddings(nn.Module):
-    """token + position embeddings, LayerNorm, dropout (the BERT recipe)."""
+    """token + position (+ segment) embeddings, LayerNorm, dropout (the BERT recipe).
+
+    With segment embeddings, a single text (no `token_type_ids`) is segment 0 throughout, as in BERT."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -112,12 +117,17 @@ class Embeddings(nn.Module):
         else:
             self.register_buffer("sinusoidal", sinusoidal_table(cfg.max_positions, cfg.embed_dim), persistent=False)
             self.positions = None
+        self.segments = nn.Embedding(cfg.type_vocab_size, cfg.embed_dim) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        pos = self.positions(position_ids) if self.positions is not None else self.sinusoidal[position_ids]
-        return self.dropout(self.norm(self.tokens(input_ids) + pos))
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tokens(input_ids)
+        x = x + (self.positions(position_ids) if self.positions is not None else self.sinusoidal[position_ids])
+        if self.segments is not None:
+            x = x + (self.segments(token_type_ids) if token_type_ids is not None else self.segments.weight[0])
+        return self.dropout(self.norm(x))
 
 
 class EncoderLayer(nn.Module):
@@ -172,7 +182,8 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq = input_ids.shape
         if seq > self.cfg.max_positions:
             raise ValueError(f"sequence length {seq} exceeds model.max_positions={self.cfg.max_positions}; "
@@ -184,13 +195,14 @@ class Encoder(nn.Module):
         if not self.cfg.unpad or not has_padding or exporting:
             # Without padding there is nothing to skip, and attention needs no mask (a faster kernel).
             mask = padding_mask if has_padding else None
-            x = self.embeddings(input_ids, positions)
+            x = self.embeddings(input_ids, positions, token_type_ids)
             for layer in self.layers:
                 x = layer(x, mask)
             return self.final_norm(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
         # Gather the real tokens once; everything but attention runs on them only.
         index = (~padding_mask).flatten().nonzero().squeeze(1)
-        x = self.embeddings(input_ids.flatten()[index], positions.flatten()[index])
+        segments = token_type_ids.flatten()[index] if token_type_ids is not None else None
+        x = self.embeddings(input_ids.flatten()[index], positions.flatten()[index], segments)
         for layer in self.layers:
             x = layer(x, padding_mask, index)
         x = self.final_norm(x)
@@ -198,12 +210,13 @@ class Encoder(nn.Module):
 
 
     @torch.no_grad()
-    def attention_maps(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> list[torch.Tensor]:
+    def attention_maps(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                       token_type_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Each layer's attention probabilities [batch, heads, seq, seq], for visualisation only:
         the one place that asks `nn.MultiheadAttention` for weights (`need_weights=True` leaves
         the fused kernels). Call it in eval mode (no dropout) to see what the model attends to."""
         batch, seq = input_ids.shape
-        x = self.embeddings(input_ids, torch.arange(seq, device=input_ids.device).expand(batch, seq))
+        x = self.embeddings(input_ids, torch.arange(seq, device=input_ids.device).expand(batch, seq), token_type_ids)
         maps = []
         for layer in self.layers:
             h = layer.norm1(x) if layer.norm_first else x  # what the attention block sees
@@ -251,8 +264,9 @@ class EncoderClassifier(nn.Module):
         self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
         self.apply(init_weights)
 
-    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return pool(self.encoder(input_ids, padding_mask), padding_mask, self.cfg.pooling)
+    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits from the pooled vectors."""
@@ -260,8 +274,9 @@ class EncoderClassifier(nn.Module):
             pooled = self.pooler(pooled)
         return self.classifier(self.dropout(pooled))
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(input_ids, padding_mask))
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(input_ids, padding_mask, token_type_ids))
 
 
 
@@ -282,8 +297,9 @@ class EncoderForMaskedLM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_weights)
 
-    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return pool(self.encoder(input_ids, padding_mask), padding_mask, self.cfg.pooling)
+    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True."""

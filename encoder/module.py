@@ -2,7 +2,8 @@
 encoder/model.py; `EncoderTask` holds what all tasks share (AdamW and its schedule, exact-resume
 random state, the non-finite-loss policy, throughput logging).
 
-- `TextClassifier` (task=classification): cross-entropy, accuracy, macro-F1.
+- `TextClassifier` (task=classification): cross-entropy, accuracy, macro-F1; texts or text pairs.
+- `TextRegressor` (task=regression): MSE; MSE, Pearson, Spearman.
 - `MaskedLM` (task=mlm): BERT's masked-language-model pretraining; the loss is computed on the masked
   tokens only; `val/acc` is the accuracy on masked tokens, `val/perplexity` exp(mean masked loss).
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.text import Perplexity
 
 from encoder.config import NONFINITE, OptimConfig, check_max_length
@@ -146,46 +148,69 @@ class TextClassifier(EncoderTask):
         # tokenizer JSON; everything here still goes into the checkpoint.
         self.save_hyperparameters(logger=False)
         self.model = EncoderClassifier(self.cfg)
-        n = self.cfg.num_labels
-        metrics = MetricCollection({"acc": MulticlassAccuracy(n, average="micro"),
-                                    "f1": MulticlassF1Score(n, average="macro")})
-        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.train_name, self.train_metric, metrics = self._metrics()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, padding_mask)
+    def _metrics(self) -> tuple[str, torch.nn.Module, MetricCollection]:
+        n = self.cfg.num_labels
+        return "acc", MulticlassAccuracy(n, average="micro"), MetricCollection(
+            {"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro")})
+
+    def _loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, labels)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, padding_mask, token_type_ids).float()
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch["input_ids"], batch["padding_mask"])
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+        outputs = self(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids"))
+        loss = self._loss(outputs, batch["labels"])
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step,
-                 batch_size=len(logits), sync_dist=not on_step)
-        return loss, logits
+                 batch_size=len(outputs), sync_dist=not on_step)
+        return loss, outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        loss, logits = self._step(batch, "train")
+        loss, outputs = self._step(batch, "train")
         if not self._finite(loss):
             return None
-        self.train_acc(logits, batch["labels"])
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(logits))
+        self.train_metric(outputs, batch["labels"])
+        self.log(f"train/{self.train_name}", self.train_metric, on_step=True, on_epoch=True, batch_size=len(outputs))
         self._log_throughput(batch)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _, logits = self._step(batch, "val")
-        self.val_metrics(logits, batch["labels"])
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(logits))
-        return logits  # for callbacks (the confusion matrix in encoder.visualize)
+        _, outputs = self._step(batch, "val")
+        self.val_metrics(outputs, batch["labels"])
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(outputs))
+        return outputs  # for callbacks (the confusion matrix in encoder.visualize)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, logits = self._step(batch, "test")
-        self.test_metrics(logits, batch["labels"])
-        self.log_dict(self.test_metrics, batch_size=len(logits))
+        _, outputs = self._step(batch, "test")
+        self.test_metrics(outputs, batch["labels"])
+        self.log_dict(self.test_metrics, batch_size=len(outputs))
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.model(batch["input_ids"], batch["padding_mask"]).float().softmax(-1)
+
+class TextRegressor(TextClassifier):
+    """One number per text or text pair (task=regression): MSE loss; MSE, Pearson and Spearman
+    correlation. `label_names` is the one target's name (the label column)."""
+
+    task = "regression"
+
+    def _metrics(self) -> tuple[str, torch.nn.Module, MetricCollection]:
+        if self.cfg.num_labels != 1:
+            raise ValueError(f"task=regression predicts one number; got targets {self.hparams.label_names}")
+        return "mse", MeanSquaredError(), MetricCollection(
+            {"mse": MeanSquaredError(), "pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()})
+
+    def _loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(outputs, labels.float())
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(input_ids, padding_mask, token_type_ids).squeeze(-1)
 
 
 class MaskedLM(EncoderTask):

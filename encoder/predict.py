@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--embed", action="store_true", help="print sentence embeddings instead of labels")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pairs", action="store_true",
+                        help="each text is a pair 'first<TAB>second' (models trained with data.text_pair_column)")
+    args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
     texts = list(args.texts)
     if args.file:
         try:
@@ -31,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
             texts += [line.rstrip("\n") for line in handle]
     if not texts:
         parser.error("give texts as arguments or --file texts.txt")
+    inputs = [tuple(t.split("\t", 1)) if args.pairs and "\t" in t else t for t in texts]
     try:
         predictor = load_model(args.checkpoint, device=args.device, batch_size=args.batch_size)
+        if args.embed:
+            rows = [{"text": t, "embedding": v} for t, v in zip(texts, predictor.embed(inputs).tolist())]
+        else:
+            rows = [{"text": t, **r} for t, r in zip(texts, predictor.predict(inputs))]
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
-    if args.embed:
-        rows = [{"text": t, "embedding": v} for t, v in zip(texts, predictor.embed(texts).tolist())]
-    else:
-        rows = [{"text": t, **r} for t, r in zip(texts, predictor.predict(texts))]
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
     return 0

@@ -19,11 +19,12 @@ import torch
 from encoder.data.sources import PRETRAINED, default_cache_dir
 from encoder.hf import load_bert
 from encoder.inference import EXPORT_FORMAT, load_checkpoint, load_export
+from encoder.model import ModelConfig
 from encoder.module import model_config
 from encoder.schema import ConfigError
 
-SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "activation", "layer_norm_eps",
-              "norm_first", "positions")
+SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "type_vocab_size", "activation",
+              "layer_norm_eps", "norm_first", "positions")
 
 
 @dataclass
@@ -80,7 +81,7 @@ def check_matches(pretrained: Pretrained, model: dict) -> None:
                 if model.get("attention", {}).get(sub) != v:
                     raise ConfigError(f"model.attention.{sub}={model.get('attention', {}).get(sub)!r} does not match "
                                       f"the pretrained encoder in {pretrained.folder} ({v!r}); set it to {v!r}")
-        elif model.get(key) != value:
+        elif model.get(key, getattr(ModelConfig, key, None)) != value:
             raise ConfigError(f"model.{key}={model.get(key)!r} does not match the pretrained encoder in "
                               f"{pretrained.folder} ({value!r}); set model.{key}={value!r} (or pick the matching "
                               f"model config, e.g. model=minilm_l6)")
@@ -92,7 +93,8 @@ def apply(pretrained: Pretrained, model: torch.nn.Module) -> None:
     if getattr(model, "pooler", None) is None:
         state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.startswith("encoder.")]  # task heads start fresh
+    # task heads start fresh, and so do segment embeddings a single-text encoder never had (pairs)
+    missing = [k for k in missing if k.startswith("encoder.") and k != "encoder.embeddings.segments.weight"]
     if missing or unexpected:
         raise ConfigError(f"the weights in {pretrained.folder} do not fit the model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}); check model.* against that encoder")

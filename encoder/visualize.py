@@ -92,7 +92,7 @@ class TensorBoardVisuals(L.Callback):
     # ---- confusion matrix: accumulated over the whole validation set (synced across ranks) ---
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         label_names = getattr(pl_module, "hparams", {}).get("label_names")
-        due = self._due(trainer) and label_names
+        due = self._due(trainer) and label_names and getattr(pl_module, "task", "") == "classification"
         self.confusion = MulticlassConfusionMatrix(len(label_names)).to(pl_module.device) if due else None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -117,7 +117,8 @@ class TensorBoardVisuals(L.Callback):
         self._log_projector(writer, pl_module, datamodule, step)
 
     def _batch(self, pl_module, datamodule, rows: list[dict]) -> dict:
-        batch = datamodule.collator([{"input_ids": r["input_ids"]} for r in rows])
+        keys = [k for k in ("input_ids", "token_type_ids") if k in rows[0]]  # not the labels: no masking
+        batch = datamodule.collator([{k: r[k] for k in keys} for r in rows])
         return {k: v.to(pl_module.device) for k, v in batch.items()}
 
     def _log_attention(self, writer, pl_module, datamodule, step: int) -> None:
@@ -128,7 +129,8 @@ class TensorBoardVisuals(L.Callback):
         if not rows:
             return
         batch = self._batch(pl_module, datamodule, rows)
-        maps = pl_module.model.encoder.attention_maps(batch["input_ids"], batch["padding_mask"])
+        maps = pl_module.model.encoder.attention_maps(batch["input_ids"], batch["padding_mask"],
+                                                      batch.get("token_type_ids"))
         for i, row in enumerate(rows):
             n = row["length"]
             tokens = [datamodule.tokenizer.id_to_token(t) for t in row["input_ids"]]
@@ -150,12 +152,14 @@ class TensorBoardVisuals(L.Callback):
         for start in range(0, len(rows), 64):
             batch = self._batch(pl_module, datamodule, rows[start : start + 64])
             with torch.no_grad():
-                vectors.append(pl_module.model.embed(batch["input_ids"], batch["padding_mask"]).float().cpu())
+                vectors.append(pl_module.model.embed(batch["input_ids"], batch["padding_mask"],
+                                                     batch.get("token_type_ids")).float().cpu())
         names = pl_module.hparams.get("label_names")
+        classes = getattr(pl_module, "task", "") == "classification"
         texts = datamodule.tokenizer.decode_batch([r["input_ids"] for r in rows])
         # tabs and newlines would break TensorBoard's metadata.tsv
-        metadata = [[names[r["labels"]] if names else "-", " ".join(t.split())[:120] or "(empty)"]
-                    for r, t in zip(rows, texts)]
+        metadata = [[names[r["labels"]] if classes else f"{r.get('labels', float('nan')):.3g}",
+                     " ".join(t.split())[:120] or "(empty)"] for r, t in zip(rows, texts)]
         writer.add_embedding(torch.cat(vectors), metadata=metadata, metadata_header=["label", "text"],
                              tag="pooled", global_step=step)
 

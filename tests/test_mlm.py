@@ -65,7 +65,7 @@ def test_mlm_checkpoint_fills_masks_from_python_and_the_command_line(mlm, tmp_pa
     assert json.loads((out / "config.json").read_text())["task"] == "mlm"
     texts = ["a [MASK] movie with a [MASK] plot"]
     assert encoder.load_model(out).predict(texts) == predictor.predict(texts)
-    with pytest.raises(ValueError, match="--onnx exports classification models"):
+    with pytest.raises(ValueError, match="--onnx exports single-text classification and regression models"):
         export(mlm["last"], tmp_path / "onnx", onnx=True)
     assert not (tmp_path / "onnx").exists()
 

@@ -53,6 +53,29 @@ def test_imported_minilm_matches_transformers_bert(minilm, sentences):
     assert cosine[0, 0] > 0.999 and cosine[0, 1] < 0.99  # real, distinct sentence embeddings
 
 
+def test_imported_minilm_matches_transformers_bert_on_sentence_pairs(minilm, sentences):
+    # segment (token-type) embeddings are imported as such: a pair is segment 0, then 1, as in BERT
+    from transformers import BertModel
+
+    tok = Tokenizer.from_file(str(minilm.tokenizer_path))
+    cfg = ModelConfig.from_dict({**minilm.arch, "vocab_size": tok.get_vocab_size(),
+                                 "pad_token_id": tok.token_to_id("[PAD]")})
+    assert cfg.type_vocab_size == 2
+    ours = EncoderClassifier(cfg).eval()
+    pretrained.apply(minilm, ours)
+    reference = BertModel.from_pretrained(str(minilm.folder)).eval()
+    pairs = list(zip(sentences[:8], sentences[8:16]))
+    batch = Collator(pad_token_id=cfg.pad_token_id)(
+        [{"input_ids": e.ids, "token_type_ids": e.type_ids} for e in tok.encode_batch(pairs)])
+    assert batch["token_type_ids"].max() == 1
+    real = ~batch["padding_mask"]
+    with torch.no_grad():
+        hidden = ours.encoder(batch["input_ids"], batch["padding_mask"], batch["token_type_ids"])
+        expected = reference(input_ids=batch["input_ids"], attention_mask=real.long(),
+                             token_type_ids=batch["token_type_ids"]).last_hidden_state
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
 def test_fine_tuning_from_minilm_keeps_its_tokenizer(minilm, tmp_path):
     import train
 

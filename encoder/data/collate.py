@@ -12,7 +12,8 @@ class Collator:
     """Pads `input_ids` to the longest sequence in the batch, rounded up to a multiple of 8.
 
     Returns `input_ids` [B, S] (long), `padding_mask` [B, S] (bool, True = padding: what
-    `nn.MultiheadAttention(key_padding_mask=...)` expects), and `labels` [B] when present.
+    `nn.MultiheadAttention(key_padding_mask=...)` expects), `labels` [B] when present (long class
+    ids, or float for regression), and `token_type_ids` [B, S] for sentence pairs.
 
     With `mlm_probability` > 0 (masked-language modelling) it also masks, as BERT does: that share
     of the real, non-special tokens is selected (at least one per batch); of those 80% become
@@ -43,6 +44,10 @@ class Collator:
             input_ids[i, : lengths[i]] = torch.as_tensor(e["input_ids"], dtype=torch.long)
             padding_mask[i, : lengths[i]] = False
         batch = {"input_ids": input_ids, "padding_mask": padding_mask}
+        if "token_type_ids" in examples[0]:  # sentence pairs: segment 0 then 1; padding gets 0
+            batch["token_type_ids"] = torch.zeros_like(input_ids)
+            for i, e in enumerate(examples):
+                batch["token_type_ids"][i, : lengths[i]] = torch.as_tensor(e["token_type_ids"], dtype=torch.long)
         if self.mlm_probability > 0:
             batch["input_ids"], batch["labels"] = self.mask(input_ids, padding_mask)
         elif "labels" in examples[0]:

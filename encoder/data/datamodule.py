@@ -4,6 +4,8 @@ raw splits (Hub / local files / offline source) -> checked columns and labels ->
 (trained on train, cached) -> `datasets.map(batched=True)` tokenization (cached by fingerprint)
 -> length-grouped sampler -> Collator (padding + padding_mask, + masking for MLM).
 
+`text_pair_column` adds a second text (sentence pairs: [CLS] a [SEP] b [SEP], with `token_type_ids`
+0 then 1). `regression=true` reads labels as numbers (task=regression).
 `label_column=null` reads an unlabelled corpus (empty texts are dropped: nothing to learn from).
 `long_texts=chunk` splits a text longer than `max_length` into consecutive [CLS] ... [SEP] pieces
 instead of truncating it, so no text is lost. `mlm_probability` > 0 makes the collator mask.
@@ -41,6 +43,25 @@ class DataError(ValueError):
     """The data does not fit the configuration; the message says what and how to fix it."""
 
 
+class _Numbers:
+    """The label "mapping" of regression: a value becomes a float, or a one-line DataError."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+    def __getitem__(self, value) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if value is None:
+            raise DataError(f"data.label_column={self.column!r} has rows without a value; fill or drop them")
+        if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")):
+            raise DataError(f"data.label_column={self.column!r} holds {value!r}, which is not a finite number; "
+                            f"regression needs numeric labels (fix or drop those rows)")
+        return number
+
+
 class TextDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -50,7 +71,9 @@ class TextDataModule(L.LightningDataModule):
         source: str | None = None,
         splits: dict | None = None,
         text_column: str = "text",
+        text_pair_column: str | None = None,
         label_column: str | None = "label",
+        regression: bool = False,
         label_names: list[str] | None = None,
         val_fraction: float = 0.1,
         max_length: int = 128,
@@ -77,13 +100,18 @@ class TextDataModule(L.LightningDataModule):
         check_choice(long_texts, LONG_TEXTS, "data.long_texts")
         if not 0.0 <= mlm_probability < 1.0:
             raise ConfigError(f"data.mlm_probability={mlm_probability} must be in [0, 1) (BERT: 0.15)")
+        if long_texts == "chunk" and text_pair_column:
+            raise ConfigError("data.long_texts=chunk splits single texts; with data.text_pair_column use truncate")
         if max_length < 2 + (long_texts == "chunk"):
             raise ConfigError(f"data.max_length={max_length} must be at least 2 ([CLS] and [SEP])")
         if batch_size < 1 or eval_batch_size < 1 or pad_to_multiple_of < 1:
             raise ConfigError("data.batch_size, data.eval_batch_size and data.pad_to_multiple_of must be positive")
+        if isinstance(data_files, dict):  # the config lists every split; those left null are not given
+            data_files = {split: files for split, files in data_files.items() if files} or None
         self.path, self.name, self.data_files, self.source = path, name, data_files, source
         self.splits = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
-        self.text_column, self.label_column = text_column, label_column
+        self.text_column, self.text_pair_column = text_column, text_pair_column
+        self.label_column, self.regression = label_column, regression
         self.label_names = list(label_names) if label_names else None
         self.val_fraction, self.max_length, self.long_texts = val_fraction, max_length, long_texts
         self.batch_size, self.eval_batch_size, self.group_by_length = batch_size, eval_batch_size, group_by_length
@@ -147,7 +175,8 @@ class TextDataModule(L.LightningDataModule):
                                 f"{split} split; make every label the same type (e.g. all strings)")
             if len(ds) == 0:
                 raise DataError(f"the {split} split of {self._describe()} is empty; point data at non-empty files")
-            for key, column in (("text_column", self.text_column), ("label_column", self.label_column)):
+            for key, column in (("text_column", self.text_column), ("text_pair_column", self.text_pair_column),
+                                ("label_column", self.label_column)):
                 if column is not None and column not in ds.column_names:
                     raise DataError(f"data.{key}={column!r} is not a column of the {split} split; "
                                     f"its columns are {ds.column_names}")
@@ -223,7 +252,13 @@ class TextDataModule(L.LightningDataModule):
             return  # idempotent: train.py sets up early to learn the vocabulary and labels
         raw = self.load_raw()
         mapping = None
-        if self.label_column:
+        if self.label_column and self.regression:
+            self.label_names = [self.label_column]  # one target, named after its column
+            mapping = _Numbers(self.label_column)
+            for split, ds in raw.items():
+                for value in ds.unique(self.label_column):
+                    mapping[value]  # raises a DataError naming the first value that is not a number
+        elif self.label_column:
             self.label_names = self._label_names(raw["train"])
             mapping = self._label_to_id(self.label_names)
             for split, ds in raw.items():
@@ -239,9 +274,10 @@ class TextDataModule(L.LightningDataModule):
                                     f"check data.text_column")
                 raw[split] = kept
         texts = raw["train"]
+        columns = [c for c in (self.text_column, self.text_pair_column) if c]
         self.tokenizer = get_tokenizer(
             self.tokenizer_cfg,
-            lambda: (as_text(t) for t in texts[self.text_column]),
+            lambda: (as_text(t) for c in columns for t in texts[c]),
             texts._fingerprint,
             self.cache_dir,
         )
@@ -249,19 +285,24 @@ class TextDataModule(L.LightningDataModule):
             self.tokenizer.enable_truncation(self.max_length)
         self._configure_collator()
         tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length, self.long_texts)
-        text_col, label_col, tok = self.text_column, self.label_column, self.tokenizer
+        text_col, pair_col, label_col, tok = self.text_column, self.text_pair_column, self.label_column, self.tokenizer
         cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), self.max_length - 2
 
         def encode(batch):
             texts = [as_text(t) for t in batch[text_col]]
+            out = {}
             if self.long_texts == "chunk":  # every token kept: [CLS] piece [SEP], piece by piece
                 bare = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
                 owner = [i for i, b in enumerate(bare) for _ in range(max(1, -(-len(b) // piece)))]
                 ids = [[cls, *b[k : k + piece], sep] for b in bare for k in range(0, max(1, len(b)), piece)]
+            elif pair_col:  # [CLS] a [SEP] b [SEP]; truncation takes tokens from the longer text first
+                owner = range(len(texts))
+                enc = tok.encode_batch(list(zip(texts, [as_text(t) for t in batch[pair_col]])))
+                ids, out["token_type_ids"] = [e.ids for e in enc], [e.type_ids for e in enc]
             else:
                 owner = range(len(texts))
                 ids = [e.ids for e in tok.encode_batch(texts)]
-            out = {"input_ids": ids, "length": [len(i) for i in ids]}
+            out.update(input_ids=ids, length=[len(i) for i in ids])
             if label_col:
                 out["labels"] = [mapping[batch[label_col][i]] for i in owner]
             return out
@@ -316,7 +357,7 @@ class TextDataModule(L.LightningDataModule):
         else:  # evaluation order does not matter: sort by length so batches carry no padding
             sampler = sorted(range(len(ds)), key=lengths.__getitem__)[rank::world]
         return DataLoader(
-            ds.with_format(columns=[c for c in ("input_ids", "labels") if c in ds.column_names]),
+            ds.with_format(columns=[c for c in ("input_ids", "token_type_ids", "labels") if c in ds.column_names]),
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
             collate_fn=self.collator,

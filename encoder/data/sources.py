@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -39,14 +40,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_wheel(name: str, filename: str, expected_sha256: str, cache_dir: Path) -> Path:
-    """Download one wheel without its dependencies into cache_dir and verify its hash."""
+def fetch_wheel(name: str, filename: str, expected_sha256: str, cache_dir: Path, sdist: bool = False) -> Path:
+    """Download one wheel (or with sdist=True the source archive) without its dependencies into
+    cache_dir and verify its hash."""
     target = cache_dir / "wheels" / filename
     if target.exists() and sha256(target) == expected_sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp, name]
+        kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-d", tmp, name]
         result = subprocess.run(cmd, capture_output=True, text=True)
         downloaded = Path(tmp) / filename
         if result.returncode != 0 or not downloaded.exists():
@@ -98,12 +101,49 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
             rows[split_of(text)].append((text, record["category"]))
     out.mkdir(parents=True, exist_ok=True)
     for split, path in files.items():
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows[split])
-        os.replace(tmp, path)
+        _write_csv(path, ["text", "label"], rows[split])
+    return {s: str(f) for s, f in files.items()}
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)  # a half-written file never sits at `path`
+
+
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+
+
+def vader_sentiment(cache_dir: str | os.PathLike | None = None) -> dict:
+    """Sentiment intensity rated by humans (-4..+4) for ~23.7k texts, from the ground-truth files in
+    `additional_resources/hutto_ICWSM_2014.tar.gz` of the vaderSentiment==3.3.2 sdist: csv files
+    with columns id (e.g. "tweets/17", a string), score, text, source; split by a hash of the text."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = cache / "vader_sentiment"
+    files = {s: out / f"{s}.csv" for s in SPLITS}
+    if all(f.exists() for f in files.values()):
+        return {s: str(f) for s, f in files.items()}
+    sdist = fetch_wheel("vaderSentiment==3.3.2", VADER_SDIST, VADER_SHA256, cache, sdist=True)
+    rows: dict[str, list] = {s: [] for s in files}
+    with tarfile.open(sdist) as outer:
+        inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
+        with tarfile.open(fileobj=io.BytesIO(inner.read())) as archive:
+            for member in sorted(archive.getmembers(), key=lambda m: m.name):
+                if not member.name.endswith("_GroundTruth.txt"):
+                    continue
+                source = Path(member.name).name.removesuffix("_GroundTruth.txt")
+                for line in archive.extractfile(member).read().decode("utf-8").splitlines():
+                    parts = line.strip().split("\t")
+                    if len(parts) == 3 and parts[2].strip():
+                        number, score, text = parts
+                        rows[split_of(text)].append((f"{source}/{number}", float(score), text.strip(), source))
+    out.mkdir(parents=True, exist_ok=True)
+    for split, path in files.items():
+        _write_csv(path, ["id", "score", "text", "source"], rows[split])
     return {s: str(f) for s, f in files.items()}
 
 
@@ -111,7 +151,8 @@ def rotten_tomatoes_corpus(cache_dir: str | os.PathLike | None = None) -> dict:
     return rotten_tomatoes_critics(cache_dir, task="corpus")
 
 
-SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus}
+SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus,
+           "vader_sentiment": vader_sentiment}
 
 
 # ---- pretrained encoders that ship inside PyPI wheels (for model.init_from) ----------------
