@@ -105,6 +105,9 @@ def validate(cfg: DictConfig) -> None:
     if (task.task == "regression") != bool(plain["data"].get("regression")):
         raise ConfigError("task=regression and data.regression=true go together (numeric labels); "
                           "pick task=regression, which sets both")
+    if (task.task == "token_classification") != bool(plain["data"].get("word_labels")):
+        raise ConfigError("task=token_classification and data.word_labels=true go together (a label per word); "
+                          "pick task=token_classification, which sets both")
     if task.task != "mlm" and plain["data"].get("mlm_probability"):
         raise ConfigError(f"data.mlm_probability={plain['data']['mlm_probability']} masks tokens, which only "
                           f"task=mlm uses; set it to 0")

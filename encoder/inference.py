@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from encoder.data.collate import Collator
+from encoder.data.collate import Collator, first_subtokens
 from encoder.data.datamodule import as_text
 from encoder.data.sources import sha256
-from encoder.model import EncoderClassifier, EncoderForMaskedLM
+from encoder.model import EncoderClassifier, EncoderForMaskedLM, EncoderForTokenClassification
 from encoder.module import model_config
 
 
@@ -48,17 +48,19 @@ class Predictor:
         self.model.to(device)
         return self
 
-    def _batches(self, texts: list):
-        """(positions in `texts`, batch on the device) for length-sorted batches. A text is a string,
-        or a (text, text_pair) tuple for models trained on pairs."""
+    def _encode(self, texts: list) -> list:
+        """Tokenized texts. A text is a string, or a (text, text_pair) tuple for models trained on pairs."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, e.g. predict([text])")
         # the same reading of None/non-strings as in training
         texts = [tuple(map(as_text, t)) if isinstance(t, (tuple, list)) else as_text(t) for t in texts]
-        pairs = bool(self.model.cfg.type_vocab_size)
-        if not pairs and any(isinstance(t, tuple) for t in texts):
+        if not self.model.cfg.type_vocab_size and any(isinstance(t, tuple) for t in texts):
             raise ValueError("this model was trained on single texts; pass strings, not (text, text_pair) tuples")
-        encodings = self.tokenizer.encode_batch(texts)
+        return self.tokenizer.encode_batch(texts)
+
+    def _batches(self, encodings: list):
+        """(positions in `encodings`, batch on the device) for length-sorted batches."""
+        pairs = bool(self.model.cfg.type_vocab_size)
         rows = [{"input_ids": e.ids, **({"token_type_ids": e.type_ids} if pairs else {})} for e in encodings]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(order), self.batch_size):
@@ -68,7 +70,7 @@ class Predictor:
     @torch.inference_mode()
     def _run(self, texts: list, fn) -> torch.Tensor:
         outputs = [None] * len(texts)
-        for chunk, batch in self._batches(texts):
+        for chunk, batch in self._batches(self._encode(texts)):
             result = fn(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().cpu()
             for row, i in enumerate(chunk):
                 outputs[i] = result[row]
@@ -103,6 +105,30 @@ class RegressorPredictor(Predictor):
         return [{"value": v} for v in self._run(texts, self.model).squeeze(-1).tolist()]
 
 
+class TokenPredictor(Predictor):
+    @staticmethod
+    def _words(texts: list) -> list[list[str]]:
+        """A text is a string (split into words at whitespace) or a list of words."""
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts, e.g. predict([text])")
+        return [list(map(as_text, t)) if isinstance(t, (list, tuple)) else as_text(t).split() for t in texts]
+
+    def _encode(self, texts: list) -> list:
+        return self.tokenizer.encode_batch(self._words(texts), is_pretokenized=True)
+
+    @torch.inference_mode()
+    def predict(self, texts: list) -> list[dict]:
+        """One dict per text: its `words` and one tag (of `label_names`) per word, read at each word's
+        first sub-token; words cut off by max_length get null."""
+        words, encodings = self._words(texts), self._encode(texts)
+        tags: list[dict] = [{} for _ in texts]
+        for chunk, batch in self._batches(encodings):
+            best = self.model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).argmax(-1)
+            for row, i in enumerate(chunk):
+                tags[i] = {w: self.label_names[int(best[row, t])] for t, w in first_subtokens(encodings[i].word_ids)}
+        return [{"words": ws, "tags": [t.get(w) for w in range(len(ws))]} for ws, t in zip(words, tags)]
+
+
 class MaskedLMPredictor(Predictor):
     @torch.inference_mode()
     def predict(self, texts: list[str], top_k: int = 5) -> list[dict]:
@@ -110,7 +136,7 @@ class MaskedLMPredictor(Predictor):
         tokens with their probabilities."""
         mask_id = self.tokenizer.token_to_id("[MASK]")
         results = [{"masks": []} for _ in texts]
-        for chunk, batch in self._batches(texts):
+        for chunk, batch in self._batches(self._encode(texts)):
             selected = batch["input_ids"] == mask_id
             if not selected.any():
                 continue
@@ -125,6 +151,7 @@ class MaskedLMPredictor(Predictor):
 
 # task name (checkpoints and exports record it) -> (model class, predictor class)
 TASKS = {"classification": (EncoderClassifier, ClassifierPredictor), "regression": (EncoderClassifier, RegressorPredictor),
+         "token_classification": (EncoderForTokenClassification, TokenPredictor),
          "mlm": (EncoderForMaskedLM, MaskedLMPredictor)}
 
 

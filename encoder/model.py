@@ -305,3 +305,23 @@ class EncoderForMaskedLM(nn.Module):
         """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True."""
         hidden = self.encoder(input_ids, padding_mask)[selected]
         return nn.functional.linear(self.transform(hidden), self.encoder.embeddings.tokens.weight, self.bias)
+
+
+class EncoderForTokenClassification(nn.Module):
+    """Encoder + a linear classifier on every token (NER, POS): logits [batch, seq, num_labels]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.dropout = nn.Dropout(cfg.classifier_dropout)
+        self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
+        self.apply(init_weights)
+
+    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.dropout(self.encoder(input_ids, padding_mask, token_type_ids)))

@@ -4,6 +4,8 @@ random state, the non-finite-loss policy, throughput logging).
 
 - `TextClassifier` (task=classification): cross-entropy, accuracy, macro-F1; texts or text pairs.
 - `TextRegressor` (task=regression): MSE; MSE, Pearson, Spearman.
+- `TokenClassifier` (task=token_classification): a label per word (NER, POS), loss on each word's
+  first sub-token; token accuracy and, for BIO labels, entity precision/recall/F1 (seqeval's counting).
 - `MaskedLM` (task=mlm): BERT's masked-language-model pretraining; the loss is computed on the masked
   tokens only; `val/acc` is the accuracy on masked tokens, `val/perplexity` exp(mean masked loss).
 
@@ -31,7 +33,8 @@ from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanC
 from torchmetrics.text import Perplexity
 
 from encoder.config import NONFINITE, OptimConfig, check_max_length
-from encoder.model import EncoderClassifier, EncoderForMaskedLM, ModelConfig
+from encoder.entities import EntityF1, is_bio
+from encoder.model import EncoderClassifier, EncoderForMaskedLM, EncoderForTokenClassification, ModelConfig
 from encoder.schema import build, check_choice
 
 log = logging.getLogger(__name__)
@@ -211,6 +214,67 @@ class TextRegressor(TextClassifier):
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(input_ids, padding_mask, token_type_ids).squeeze(-1)
+
+
+class TokenClassifier(EncoderTask):
+    """A label per word. The datamodule (data.word_labels) puts each word's label on its first
+    sub-token and -100 on the others, on special tokens and on padding; those never count."""
+
+    task = "token_classification"
+
+    def __init__(self, model: dict, label_names: list[str], tokenizer_json: str, max_length: int,
+                 optim: dict | None = None, on_nonfinite_loss: str = "stop"):
+        super().__init__(model, tokenizer_json, max_length, optim, on_nonfinite_loss, label_names)
+        self.save_hyperparameters(logger=False)
+        self.model = EncoderForTokenClassification(self.cfg)
+        n = self.cfg.num_labels
+        self.train_acc = MulticlassAccuracy(n, average="micro", ignore_index=-100)
+        self.val_acc, self.test_acc = (MulticlassAccuracy(n, average="micro", ignore_index=-100) for _ in range(2))
+        self.bio = is_bio(label_names)  # entity scores only make sense for BIO tags
+        self.val_entities, self.test_entities = EntityF1(label_names), EntityF1(label_names)
+
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        on_step = stage == "train"
+        words = int((batch["labels"] != -100).sum())
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 batch_size=words, sync_dist=not on_step)
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss, logits = self._step(batch, "train")
+        if not self._finite(loss):
+            return None
+        self.train_acc(logits.argmax(-1), batch["labels"])
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(logits))
+        self._log_throughput(batch)
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str, acc: MulticlassAccuracy, spans: EntityF1) -> None:
+        _, logits = self._step(batch, stage)
+        predictions = logits.argmax(-1)
+        acc.update(predictions, batch["labels"])
+        self.log(f"{stage}/acc", acc, prog_bar=stage == "val", batch_size=len(logits))
+        if self.bio:
+            spans.update(predictions, batch["labels"])
+
+    def _log_entities(self, stage: str, spans: EntityF1) -> None:
+        if self.bio:
+            self.log_dict({f"{stage}/{k}": v for k, v in spans.compute().items()}, prog_bar=stage == "val")
+            spans.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc, self.val_entities)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_entities("val", self.val_entities)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc, self.test_entities)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_entities("test", self.test_entities)
 
 
 class MaskedLM(EncoderTask):

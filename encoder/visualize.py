@@ -158,8 +158,10 @@ class TensorBoardVisuals(L.Callback):
         classes = getattr(pl_module, "task", "") == "classification"
         texts = datamodule.tokenizer.decode_batch([r["input_ids"] for r in rows])
         # tabs and newlines would break TensorBoard's metadata.tsv
-        metadata = [[names[r["labels"]] if classes else f"{r.get('labels', float('nan')):.3g}",
-                     " ".join(t.split())[:120] or "(empty)"] for r, t in zip(rows, texts)]
+        def label(y) -> str:  # a class name, a regression target, or none (MLM, per-token labels)
+            return names[y] if classes else f"{y:.3g}" if isinstance(y, float) else "-"
+
+        metadata = [[label(r.get("labels")), " ".join(t.split())[:120] or "(empty)"] for r, t in zip(rows, texts)]
         writer.add_embedding(torch.cat(vectors), metadata=metadata, metadata_header=["label", "text"],
                              tag="pooled", global_step=step)
 

@@ -12,8 +12,9 @@ class Collator:
     """Pads `input_ids` to the longest sequence in the batch, rounded up to a multiple of 8.
 
     Returns `input_ids` [B, S] (long), `padding_mask` [B, S] (bool, True = padding: what
-    `nn.MultiheadAttention(key_padding_mask=...)` expects), `labels` [B] when present (long class
-    ids, or float for regression), and `token_type_ids` [B, S] for sentence pairs.
+    `nn.MultiheadAttention(key_padding_mask=...)` expects), `labels` when present ([B] class ids or
+    floats for regression; [B, S] for labels per token, -100 at padding), and `token_type_ids`
+    [B, S] for sentence pairs.
 
     With `mlm_probability` > 0 (masked-language modelling) it also masks, as BERT does: that share
     of the real, non-special tokens is selected (at least one per batch); of those 80% become
@@ -50,6 +51,10 @@ class Collator:
                 batch["token_type_ids"][i, : lengths[i]] = torch.as_tensor(e["token_type_ids"], dtype=torch.long)
         if self.mlm_probability > 0:
             batch["input_ids"], batch["labels"] = self.mask(input_ids, padding_mask)
+        elif "labels" in examples[0] and isinstance(examples[0]["labels"], list):  # a label per token
+            batch["labels"] = torch.full_like(input_ids, -100)
+            for i, e in enumerate(examples):
+                batch["labels"][i, : lengths[i]] = torch.as_tensor(e["labels"], dtype=torch.long)
         elif "labels" in examples[0]:
             batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
         return batch
@@ -67,6 +72,16 @@ class Collator:
         masked = input_ids.masked_fill(selected & (roll < 0.8), self.mask_token_id)
         masked = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_ids, masked)
         return masked, labels
+
+
+def first_subtokens(word_ids: list) -> list[tuple[int, int]]:
+    """(token position, word index) of the first sub-token of each word, from an Encoding's word_ids."""
+    out, previous = [], None
+    for position, word in enumerate(word_ids):
+        if word is not None and word != previous:
+            out.append((position, word))
+        previous = word
+    return out
 
 
 class LengthGroupedSampler(Sampler[int]):

@@ -6,6 +6,8 @@ raw splits (Hub / local files / offline source) -> checked columns and labels ->
 
 `text_pair_column` adds a second text (sentence pairs: [CLS] a [SEP] b [SEP], with `token_type_ids`
 0 then 1). `regression=true` reads labels as numbers (task=regression).
+`word_labels=true` reads a list of words and a list of labels per example (CoNLL style: tokens,
+ner_tags); each word's label goes on its first sub-token, -100 on the rest (task=token_classification).
 `label_column=null` reads an unlabelled corpus (empty texts are dropped: nothing to learn from).
 `long_texts=chunk` splits a text longer than `max_length` into consecutive [CLS] ... [SEP] pieces
 instead of truncating it, so no text is lost. `mlm_probability` > 0 makes the collator mask.
@@ -24,7 +26,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from torch.utils.data import DataLoader
 
-from encoder.data.collate import Collator, LengthGroupedSampler
+from encoder.data.collate import Collator, LengthGroupedSampler, first_subtokens
 from encoder.data.sources import SOURCES, default_cache_dir
 from encoder.data.tokenizer import TokenizerConfig, fingerprint, get_tokenizer
 from encoder.schema import ConfigError, build, check_choice
@@ -67,6 +69,7 @@ class TextDataModule(L.LightningDataModule):
         self,
         path: str = "csv",
         name: str | None = None,
+        revision: str | None = None,
         data_files: dict | str | None = None,
         source: str | None = None,
         splits: dict | None = None,
@@ -74,6 +77,7 @@ class TextDataModule(L.LightningDataModule):
         text_pair_column: str | None = None,
         label_column: str | None = "label",
         regression: bool = False,
+        word_labels: bool = False,
         label_names: list[str] | None = None,
         val_fraction: float = 0.1,
         max_length: int = 128,
@@ -109,9 +113,10 @@ class TextDataModule(L.LightningDataModule):
         if isinstance(data_files, dict):  # the config lists every split; those left null are not given
             data_files = {split: files for split, files in data_files.items() if files} or None
         self.path, self.name, self.data_files, self.source = path, name, data_files, source
+        self.revision = revision
         self.splits = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
         self.text_column, self.text_pair_column = text_column, text_pair_column
-        self.label_column, self.regression = label_column, regression
+        self.label_column, self.regression, self.word_labels = label_column, regression, word_labels
         self.label_names = list(label_names) if label_names else None
         self.val_fraction, self.max_length, self.long_texts = val_fraction, max_length, long_texts
         self.batch_size, self.eval_batch_size, self.group_by_length = batch_size, eval_batch_size, group_by_length
@@ -140,7 +145,7 @@ class TextDataModule(L.LightningDataModule):
             raise DataError(f"data.path={self.path} needs files; set data.data_files.train=... (and .test=...)")
         # No remote code: `datasets` >= 3 never runs dataset scripts unless asked, and we never ask.
         try:
-            raw: DatasetDict = load_dataset(self.path, self.name, data_files=data_files)
+            raw: DatasetDict = load_dataset(self.path, self.name, data_files=data_files, revision=self.revision)
         except Exception as e:  # noqa: BLE001 - turned into one line that says what to fix
             raise self._load_error(e) from None
         available = list(raw)
@@ -211,13 +216,20 @@ class TextDataModule(L.LightningDataModule):
             return DataError(f"{where}: {text}; check data.data_files / data.path")
         return DataError(f"could not load {where}: {type(root).__name__}: {text}")
 
+    def _label_values(self, ds: Dataset) -> list:
+        """The distinct labels of a split (of every word, with word_labels)."""
+        if self.word_labels:
+            return list({v for tags in ds[self.label_column] for v in (tags or [None])})
+        return ds.unique(self.label_column)
+
     def _label_names(self, train: Dataset) -> list[str]:
         feature = train.features[self.label_column]
+        feature = getattr(feature, "feature", feature) if self.word_labels else feature  # List(ClassLabel)
         if isinstance(feature, ClassLabel):
             return list(feature.names)
         if self.label_names:
             return self.label_names
-        values = set(train.unique(self.label_column)) - {None}
+        values = set(self._label_values(train)) - {None}
         if all(isinstance(v, str) for v in values):
             return sorted(values)
         return [str(i) for i in range(int(max(values)) + 1)]
@@ -228,7 +240,15 @@ class TextDataModule(L.LightningDataModule):
         return mapping
 
     def _check_labels(self, ds: Dataset, split: str, mapping: dict) -> None:
-        values = ds.unique(self.label_column)
+        values = self._label_values(ds)
+        if self.word_labels:
+            for words, tags in zip(ds[self.text_column], ds[self.label_column]):
+                if not isinstance(words, list) or len(words) != len(tags or []):
+                    shown = " ".join(map(as_text, words[:8])) if isinstance(words, list) else repr(words)
+                    raise DataError(f"the {split} split has a sentence ({shown!r}) with "
+                                    f"{len(words) if isinstance(words, list) else 'no list of'} words in "
+                                    f"{self.text_column!r} but {len(tags or [])} labels in {self.label_column!r}; "
+                                    f"word_labels needs one label per word")
         if None in values:
             missing = sum(v is None for v in ds[self.label_column])
             raise DataError(f"{missing} rows of the {split} split have no {self.label_column!r}; "
@@ -273,11 +293,19 @@ class TextDataModule(L.LightningDataModule):
                     raise DataError(f"every text of the {split} split of {self._describe()} is empty; "
                                     f"check data.text_column")
                 raw[split] = kept
+        if self.word_labels:  # a sentence without words has nothing to label
+            for split, ds in raw.items():
+                kept = ds.filter(lambda b: [bool(w) for w in b[self.text_column]], batched=True,
+                                 desc=f"dropping empty sentences of {split}")
+                if len(kept) < len(ds):
+                    log.info("dropped %d sentences without words from the %s split", len(ds) - len(kept), split)
+                raw[split] = kept
         texts = raw["train"]
         columns = [c for c in (self.text_column, self.text_pair_column) if c]
+        as_line = (lambda words: " ".join(map(as_text, words))) if self.word_labels else as_text
         self.tokenizer = get_tokenizer(
             self.tokenizer_cfg,
-            lambda: (as_text(t) for c in columns for t in texts[c]),
+            lambda: (as_line(t) for c in columns for t in texts[c]),
             texts._fingerprint,
             self.cache_dir,
         )
@@ -289,6 +317,14 @@ class TextDataModule(L.LightningDataModule):
         cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), self.max_length - 2
 
         def encode(batch):
+            if self.word_labels:  # pre-split words; a label on each word's first sub-token only
+                enc = tok.encode_batch([list(map(as_text, w)) for w in batch[text_col]], is_pretokenized=True)
+                labels = []
+                for e, tags in zip(enc, batch[label_col]):
+                    first = dict((t, w) for t, w in first_subtokens(e.word_ids))
+                    labels.append([mapping[tags[first[t]]] if t in first else -100 for t in range(len(e.ids))])
+                ids = [e.ids for e in enc]
+                return {"input_ids": ids, "length": [len(i) for i in ids], "labels": labels}
             texts = [as_text(t) for t in batch[text_col]]
             out = {}
             if self.long_texts == "chunk":  # every token kept: [CLS] piece [SEP], piece by piece
@@ -308,7 +344,8 @@ class TextDataModule(L.LightningDataModule):
             return out
 
         for split, ds in raw.items():
-            missing = sum(t is None or (isinstance(t, str) and not t.strip()) for t in ds[self.text_column])
+            missing = sum(t is None or (isinstance(t, (str, list)) and not t) or (isinstance(t, str) and not t.strip())
+                          for t in ds[self.text_column])
             if missing:
                 log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts",
                             missing, split)
