@@ -252,21 +252,28 @@ def init_weights(module: nn.Module) -> None:
             nn.init.normal_(module.bias_v, std=0.02)
 
 
-class EncoderClassifier(nn.Module):
-    """Encoder + pooling + a linear classifier. `embed` gives the pooled sentence vectors."""
+class TaskModel(nn.Module):
+    """What every task's model shares: the encoder, and `embed`, the pooled sentence vectors."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.pooler = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.Tanh()) if cfg.pooler else None
-        self.dropout = nn.Dropout(cfg.classifier_dropout)
-        self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
-        self.apply(init_weights)
 
     def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
+
+
+class EncoderClassifier(TaskModel):
+    """Encoder + pooling + a linear classifier (one output: regression)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.pooler = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.Tanh()) if cfg.pooler else None
+        self.dropout = nn.Dropout(cfg.classifier_dropout)
+        self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
+        self.apply(init_weights)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits from the pooled vectors."""
@@ -280,7 +287,7 @@ class EncoderClassifier(nn.Module):
 
 
 
-class EncoderForMaskedLM(nn.Module):
+class EncoderForMaskedLM(TaskModel):
     """Encoder + BERT's masked-language-model head: dense, activation, LayerNorm, then a projection
     onto the vocabulary that is tied to (is) the token embedding matrix, plus a bias.
 
@@ -289,17 +296,11 @@ class EncoderForMaskedLM(nn.Module):
     registered twice, so the state dict holds it once (safetensors refuses shared tensors)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        super().__init__(cfg)
         self.transform = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), ACTIVATIONS[cfg.activation](),
                                        nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps))
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_weights)
-
-    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
-              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True."""
@@ -307,20 +308,14 @@ class EncoderForMaskedLM(nn.Module):
         return nn.functional.linear(self.transform(hidden), self.encoder.embeddings.tokens.weight, self.bias)
 
 
-class EncoderForTokenClassification(nn.Module):
+class EncoderForTokenClassification(TaskModel):
     """Encoder + a linear classifier on every token (NER, POS): logits [batch, seq, num_labels]."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        super().__init__(cfg)
         self.dropout = nn.Dropout(cfg.classifier_dropout)
         self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
         self.apply(init_weights)
-
-    def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
-              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
