@@ -262,6 +262,40 @@ class TextDataModule(L.LightningDataModule):
             raise DataError(f"the {split} split has labels {', '.join(shown)} outside the label set "
                             f"{self.label_names}; fix the data or set data.label_names")
 
+    def _prepare_labels(self, raw: dict[str, Dataset]):
+        """Check every split's labels; return the map from a label value to what the model learns."""
+        if not self.label_column:
+            return None
+        if self.regression:
+            self.label_names = [self.label_column]  # one target, named after its column
+            mapping = _Numbers(self.label_column)
+            for ds in raw.values():
+                for value in ds.unique(self.label_column):
+                    mapping[value]  # raises a DataError naming the first value that is not a number
+            return mapping
+        self.label_names = self._label_names(raw["train"])
+        mapping = self._label_to_id(self.label_names)
+        for split, ds in raw.items():
+            self._check_labels(ds, split, mapping)
+        return mapping
+
+    def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
+        """A corpus text or a word-labelled sentence that is empty has nothing to learn from (logged).
+        (Empty texts of labelled data are kept: they are examples too.)"""
+        if self.label_column and not self.word_labels:
+            return raw
+        out = {}
+        for split, ds in raw.items():
+            out[split] = ds.filter(lambda b: [bool(as_text(t).strip()) if isinstance(t, str) or t is None else bool(t)
+                                              for t in b[self.text_column]], batched=True,
+                                   desc=f"dropping empty texts of {split}")
+            if len(out[split]) < len(ds):
+                log.info("dropped %d empty texts of the %s split", len(ds) - len(out[split]), split)
+            if len(out[split]) == 0:
+                raise DataError(f"every text of the {split} split of {self._describe()} is empty; "
+                                f"check data.text_column")
+        return out
+
     # ---- Lightning hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download/prepare files and train the tokenizer once (cached), before any process uses them."""
@@ -271,35 +305,8 @@ class TextDataModule(L.LightningDataModule):
         if self.datasets:
             return  # idempotent: train.py sets up early to learn the vocabulary and labels
         raw = self.load_raw()
-        mapping = None
-        if self.label_column and self.regression:
-            self.label_names = [self.label_column]  # one target, named after its column
-            mapping = _Numbers(self.label_column)
-            for split, ds in raw.items():
-                for value in ds.unique(self.label_column):
-                    mapping[value]  # raises a DataError naming the first value that is not a number
-        elif self.label_column:
-            self.label_names = self._label_names(raw["train"])
-            mapping = self._label_to_id(self.label_names)
-            for split, ds in raw.items():
-                self._check_labels(ds, split, mapping)
-        else:  # a corpus: empty texts would be all special tokens, with nothing to predict
-            for split, ds in raw.items():
-                kept = ds.filter(lambda b: [bool(as_text(t).strip()) for t in b[self.text_column]], batched=True,
-                                 desc=f"dropping empty texts of {split}")
-                if len(kept) < len(ds):
-                    log.info("dropped %d empty texts of the %s split", len(ds) - len(kept), split)
-                if len(kept) == 0:
-                    raise DataError(f"every text of the {split} split of {self._describe()} is empty; "
-                                    f"check data.text_column")
-                raw[split] = kept
-        if self.word_labels:  # a sentence without words has nothing to label
-            for split, ds in raw.items():
-                kept = ds.filter(lambda b: [bool(w) for w in b[self.text_column]], batched=True,
-                                 desc=f"dropping empty sentences of {split}")
-                if len(kept) < len(ds):
-                    log.info("dropped %d sentences without words from the %s split", len(ds) - len(kept), split)
-                raw[split] = kept
+        mapping = self._prepare_labels(raw)
+        raw = self._drop_empty(raw)
         texts = raw["train"]
         columns = [c for c in (self.text_column, self.text_pair_column) if c]
         as_line = (lambda words: " ".join(map(as_text, words))) if self.word_labels else as_text
@@ -312,7 +319,9 @@ class TextDataModule(L.LightningDataModule):
         if self.long_texts == "truncate":
             self.tokenizer.enable_truncation(self.max_length)
         self._configure_collator()
-        tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length, self.long_texts)
+        # everything that changes what encode() produces, so no stale cached tokenization is reused
+        tokenizer_id = fingerprint(self.tokenizer.to_str(), self.max_length, self.long_texts, self.text_column,
+                                   self.text_pair_column, self.label_column, self.regression, self.word_labels)
         text_col, pair_col, label_col, tok = self.text_column, self.text_pair_column, self.label_column, self.tokenizer
         cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), self.max_length - 2
 
