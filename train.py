@@ -56,8 +56,8 @@ def check_resumable(ckpt_path: str, datamodule) -> None:
         raise ConfigError(f"the tokenizer differs from the one in {ckpt_path}; set tokenizer.path to that "
                           f"run's tokenizer (python -m encoder.export writes it out)")
     if hp.get("label_names") != datamodule.label_names:
-        raise ConfigError(f"labels {datamodule.label_names} differ from the checkpoint's {hp['label_names']}; "
-                          f"set data.label_names={hp['label_names']}")
+        raise ConfigError(f"labels {datamodule.label_names} differ from the checkpoint's {hp.get('label_names')}; "
+                          f"resume with the data (and task) that checkpoint was trained on")
 
 
 @contextlib.contextmanager

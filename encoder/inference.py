@@ -27,8 +27,8 @@ from encoder.module import model_config
 
 class Predictor:
     """Batches texts (sorted by length, so batches carry little padding), runs the model in
-    inference mode, and returns results in the input order. `embed` works for every task;
-    `predict` is the task's own (see the subclasses)."""
+    inference mode, and returns results in the input order. `embed` works for every task; each
+    task's subclass below adds its own `predict`."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, max_length: int, batch_size: int = 64,
                  label_names: list[str] | None = None):
@@ -79,9 +79,6 @@ class Predictor:
     def embed(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), embed_dim] pooled sentence vectors (model.pooling: [CLS] or mean)."""
         return self._run(texts, self.model.embed)
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        raise NotImplementedError
 
 
 class ClassifierPredictor(Predictor):
