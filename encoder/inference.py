@@ -117,7 +117,8 @@ class TokenPredictor(Predictor):
     def predict(self, texts: list) -> list[dict]:
         """One dict per text: its `words` and one tag (of `label_names`) per word, read at each word's
         first sub-token; words cut off by max_length get null."""
-        words, encodings = self._words(texts), self._encode(texts)
+        words = self._words(texts)
+        encodings = self.tokenizer.encode_batch(words, is_pretokenized=True)
         tags: list[dict] = [{} for _ in texts]
         for chunk, batch in self._batches(encodings):
             best = self.model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).argmax(-1)
@@ -153,7 +154,7 @@ TASKS = {"classification": (EncoderClassifier, ClassifierPredictor), "regression
 
 
 def build_model(hp: dict) -> torch.nn.Module:
-    task = hp.get("task") or "classification"  # checkpoints from before tasks were recorded
+    task = hp["task"]  # checkpoint_parts and load_export fill in "classification" for older files
     if task not in TASKS:
         raise ValueError(f"task {task!r} is unknown to this version of encoder (known: {sorted(TASKS)}); "
                          f"upgrade encoder")
@@ -178,7 +179,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 6
     """A `Predictor` from a `.ckpt` written by `python train.py` or a folder written by
     `python -m encoder.export` (safetensors + JSON: no pickle at all)."""
     path = Path(path)
-    hp, state = load_export(path) if path.is_dir() else _checkpoint_parts(path)
+    hp, state = load_export(path) if path.is_dir() else checkpoint_parts(path)
     model = build_model(hp)
     model.load_state_dict(state)
     predictor = TASKS[hp["task"]][1](model, Tokenizer.from_str(hp["tokenizer_json"]), hp["max_length"], batch_size,
@@ -186,7 +187,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 6
     return predictor.to(device)
 
 
-def _checkpoint_parts(path: Path) -> tuple[dict, dict]:
+def checkpoint_parts(path: Path) -> tuple[dict, dict]:
     """(hyperparameters + task, model weights) of a Lightning checkpoint."""
     ckpt = load_checkpoint(path)
     hp = {**ckpt["hyper_parameters"], "task": ckpt.get("task") or "classification"}
@@ -206,7 +207,7 @@ def export(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
-    hp, state = _checkpoint_parts(Path(checkpoint))
+    hp, state = checkpoint_parts(Path(checkpoint))
     state = {k: v.contiguous() for k, v in state.items()}
     if onnx and (hp["task"] not in ("classification", "regression") or hp["model"].get("type_vocab_size")):
         raise ValueError(f"--onnx exports single-text classification and regression models; this checkpoint is "

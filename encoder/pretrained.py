@@ -18,7 +18,7 @@ import torch
 
 from encoder.data.sources import PRETRAINED, default_cache_dir
 from encoder.hf import load_bert
-from encoder.inference import EXPORT_FORMAT, load_checkpoint, load_export
+from encoder.inference import EXPORT_FORMAT, checkpoint_parts, load_export
 from encoder.model import ModelConfig
 from encoder.module import model_config
 from encoder.schema import ConfigError
@@ -48,9 +48,7 @@ def resolve(init_from: str, cache_dir: str | Path | None = None) -> Path:
 def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
     path = resolve(init_from, cache_dir)
     if path.is_file():  # one of our checkpoints: its tokenizer is written once into the cache
-        ckpt = load_checkpoint(path)
-        hp = ckpt["hyper_parameters"]
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        hp, state = checkpoint_parts(path)
         digest = hashlib.sha256(hp["tokenizer_json"].encode()).hexdigest()[:16]
         tokenizer_path = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"from-checkpoint-{digest}.json"
         if not tokenizer_path.is_file():
