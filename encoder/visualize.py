@@ -24,6 +24,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from encoder.data.collate import Collator
+
 matplotlib.use("Agg")  # render to pixels, never open a window
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
 
@@ -117,8 +119,11 @@ class TensorBoardVisuals(L.Callback):
         self._log_projector(writer, pl_module, datamodule, step)
 
     def _batch(self, pl_module, datamodule, rows: list[dict]) -> dict:
-        keys = [k for k in ("input_ids", "token_type_ids") if k in rows[0]]  # not the labels: no masking
-        batch = datamodule.collator([{k: r[k] for k in keys} for r in rows])
+        # a plain collator: the datamodule's masks tokens under task=mlm, and the maps and vectors
+        # should show what the model makes of the real text
+        collator = Collator(pad_token_id=datamodule.collator.pad_token_id)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in rows[0]]
+        batch = collator([{k: r[k] for k in keys} for r in rows])
         return {k: v.to(pl_module.device) for k, v in batch.items()}
 
     def _log_attention(self, writer, pl_module, datamodule, step: int) -> None:
