@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -19,45 +20,160 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from encoder import pretrained
-from encoder.callbacks import Interrupted
-from encoder.config import resolved, validate
-from encoder.inference import load_checkpoint
-from encoder.data.datamodule import DataError
-from encoder.model import ConfigError
+from encoder import checkpoint, tasks
+from encoder.errors import CheckpointError, ConfigError, DataError
+from encoder.training import pretrained
+from encoder.training.callbacks import Interrupted
+from encoder.training.config import Checked, resolved, validate
+from encoder.training.console import quiet
+from encoder.training.launch import newest_unfinished, preflight, trainer_error
+from encoder.training.module import EncoderModule
 
 log = logging.getLogger("encoder")
 
 
 def resume_from(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint to resume: `ckpt_path`, or with resume=auto the newest last.ckpt of this experiment."""
-    if cfg.resume not in ("auto", None, False):
+    if cfg.resume not in ("auto", None):
         raise ConfigError(f"resume={cfg.resume!r} is unknown; use resume=auto or ckpt_path=PATH")
     if cfg.ckpt_path:
         if not Path(cfg.ckpt_path).is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file or resume=auto")
         return str(cfg.ckpt_path)
     if cfg.resume == "auto":
-        found = [p for p in run_dir.parent.glob("*/checkpoints/last.ckpt") if p.parents[1] != run_dir]
-        if not found:
-            raise ConfigError(f"resume=auto found no last.ckpt under {run_dir.parent}/; start without resume")
-        return str(max(found, key=lambda p: p.stat().st_mtime))
+        return str(newest_unfinished(run_dir.parent, exclude=run_dir))
     return None
 
 
-def check_resumable(ckpt_path: str, datamodule) -> None:
-    """The data side of a resumed run must be the one the checkpoint was trained with."""
-    hp = load_checkpoint(ckpt_path)["hyper_parameters"]
-    if hp["tokenizer_json"] != datamodule.tokenizer.to_str():
-        raise ConfigError(f"the tokenizer differs from the one in {ckpt_path}; set tokenizer.path to that "
-                          f"run's tokenizer (python -m encoder.export writes it out)")
-    if hp.get("label_names") != datamodule.label_names:
-        raise ConfigError(f"labels {datamodule.label_names} differ from the checkpoint's {hp.get('label_names')}; "
-                          f"resume with the data (and task) that checkpoint was trained on")
+def remove_stale_temp_files(folder: Path) -> None:
+    """Checkpoint writes go to `.<name>.<pid>.tmp` first (encoder.training.callbacks.AtomicCheckpointIO); a
+    process killed mid-write leaves one behind. Remove those of processes that are gone."""
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s, left by a checkpoint write that was killed", tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def check_resumable(ckpt_path: str, module: EncoderModule) -> None:
+    """A resumed run must build the model the checkpoint holds: one line naming the first difference."""
+    hp = module.hparams
+    ours = checkpoint.Saved(hp.task, hp.model, hp.tokenizer_json, hp.label_names, hp.max_length, {})
+    difference = checkpoint.first_difference(ours, checkpoint.read_checkpoint(ckpt_path))
+    if difference:
+        what, here, there = difference
+        raise ConfigError(f"{ckpt_path} was trained with {what}={there!r}, this run has {what}={here!r}; resume "
+                          f"with the config that run used (its .hydra/config.yaml)")
+
+
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, object]:
+    """The Trainer with its callbacks and logger; an argument Lightning refuses is one ConfigError line."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    logger = instantiate(cfg.logger)
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=logger), logger
+    except InstantiationException as e:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        raise trainer_error(e, overrides) from None
+
+
+def build_data(cfg: DictConfig, checked: Checked):
+    """The prepared datamodule (vocabulary and labels known), and the pretrained encoder to start from."""
+    tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    init = pretrained.load(checked.model.init_from, cfg.paths.cache_dir) if checked.model.init_from else None
+    if init is not None:  # its tokenizer, never a retrained one
+        pretrained.check_matches(init, OmegaConf.to_container(cfg.model, resolve=True))
+        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():
+            raise ConfigError(f"tokenizer.path={tokenizer_cfg['path']} differs from the pretrained encoder's "
+                              f"{init.tokenizer_path}; drop tokenizer.path")
+        tokenizer_cfg["path"] = str(init.tokenizer_path)
+    # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
+    datamodule = instantiate(cfg.data, _convert_="all", task=checked.task.name, tokenizer=tokenizer_cfg,
+                             cache_dir=cfg.paths.cache_dir, seed=cfg.seed, distill=distill_options(checked))
+    datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
+    return datamodule, init
+
+
+def distill_options(checked: Checked) -> dict | None:
+    return dataclasses.asdict(checked.distill) if checked.distill.teacher else None
+
+
+def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderModule:
+    tokenizer_json = datamodule.tokenizer.to_str()
+    arch = checkpoint.architecture(dataclasses.asdict(checked.model), tokenizer_json,
+                                   datamodule.label_names, text_pairs=bool(datamodule.cfg.text_pair_column))
+    m = checked.model
+    module = EncoderModule.create(checked.task.name, arch, tokenizer_json, datamodule.cfg.max_length,
+                                  label_names=datamodule.label_names, optim=vars(checked.optim),
+                                  on_nonfinite_loss=checked.task.on_nonfinite_loss, unpad=m.unpad, compile=m.compile,
+                                  distill=distill_options(checked))
+    if init is not None and not resuming:
+        pretrained.apply(init, module.model)
+        log.info("encoder initialised from %s", init.folder)
+    return module
+
+
+def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodule, logger) -> tuple[dict, str]:
+    """Test the best checkpoint; the run's final metrics (+ `objective` for sweepers), logged and written."""
+    checkpoint_cb = trainer.checkpoint_callback
+    best = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if checkpoint_cb is not None and checkpoint_cb.best_model_score is not None:
+        metrics[f"best_{checkpoint_cb.monitor}"] = float(checkpoint_cb.best_model_score)
+    if cfg.test and "test" in datamodule.datasets:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    # The HPARAMS tab: the whole flat config next to the final metrics, once per run.
+    logger.log_hyperparams(resolved(cfg), {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
+    logger.finalize("success")  # flush: the hparams summary is the last thing written
+    metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
+    if trainer.is_global_zero:  # for sweep summaries and scripts
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        record = {"metrics": metrics, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(record, indent=2))
+    return metrics, best
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job; returns its final metrics (plus `objective` for sweepers)."""
+    checked = validate(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_from(cfg, run_dir)
+    continuing = ckpt_path is not None and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve()
+    if not continuing and any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
+                          f"(to continue that run, pass ckpt_path=...)")
+    remove_stale_temp_files(run_dir / "checkpoints")
+    trainer, logger = build_trainer(cfg)  # before the data: Lightning checks its arguments here
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, init = build_data(cfg, checked)
+    module = build_module(checked, datamodule, init, resuming=bool(ckpt_path))
+    if ckpt_path:
+        check_resumable(ckpt_path, module)
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics, best = finish(cfg, trainer, module, datamodule, logger)
+    if trainer.is_global_zero:
+        print(f"run directory:   {run_dir}")
+        print(f"tensorboard:     tensorboard --logdir {logger.log_dir}")
+        print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
+        print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return metrics
 
 
 @contextlib.contextmanager
@@ -87,87 +203,27 @@ def ddp_ranks_run_this_job_only():
             torch.distributed.destroy_process_group()
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run one training job; returns its final metrics (plus `objective` for sweepers)."""
-    validate(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    if any((run_dir / "checkpoints").glob("*.ckpt")):
-        raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
-                          f"(to continue that run, pass ckpt_path=...)")
-    ckpt_path = resume_from(cfg, run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
-    init = pretrained.load(model_cfg["init_from"], cfg.paths.cache_dir) if model_cfg.get("init_from") else None
-    if init is not None:  # its tokenizer, never a retrained one
-        pretrained.check_matches(init, model_cfg)
-        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():
-            raise ConfigError(f"tokenizer.path={tokenizer_cfg['path']} differs from the pretrained encoder's "
-                              f"{init.tokenizer_path}; drop tokenizer.path")
-        tokenizer_cfg["path"] = str(init.tokenizer_path)
-
-    # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
-    datamodule = instantiate(cfg.data, _convert_="all", tokenizer=tokenizer_cfg, cache_dir=cfg.paths.cache_dir,
-                             seed=cfg.seed)
-    datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
-    labels = {"label_names": list(datamodule.label_names)} if datamodule.label_names is not None else {}
-    if datamodule.text_pair_column and not model_cfg.get("type_vocab_size"):
-        model_cfg["type_vocab_size"] = 2  # sentence pairs: segment embeddings for the first and second text
-    module = instantiate(
-        cfg.task,
-        _convert_="all",
-        model=model_cfg,
-        tokenizer_json=datamodule.tokenizer.to_str(),
-        max_length=cfg.data.max_length,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        **labels,
-    )
-    if init is not None and not ckpt_path:
-        pretrained.apply(init, module.model)
-        log.info("encoder initialised from %s", init.folder)
-    if ckpt_path:
-        check_resumable(ckpt_path, datamodule)
-        log.info("resuming from %s", ckpt_path)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    logger = instantiate(cfg.logger)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None else ""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics[f"best_{checkpoint.monitor}"] = float(checkpoint.best_model_score)
-    if cfg.test and "test" in datamodule.datasets:
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update({k: float(v) for k, v in results[0].items()})
-    # The HPARAMS tab: the whole flat config next to the final metrics, once per run.
-    logger.log_hyperparams(resolved(cfg), {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
-    logger.finalize("success")  # flush: the hparams summary is the last thing written
-    metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
-    if trainer.is_global_zero:  # for sweep summaries and scripts
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "overrides": overrides}, indent=2))
-
-    if trainer.is_global_zero:
-        print(f"run directory:   {run_dir}")
-        print(f"tensorboard:     tensorboard --logdir {logger.log_dir}")
-        print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
-        print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return metrics
-
-
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
+    quiet()
     try:
         with ddp_ranks_run_this_job_only():
             return train(cfg)["objective"]
-    except (ConfigError, DataError, FloatingPointError) as e:
+    except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
         raise SystemExit(f"error: {e}") from None
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one: stop at once
+        print("interrupted: stopped by SIGINT at once; the checkpoints on disk are the last ones written",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
+    quiet()
+    try:  # a mistake in the overrides: one line, before Hydra creates a run directory
+        sys.argv[1:] = preflight(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     main()

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoder.data import TextDataModule  # noqa: E402
+from encoder.training.data.datamodule import TextDataModule  # noqa: E402
 from encoder.model import AttentionConfig, EncoderLayer, ModelConfig  # noqa: E402
 
 SIZES = {  # the configs/model/*.yaml dimensions

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common import default_data, machine, model_config
-from encoder.data import Collator
-from encoder.model import EncoderClassifier
+from encoder.collate import Collator
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 def run_epoch(model, loader) -> tuple[float, int, int]:
@@ -47,7 +47,7 @@ def main() -> None:
                                batch_size=args.batch_size, shuffle=True,
                                collate_fn=Collator(pad_to_multiple_of=args.max_length))
     torch.manual_seed(0)
-    model = EncoderClassifier(model_config(args.size, dm.tokenizer.get_vocab_size())).train()
+    model = EncoderForSequenceClassification(model_config(args.size, dm.tokenizer.get_vocab_size())).train()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     print(f"machine: {machine()}; {len(dm.datasets['train'])} examples, model={args.size}, "
           f"max_length={args.max_length}, batch={args.batch_size}, pad_to_multiple_of={args.pad_to_multiple_of}")

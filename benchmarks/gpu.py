@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import alternate, default_data, flops_per_token, full_batches, median_ratio, model_config, random_batches
 from encoder.hf import to_bert
-from encoder.model import EncoderClassifier
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 def step_fn(model, batches, hf: bool):
@@ -72,7 +72,7 @@ def main() -> None:
     cuda = lambda bs: [{k: v.cuda() for k, v in b.items()} for b in bs]  # noqa: E731
     sets = {"mixed": cuda(random_batches(dm, 32, 8)), "no-pad": cuda(full_batches(32, 128, 8, vocab))}
     torch.manual_seed(0)
-    ours = EncoderClassifier(model_config("base", vocab)).cuda().train()
+    ours = EncoderForSequenceClassification(model_config("base", vocab)).cuda().train()
     hf = to_bert(ours).cuda().train()
     summary = []
     for name, batches in sets.items():
@@ -91,7 +91,7 @@ def main() -> None:
         step_fn(ours, sets["no-pad"], False)()
     summary.append("fused attention: a training step runs with the math SDPA kernel disabled (mixed and no-pad)")
     print(summary[-1], flush=True)
-    compiled = EncoderClassifier(model_config("base", vocab)).cuda().train()
+    compiled = EncoderForSequenceClassification(model_config("base", vocab)).cuda().train()
     compiled.load_state_dict(ours.state_dict())
     compiled.compile(dynamic=True)
     for name, batches in sets.items():

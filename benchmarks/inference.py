@@ -18,19 +18,16 @@ from pathlib import Path
 import torch
 
 from common import alternate, default_data, machine, median_ratio, model_config
-from encoder import load_model
+from encoder import checkpoint, load_model
 from encoder.hf import to_bert
-from encoder.model import EncoderClassifier
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
-def save_checkpoint(model: EncoderClassifier, dm, path: Path) -> None:
-    """A checkpoint in the layout train.py writes (hyperparameters + `model.`-prefixed weights)."""
-    arch = dataclasses.asdict(model.cfg)
-    for derived in ("vocab_size", "pad_token_id", "num_labels"):
-        arch.pop(derived)
-    torch.save({"hyper_parameters": {"model": arch, "label_names": dm.label_names,
-                                     "tokenizer_json": dm.tokenizer.to_str(), "max_length": dm.max_length},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+def save_export(model: EncoderForSequenceClassification, dm, folder: Path) -> None:
+    """The model as an export folder (what `python -m encoder.export` writes)."""
+    saved = checkpoint.Saved("classification", dataclasses.asdict(model.cfg), dm.tokenizer.to_str(), dm.label_names,
+                             dm.cfg.max_length, model.state_dict())
+    checkpoint.write_export(saved, folder)
 
 
 def hf_predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> torch.Tensor:
@@ -54,10 +51,10 @@ def main() -> None:
     dm = default_data()
     texts = [t for t in dm.load_raw()["test"]["text"]]
     torch.manual_seed(0)
-    model = EncoderClassifier(model_config(args.size, dm.tokenizer.get_vocab_size(), num_labels=2)).eval()
+    model = EncoderForSequenceClassification(model_config(args.size, dm.tokenizer.get_vocab_size(), num_labels=2)).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(model, dm, Path(tmp) / "model.ckpt")
-        ours = load_model(Path(tmp) / "model.ckpt", batch_size=args.batch_size)
+        save_export(model, dm, Path(tmp))
+        ours = load_model(tmp, batch_size=args.batch_size)
     hf = to_bert(model).eval()
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=ours.tokenizer, pad_token="[PAD]", unk_token="[UNK]",
                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")

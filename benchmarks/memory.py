@@ -21,10 +21,11 @@ STEP = """
 import resource, sys, torch, torch.nn.functional as F
 sys.path.insert(0, {bench!r})
 from common import NaiveLayer, full_batches, model_config
-from encoder.model import EncoderClassifier
+from encoder.tasks.classification import EncoderForSequenceClassification
 from encoder.model import AttentionConfig
-model = EncoderClassifier(model_config("base", 8192, unpad=False,
+model = EncoderForSequenceClassification(model_config("base", 8192,
                                        attention=AttentionConfig(num_heads=12, dropout={dropout}))).train()
+model.encoder.unpad = False
 if {naive}:
     for layer in model.encoder.layers:
         layer.__class__ = NaiveLayer

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from common import default_data, machine, model_config, random_batches
-from encoder.model import AttentionConfig, EncoderClassifier
+from encoder.model import AttentionConfig
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 def steps(model, batches):
@@ -34,7 +35,7 @@ def main() -> None:
     batches = random_batches(dm, 32, args.steps)
     vocab = dm.tokenizer.get_vocab_size()
     torch.manual_seed(0)
-    model = EncoderClassifier(model_config(args.size, vocab)).train()
+    model = EncoderForSequenceClassification(model_config(args.size, vocab)).train()
     steps(model, batches[:1])
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         steps(model, batches)
@@ -46,7 +47,7 @@ def main() -> None:
         share = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key == op) / total
         print(f"{op:55s} {share:6.1%} of self CPU time")
     # dropout's cost: the same steps with every dropout off, alternating
-    no_dropout = EncoderClassifier(model_config(args.size, vocab, dropout=0.0, classifier_dropout=0.0,
+    no_dropout = EncoderForSequenceClassification(model_config(args.size, vocab, dropout=0.0, classifier_dropout=0.0,
                                                 attention=AttentionConfig(num_heads=model.cfg.attention.num_heads,
                                                                           dropout=0.0))).train()
     no_dropout.load_state_dict(model.state_dict())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from common import (NaiveLayer, alternate, default_data, flops_per_token, full_batches, machine, median_ratio,
                     model_config, peak_flops_fp32, random_batches, real_tokens)
 from encoder.hf import to_bert
-from encoder.model import EncoderClassifier
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 def step_fn(model, batches, hf: bool):
@@ -40,9 +40,10 @@ def step_fn(model, batches, hf: bool):
 
 def bench(size: str, batches: list[dict], vocab: int, pairs: int, peak: float, label: str) -> dict:
     torch.manual_seed(0)
-    ours = EncoderClassifier(model_config(size, vocab)).train()
+    ours = EncoderForSequenceClassification(model_config(size, vocab)).train()
     hf = to_bert(ours).train()
-    naive = EncoderClassifier(model_config(size, vocab, unpad=False)).train()
+    naive = EncoderForSequenceClassification(model_config(size, vocab)).train()
+    naive.encoder.unpad = False
     naive.load_state_dict(ours.state_dict())
     for layer in naive.encoder.layers:
         layer.__class__ = NaiveLayer
@@ -71,8 +72,8 @@ def compile_check(dm, vocab: int, pairs: int) -> float:
     """Ours eager vs ours under torch.compile (model.compile=true), `small`, mixed batches."""
     batches = random_batches(dm, 32, 4)
     torch.manual_seed(0)
-    eager = EncoderClassifier(model_config("small", vocab)).train()
-    compiled = EncoderClassifier(model_config("small", vocab)).train()
+    eager = EncoderForSequenceClassification(model_config("small", vocab)).train()
+    compiled = EncoderForSequenceClassification(model_config("small", vocab)).train()
     compiled.load_state_dict(eager.state_dict())
     compiled.compile(dynamic=True)
     start = time.perf_counter()

@@ -1,10 +1,13 @@
-"""encoder: small transformer encoders, trained with Lightning + Hydra on Hugging Face datasets."""
+"""encoder: small transformer encoders, trained with Lightning + Hydra on Hugging Face datasets.
 
-from encoder.inference import ClassifierPredictor, MaskedLMPredictor, Predictor, RegressorPredictor, load_model
-from encoder.model import ConfigError, Encoder, EncoderClassifier, EncoderForMaskedLM, EncoderLayer, ModelConfig
-from encoder.module import MaskedLM, TextClassifier, TextRegressor
+Importing `encoder` gives the serving API (`load_model`, the model classes) without the training
+stack: Lightning, torchmetrics, datasets and matplotlib are imported by `encoder.training` only.
+"""
 
-__all__ = ["ClassifierPredictor", "ConfigError", "Encoder", "EncoderClassifier", "EncoderForMaskedLM", "EncoderLayer",
-           "MaskedLM", "MaskedLMPredictor", "ModelConfig", "Predictor", "RegressorPredictor", "TextClassifier",
-           "TextRegressor", "load_model"]
-__version__ = "0.1.0"
+from encoder.errors import CheckpointError, ConfigError, DataError
+from encoder.model import Encoder, EncoderLayer, ModelConfig
+from encoder.predictor import Predictor, load_model
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "Encoder", "EncoderLayer", "ModelConfig", "Predictor",
+           "load_model"]
+__version__ = "0.2.0"

@@ -1,27 +1,124 @@
 """Command line: python -m encoder.export CHECKPOINT OUT_DIR [--onnx]
 
 Writes model.safetensors + config.json + tokenizer.json: a folder that `encoder.load_model(OUT_DIR)`
-loads without unpickling anything. --onnx adds model.onnx (dynamic batch and sequence axes;
-inputs input_ids int64 and padding_mask bool, True = padding; outputs logits and embeddings).
+loads without unpickling anything (the format: encoder/checkpoint.py). --onnx adds model.onnx (dynamic
+batch and sequence axes; inputs input_ids int64 and padding_mask bool, True = padding; outputs
+logits and embeddings) for the tasks that can export one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import shutil
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
-from encoder.inference import export
+import torch
+
+from encoder import checkpoint, tasks
+from encoder.errors import CheckpointError, ConfigError
+
+
+def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False) -> Path:
+    """Export a checkpoint (or re-export an export) into a new or empty folder `out_dir`."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
+    saved = checkpoint.read(source)
+    task = tasks.get(saved.task)
+    if onnx and (not task.onnx or saved.config.type_vocab_size):
+        raise ValueError(f"--onnx exports single-text {' and '.join(t for t in tasks.names() if tasks.get(t).onnx)} "
+                         f"models; this checkpoint is task={saved.task}"
+                         + (" with text pairs" if saved.config.type_vocab_size else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`
+        if onnx:
+            model = task.build_model(saved.config)
+            model.load_state_dict(saved.state)
+            export_onnx(model, tmp / "model.onnx")
+        checkpoint.write_export(saved, tmp, extra_files=("model.onnx",) if onnx else ())
+        _apply_umask(tmp)
+        os.replace(tmp, out)  # onto a missing or empty folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _apply_umask(folder: Path) -> None:
+    """The permissions any new file of the user gets (mkdtemp makes 0700 folders; safetensors 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+class _OnnxGraph(torch.nn.Module):
+    """What model.onnx computes: (input_ids, padding_mask) -> (logits, pooled embeddings)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor):
+        pooled = self.model.embed(input_ids, padding_mask)
+        return self.model.head(pooled), pooled
+
+
+def export_onnx(model: torch.nn.Module, path: Path) -> None:
+    """ONNX graph with dynamic batch and sequence axes. Inputs: `input_ids` int64 [batch, seq] and
+    `padding_mask` bool [batch, seq] (True = padding, as everywhere); outputs `logits` and `embeddings`."""
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'encoder[onnx]'") from None
+    model = model.eval()
+    ids = torch.full((2, 16), model.cfg.pad_token_id + 1, dtype=torch.long)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[1, 8:] = True  # an example batch; the graph itself is shape-generic
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=model.cfg.max_positions)
+    with _quiet_exporter():
+        torch.onnx.export(_OnnxGraph(model).eval(), (ids, mask), str(path), dynamo=True, verbose=False,
+                          external_data=False,  # one self-contained file (fine below protobuf's 2 GB)
+                          input_names=["input_ids", "padding_mask"], output_names=["logits", "embeddings"],
+                          dynamic_shapes={"input_ids": {0: batch, 1: seq}, "padding_mask": {0: batch, 1: seq}})
+
+
+class _NotForUs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # we export no torchvision operator
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch's exporter reports things that do not concern this graph; each is dropped by its own text."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registration.addFilter(drop := _NotForUs())
+    try:
+        with warnings.catch_warnings():
+            # both inputs share the batch and seq axes: the exporter says it keeps one name for each
+            warnings.filterwarnings("ignore", message=r"# The axis name: \w+ will not be used")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
+    finally:
+        registration.removeFilter(drop)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m encoder.export", description=__doc__)
-    parser.add_argument("checkpoint", help="a .ckpt written by train.py")
+    parser.add_argument("checkpoint", help="a .ckpt written by train.py (or an export folder)")
     parser.add_argument("out_dir", help="a new (or empty) folder")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs encoder[onnx])")
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.out_dir, onnx=args.onnx)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+    except (CheckpointError, ConfigError, FileExistsError, ValueError, ImportError) as e:
         parser.exit(2, f"error: {e}\n")
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from encoder.model import EncoderClassifier, ModelConfig
-from encoder.schema import ConfigError
+from encoder.errors import ConfigError
+from encoder.model import ModelConfig
 
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -62,7 +62,7 @@ def bert_config(cfg: ModelConfig):
     )
 
 
-def to_bert_state_dict(model: EncoderClassifier) -> dict[str, torch.Tensor]:
+def to_bert_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Our weights under BertForSequenceClassification's names."""
     s = model.state_dict()
     out = {theirs: s[ours] for ours, theirs in _pairs(model.cfg.num_layers, "bert.")}
@@ -79,7 +79,7 @@ def to_bert_state_dict(model: EncoderClassifier) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_bert(model: EncoderClassifier):
+def to_bert(model: torch.nn.Module):
     """A `transformers.BertForSequenceClassification` computing the same function as `model`."""
     from transformers import BertForSequenceClassification
 
@@ -100,7 +100,7 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     """
     from safetensors.torch import load_file
 
-    from encoder.data.tokenizer import finalize, load_tokenizer
+    from encoder.tokenizer import finalize, load_tokenizer
 
     folder = Path(folder)
     missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).is_file()]

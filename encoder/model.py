@@ -1,24 +1,26 @@
 """The encoder, readable top to bottom: embeddings -> N x EncoderLayer -> pooling -> head.
 
-Conventions (see DESIGN.md): `padding_mask` is a bool tensor [batch, seq], True = padding, built
+Conventions (see ARCHITECTURE.md): `padding_mask` is a bool tensor [batch, seq], True = padding, built
 only by the collator. Every row has at least one real token ([CLS]) so no attention row is empty.
 
-Padding is skipped wherever it can be: with `unpad=True` (the default) the hidden states of the
-real tokens only are kept packed as [n_real, dim]; each layer scatters them into a padded
+Padding is skipped wherever it can be: with `Encoder.unpad` (on by default) the hidden states of
+the real tokens only are kept packed as [n_real, dim]; each layer scatters them into a padded
 [batch, seq, dim] tensor for `nn.MultiheadAttention` and gathers the result back, so the
 feed-forward block, norms, residuals and dropout never touch a padded position. `unpad=False`
 runs the plain padded computation; tests check both give the same outputs at real positions.
+
+Each task's head (`EncoderForSequenceClassification`, ...) lives with its task in encoder/tasks/.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
-from encoder.schema import ConfigError, build, check_choice
+from encoder.errors import ConfigError, check_choice
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -58,14 +60,20 @@ class ModelConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float = 0.1
-    unpad: bool = True
-    compile: bool = False  # torch.compile the model for training (measure first: see README)
-    init_from: str | None = None  # train.py only: start from a pretrained encoder (folder or known name)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        """Build from a plain dict (a Hydra node or a checkpoint), rejecting unknown keys by name."""
-        return build(cls, values, "model")
+        """Build from a plain dict (a checkpoint's or an export's), rejecting unknown keys by name.
+        (Types are checked where configs are composed, by OmegaConf; see encoder/training/config.py.)"""
+        values = dict(values)
+        attention = values.pop("attention", None) or {}
+        for known, given in ((cls, values), (AttentionConfig, attention)):
+            names = [f.name for f in fields(known)]
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                prefix = "model." if known is cls else "model.attention."
+                raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys are {names}")
+        return cls(**values, attention=AttentionConfig(**attention))
 
     def __post_init__(self):
         positive = ("vocab_size", "max_positions", "embed_dim", "num_layers", "ffn_dim", "num_labels")
@@ -175,9 +183,10 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """Embeddings and a stack of layers; returns hidden states [batch, seq, dim], zero at padding."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, unpad: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.unpad = unpad  # a run-time switch, not architecture: both paths compute the same function
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
@@ -192,7 +201,7 @@ class Encoder(nn.Module):
         # A graph export (ONNX) cannot branch on data: it takes the padded path with the mask.
         exporting = torch.compiler.is_exporting()
         has_padding = exporting or bool(padding_mask.any())
-        if not self.cfg.unpad or not has_padding or exporting:
+        if not self.unpad or not has_padding or exporting:
             # Without padding there is nothing to skip, and attention needs no mask (a faster kernel).
             mask = padding_mask if has_padding else None
             x = self.embeddings(input_ids, positions, token_type_ids)
@@ -263,60 +272,3 @@ class TaskModel(nn.Module):
     def embed(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return pool(self.encoder(input_ids, padding_mask, token_type_ids), padding_mask, self.cfg.pooling)
-
-
-class EncoderClassifier(TaskModel):
-    """Encoder + pooling + a linear classifier (one output: regression)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
-        self.pooler = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.Tanh()) if cfg.pooler else None
-        self.dropout = nn.Dropout(cfg.classifier_dropout)
-        self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
-        self.apply(init_weights)
-
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits from the pooled vectors."""
-        if self.pooler is not None:
-            pooled = self.pooler(pooled)
-        return self.classifier(self.dropout(pooled))
-
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.embed(input_ids, padding_mask, token_type_ids))
-
-
-
-class EncoderForMaskedLM(TaskModel):
-    """Encoder + BERT's masked-language-model head: dense, activation, LayerNorm, then a projection
-    onto the vocabulary that is tied to (is) the token embedding matrix, plus a bias.
-
-    Only the masked positions go through the head, so no vocabulary-sized logits are computed for
-    the ~85% of tokens that carry no loss. The tied weight is passed in at call time rather than
-    registered twice, so the state dict holds it once (safetensors refuses shared tensors)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
-        self.transform = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), ACTIVATIONS[cfg.activation](),
-                                       nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps))
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.apply(init_weights)
-
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True."""
-        hidden = self.encoder(input_ids, padding_mask)[selected]
-        return nn.functional.linear(self.transform(hidden), self.encoder.embeddings.tokens.weight, self.bias)
-
-
-class EncoderForTokenClassification(TaskModel):
-    """Encoder + a linear classifier on every token (NER, POS): logits [batch, seq, num_labels]."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
-        self.dropout = nn.Dropout(cfg.classifier_dropout)
-        self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
-        self.apply(init_weights)
-
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.dropout(self.encoder(input_ids, padding_mask, token_type_ids)))

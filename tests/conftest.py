@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,24 +25,31 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rt_files(cache_dir) -> dict:
-    from encoder.data.sources import rotten_tomatoes_critics
+    from encoder.training.data.sources import rotten_tomatoes_critics
 
     return rotten_tomatoes_critics(cache_dir)
 
 
 def compose(overrides: list[str], output_dir: Path | None = None):
     """The config `python train.py <overrides>` would get, with Hydra's runtime info set."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import encoder.config  # noqa: F401  (registers the `unused_dir` resolver)
+    from encoder.training.launch import compose as compose_config
 
     extra = [f"paths.output_dir={output_dir}"] if output_dir else []
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides + extra, return_hydra_config=True)
+    cfg = compose_config(str(ROOT / "configs"), "train", overrides + extra)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+class WeightsAtStart(L.Callback):
+    """A callback (`+callbacks.start._target_=conftest.WeightsAtStart`) that keeps the weights of the
+    model a run actually trains, as its training starts (step 0)."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, module):
+        WeightsAtStart.seen = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
 TINY = ["model=tiny", "trainer=debug", "data.max_train_samples=256", "data.max_eval_samples=64",

@@ -1,6 +1,7 @@
 import torch
 
-from encoder.data.collate import Collator, LengthGroupedSampler
+from encoder.collate import Collator
+from encoder.training.data.sampler import LengthGroupedSampler
 
 
 def test_collator_pads_to_multiple_of_8_with_bool_mask_true_at_padding():

@@ -1,5 +1,6 @@
 """Every config in configs/ composes and instantiates; --help lists the groups; errors come early."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,13 +8,16 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
-from encoder.config import resolved, unused_dir, validate
-from encoder.data import TextDataModule
-from encoder.model import ConfigError, ModelConfig
+from encoder.checkpoint import RUN_SWITCHES
+from encoder.tasks.classification import EncoderForSequenceClassification
+from encoder.training.config import resolved, unused_dir, validate
+from encoder.training.data.datamodule import TextDataModule
+from encoder.errors import ConfigError
+from encoder.model import ModelConfig
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (ROOT / "configs").iterdir() if p.is_dir()}
 CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
@@ -23,17 +27,21 @@ CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 def test_every_config_composes_and_instantiates(group, name, tmp_path):
     overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else [])
     cfg = compose(overrides, tmp_path)
-    validate(cfg)
+    checked = validate(cfg)
     resolved(cfg)  # every interpolation resolves
     if group == "data":
         assert isinstance(instantiate(cfg.data, _convert_="all"), TextDataModule)
-    elif group == "model":
-        ModelConfig.from_dict({**OmegaConf.to_container(cfg.model), "vocab_size": 100})
+    elif group == "model":  # the architecture builds a model
+        arch = {k: v for k, v in dataclasses.asdict(checked.model).items() if k not in RUN_SWITCHES}
+        assert EncoderForSequenceClassification(ModelConfig.from_dict(arch)).cfg.embed_dim == cfg.model.embed_dim
     elif group == "trainer":
-        if cfg.trainer.accelerator == "gpu":  # gpu, fsdp: no GPU here, so check what they ask for
-            assert cfg.trainer.precision == "bf16-mixed"
+        # no GPU here: the gpu configs are built for the CPU (fsdp needs a GPU, and says so)
+        if name == "fsdp":
+            with pytest.raises(InstantiationException, match="gpu backend"):
+                instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         else:
-            assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), L.Trainer)
+            cpu = {"accelerator": "cpu"} if cfg.trainer.accelerator == "gpu" else {}
+            assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **cpu), L.Trainer)
     elif group == "callbacks":
         assert all(isinstance(instantiate(c), L.Callback) for c in cfg.callbacks.values())
     elif group == "logger":
@@ -57,7 +65,7 @@ def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("overrides,message", [
     (["model.embed_dim=30"], "error: model.embed_dim=30 is not divisible by model.attention.num_heads=4"),
     (["model.dropout=1.5"], "error: model.dropout=1.5 must be in [0, 1)"),
-    (["optim.lr=-1"], "error: optim.lr=-1 must be a positive number"),
+    (["optim.lr=-1"], "error: optim.lr=-1.0 must be a positive number"),
     (["data.max_length=1024"], "error: data.max_length=1024 exceeds model.max_positions=512"),
     (["data.text_column=review"], "error: data.text_column='review' is not a column of the train split; "
                                   "its columns are ['text', 'label']"),
@@ -70,22 +78,99 @@ def test_bad_input_fails_in_one_line_before_training(overrides, message, tmp_pat
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
 
 
-def test_unknown_config_name_gets_hydras_message(tmp_path):
-    out = run_train("model=huge", cwd=tmp_path)
+@pytest.mark.parametrize("overrides,message", [
+    (["model=huge"], "error: model=huge is not a config of the model group; choose one of ['base', 'minilm_l6', "
+                     "'small', 'tiny']"),
+    (["optim.lrr=1e-3"], "error: unknown key optim.lrr (did you mean optim.lr?); known keys are ['betas', 'eps', "
+                         "'fused', 'lr', 'min_lr_ratio', 'schedule', 'warmup_ratio', 'warmup_steps', 'weight_decay']"),
+    (["-m", "optim.lr=1e-4,abc"], "error: optim.lr: Value 'abc' of type 'str' could not be converted to Float"),
+    (["optim.lr=[1"], "error: cannot read the override 'optim.lr=[1': no viable alternative at input '[1'"),
+])
+def test_mistakes_hydra_would_report_get_one_line_and_no_run_directory(overrides, message, tmp_path):
+    out = run_train(*overrides, cwd=tmp_path)
     assert out.returncode == 1
-    assert "Could not find 'model/huge'" in out.stderr and "tiny" in out.stderr
+    assert out.stderr.strip().splitlines() == [message] or out.stderr.strip().startswith(message), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "+optim" not in out.stderr  # no `+` advice for a typo
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_the_task_metric_sets_checkpoints_early_stopping_and_the_sweep_direction(tmp_path):
+    regression = compose(["task=regression"], tmp_path)
+    assert regression.objective == "val/pearson"
+    callbacks = regression.callbacks
+    assert (callbacks.model_checkpoint.monitor, callbacks.model_checkpoint.mode) == ("val/pearson", "max")
+    assert callbacks.model_checkpoint.filename == "best-epoch{epoch:02d}-pearson{val/pearson:.4f}"
+    assert (callbacks.early_stopping.monitor, callbacks.early_stopping.mode) == ("val/pearson", "max")
+    loss = compose(["hparams_search=optuna", "objective=val/loss"], tmp_path)
+    assert (loss.callbacks.model_checkpoint.mode, loss.callbacks.early_stopping.mode) == ("min", "min")
+    assert loss.hydra.sweeper.direction == "minimize"
+    assert compose(["hparams_search=optuna"], tmp_path).hydra.sweeper.direction == "maximize"
+
+
+def test_sweep_summary_puts_the_best_first_in_the_objectives_direction(tmp_path):
+    from encoder.training.sweep import collect
+
+    for job, (value, direction) in enumerate([(0.5, "min"), (0.2, "min"), (float("nan"), "min"), (0.9, "min")]):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps(
+            {"metrics": {"objective": value}, "overrides": [], "direction": direction}))
+    assert [r["job"] for r in collect(tmp_path)] == ["1", "0", "3", "2"]  # lowest loss first, no value last
+    for job in range(4):
+        path = tmp_path / str(job) / "metrics.json"
+        path.write_text(path.read_text().replace('"min"', '"max"'))
+    assert [r["job"] for r in collect(tmp_path)] == ["3", "0", "1", "2"]
 
 
 def test_run_directories_are_never_reused(tmp_path):
     (tmp_path / "run").mkdir()
     assert unused_dir(str(tmp_path / "run")) == str(tmp_path / "run-1")
-    (tmp_path / "run-1").mkdir()
-    assert unused_dir(str(tmp_path / "run")) == str(tmp_path / "run-2")
-    assert unused_dir(str(tmp_path / "new")) == str(tmp_path / "new")
+    assert unused_dir(str(tmp_path / "run")) == str(tmp_path / "run-2")  # claimed: run-1 now exists
+    assert unused_dir(str(tmp_path / "new")) == str(tmp_path / "new") and (tmp_path / "new").is_dir()
+
+
+def _claim(path: str, start, queue) -> None:
+    start.wait()
+    queue.put(unused_dir(path))
+
+
+def test_processes_claiming_a_run_directory_at_once_get_different_ones(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, queue = context.Event(), context.Queue()
+    workers = [context.Process(target=_claim, args=(str(tmp_path / "twin"), start, queue)) for _ in range(8)]
+    for w in workers:
+        w.start()
+    start.set()  # all at once
+    claimed = sorted(queue.get(timeout=60) for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+    assert len(set(claimed)) == 8 and all(Path(c).is_dir() for c in claimed)
+
+
+def test_two_runs_started_together_with_one_name_write_to_two_directories(tmp_path, rt_files):
+    from conftest import TINY
+
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, "name=twin", "~callbacks.tensorboard_visuals",
+            "trainer.limit_train_batches=2"]
+    runs = [subprocess.Popen(args + [f"seed={k}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for k in (1, 2)]
+    for r in runs:
+        _, err = r.communicate(timeout=600)
+        assert r.returncode == 0, err[-2000:]
+    folders = sorted((tmp_path / "outputs" / "twin").iterdir())
+    assert len(folders) == 2
+    seeds = {json.loads((f / "metrics.json").read_text())["overrides"][-1] for f in folders}
+    assert seeds == {"seed=1", "seed=2"}  # each run its own metrics, checkpoints and config record
+    assert all((f / "checkpoints" / "last.ckpt").is_file() and (f / ".hydra" / "config.yaml").is_file()
+               for f in folders)
 
 
 def test_config_errors_name_the_key_even_inside_nested_groups(tmp_path):
-    cfg = compose(["+model.attention.heads=3"], tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key model.attention.heads \(did you mean model.attention.num_heads\?\); "
+                                          r"known keys are \['add_bias_kv'"):
+        compose(["model.attention.heads=3"], tmp_path)
+    cfg = compose(["+model.attention.heads=3"], tmp_path)  # `+` adds it past Hydra: validate() refuses it
     with pytest.raises(ConfigError, match="unknown key model.attention.heads"):
         validate(cfg)
 

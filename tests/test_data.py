@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from encoder.data import DataError, TextDataModule
-from encoder.data.sources import rotten_tomatoes_critics, split_of
+from encoder.errors import DataError
+from encoder.training.data.datamodule import TextDataModule
+from encoder.training.data.sources import rotten_tomatoes_critics, split_of
 
 TOK = {"kind": "wordpiece", "vocab_size": 300, "min_frequency": 1, "lowercase": True}
 
@@ -140,7 +141,7 @@ def test_jsonl_with_int_labels_without_names(tmp_path):
     path.write_text("\n".join(json.dumps({"text": t, "label": i % 3}) for i, (t, _) in enumerate(SENTENCES)))
     dm = module(tmp_path, path="json", data_files={"train": str(path)})
     dm.setup()
-    assert dm.label_names == ["0", "1", "2"] and dm.num_labels == 3
+    assert dm.label_names == ["0", "1", "2"]
 
 
 def test_corpus_long_texts_are_chunked_not_truncated_and_empty_texts_dropped(tmp_path):
@@ -148,7 +149,7 @@ def test_corpus_long_texts_are_chunked_not_truncated_and_empty_texts_dropped(tmp
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(f"a short line\n\n{words}\n   \nthe end\n", encoding="utf-8")
     dm = module(tmp_path, path="text", data_files={"train": str(corpus), "validation": str(corpus)},
-                label_column=None, long_texts="chunk", mlm_probability=0.15)
+                task="mlm", long_texts="chunk", mlm_probability=0.15)
     dm.setup()
     assert dm.label_names is None
     rows = dm.datasets["train"]["input_ids"]

@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from encoder.model import AttentionConfig, ConfigError, Encoder, EncoderClassifier, EncoderLayer, ModelConfig
+from encoder.errors import ConfigError
+from encoder.model import AttentionConfig, Encoder, EncoderLayer, ModelConfig
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -25,7 +27,8 @@ def batch_with_short_first():
 @pytest.mark.parametrize("unpad", [True, False])
 def test_logits_do_not_depend_on_neighbours_padding(norm_first, positions, pooling, unpad):
     torch.manual_seed(0)
-    model = EncoderClassifier(tiny(norm_first=norm_first, positions=positions, pooling=pooling, unpad=unpad)).eval()
+    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, positions=positions, pooling=pooling)).eval()
+    model.encoder.unpad = unpad
     ids, mask = batch_with_short_first()
     with torch.no_grad():
         in_batch = model(ids, mask)[0]
@@ -38,7 +41,7 @@ def test_logits_do_not_depend_on_neighbours_padding(norm_first, positions, pooli
 def test_every_attention_option_works_with_padding_masks(option):
     torch.manual_seed(0)
     cfg = tiny(attention=AttentionConfig(num_heads=4, **option))
-    model = EncoderClassifier(cfg).eval()
+    model = EncoderForSequenceClassification(cfg).eval()
     ids, mask = batch_with_short_first()
     with torch.no_grad():
         hidden = model.encoder(ids, mask)
@@ -56,12 +59,12 @@ def test_every_attention_option_works_with_padding_masks(option):
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_unpadded_and_padded_paths_agree_in_outputs_and_gradients(norm_first):
     torch.manual_seed(0)
-    model = EncoderClassifier(tiny(norm_first=norm_first, dropout=0.0, attention=AttentionConfig(2, dropout=0.0)))
+    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, dropout=0.0, attention=AttentionConfig(2, dropout=0.0)))
     ids, mask = batch_with_short_first()
     results = []
     for unpad in (True, False):
         model.zero_grad()
-        model.cfg.unpad = unpad
+        model.encoder.unpad = unpad
         hidden = model.encoder(ids, mask)
         hidden.pow(2).sum().backward()
         results.append((hidden.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
@@ -126,7 +129,7 @@ def test_sequence_longer_than_position_table_is_refused():
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first):
     torch.manual_seed(0)
-    model = EncoderClassifier(tiny(norm_first=norm_first, attention=AttentionConfig(num_heads=4))).eval()
+    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, attention=AttentionConfig(num_heads=4))).eval()
     ids, mask = batch_with_short_first()
     maps = model.encoder.attention_maps(ids, mask)
     assert len(maps) == 2 and maps[0].shape == (3, 4, 40, 40)
@@ -148,7 +151,7 @@ def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first):
 
 
 def test_mlm_head_is_tied_to_the_token_embeddings_and_scores_selected_positions_only():
-    from encoder.model import EncoderForMaskedLM
+    from encoder.tasks.mlm import EncoderForMaskedLM
 
     torch.manual_seed(0)
     model = EncoderForMaskedLM(tiny()).eval()

@@ -9,12 +9,15 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 import encoder
-from conftest import TINY, compose
-from encoder import pretrained
-from encoder.data import Collator
-from encoder.model import EncoderClassifier, ModelConfig
-from encoder.module import model_config
-from encoder.schema import ConfigError
+from conftest import TINY, WeightsAtStart, compose
+from encoder.training import pretrained
+from encoder.collate import Collator
+from encoder.model import ModelConfig
+from encoder.tasks.classification import EncoderForSequenceClassification
+from encoder.errors import ConfigError
+
+
+START = "+callbacks.start._target_=conftest.WeightsAtStart"  # records the weights training starts from
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def test_imported_minilm_matches_transformers_bert(minilm, sentences):
     tok.enable_truncation(128)
     cfg = ModelConfig.from_dict({**minilm.arch, "vocab_size": tok.get_vocab_size(), "pooling": "mean",
                                  "pad_token_id": tok.token_to_id("[PAD]")})
-    ours = EncoderClassifier(cfg).eval()
+    ours = EncoderForSequenceClassification(cfg).eval()
     pretrained.apply(minilm, ours)
     reference = BertModel.from_pretrained(str(minilm.folder)).eval()
     batch = Collator(pad_token_id=cfg.pad_token_id)([{"input_ids": e.ids} for e in tok.encode_batch(sentences)])
@@ -61,7 +64,7 @@ def test_imported_minilm_matches_transformers_bert_on_sentence_pairs(minilm, sen
     cfg = ModelConfig.from_dict({**minilm.arch, "vocab_size": tok.get_vocab_size(),
                                  "pad_token_id": tok.token_to_id("[PAD]")})
     assert cfg.type_vocab_size == 2
-    ours = EncoderClassifier(cfg).eval()
+    ours = EncoderForSequenceClassification(cfg).eval()
     pretrained.apply(minilm, ours)
     reference = BertModel.from_pretrained(str(minilm.folder)).eval()
     pairs = list(zip(sentences[:8], sentences[8:16]))
@@ -79,8 +82,13 @@ def test_imported_minilm_matches_transformers_bert_on_sentence_pairs(minilm, sen
 def test_fine_tuning_from_minilm_keeps_its_tokenizer(minilm, tmp_path):
     import train
 
-    overrides = TINY + ["model=minilm_l6", "data.max_length=64", "trainer.limit_train_batches=2"]
+    overrides = TINY + ["model=minilm_l6", "data.max_length=64", "trainer.limit_train_batches=2", START]
     train.train(compose(overrides, tmp_path))
+    # the model train.py trained started from every MiniLM encoder weight (model=minilm_l6 has no pooler)
+    encoder_weights = {k: v for k, v in minilm.state.items() if k.startswith("encoder.")}
+    assert len(encoder_weights) == 6 * 12 + 5  # 12 tensors per layer, 5 of embeddings
+    for name, value in encoder_weights.items():
+        assert torch.equal(WeightsAtStart.seen[name], value), name
     best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
     hp = torch.load(best, weights_only=True)["hyper_parameters"]
     # the 30,522-token BERT vocabulary, not a retrained one
@@ -103,17 +111,14 @@ def test_a_model_shape_that_does_not_match_is_refused_in_one_line(minilm, tmp_pa
 def test_init_from_our_own_export(tmp_path):
     import train
 
-    from encoder.inference import export
+    from encoder.export import export
 
     train.train(compose(TINY, tmp_path / "first"))
     folder = export(tmp_path / "first" / "checkpoints" / "last.ckpt", tmp_path / "export")
     source = pretrained.load(str(folder))
-    cfg = compose(TINY + [f"model.init_from={folder}", "trainer.limit_train_batches=1"], tmp_path / "second")
+    cfg = compose(TINY + [f"model.init_from={folder}", "trainer.limit_train_batches=1", START], tmp_path / "second")
     train.train(cfg)
     hp = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
     assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_file(str(source.tokenizer_path)).get_vocab()
-    # apply() puts every exported encoder tensor into a fresh model
-    model = EncoderClassifier(model_config(hp["model"], hp["tokenizer_json"], hp["label_names"]))
-    pretrained.apply(source, model)
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in source.state.items())
+    # the second run trained a model that started from every exported encoder tensor
+    assert source.state and all(torch.equal(WeightsAtStart.seen[k], v) for k, v in source.state.items())

@@ -4,15 +4,17 @@ import pytest
 import torch
 
 from encoder.hf import to_bert
-from encoder.model import AttentionConfig, EncoderClassifier, ModelConfig
+from encoder.model import AttentionConfig, ModelConfig
+from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 @pytest.mark.parametrize("unpad", [True, False])
 def test_matches_transformers_bert_for_sequence_classification(unpad):
-    cfg = ModelConfig(vocab_size=120, embed_dim=48, num_layers=3, ffn_dim=96, pooler=True, unpad=unpad,
+    cfg = ModelConfig(vocab_size=120, embed_dim=48, num_layers=3, ffn_dim=96, pooler=True,
                       attention=AttentionConfig(num_heads=4))
     torch.manual_seed(0)
-    ours = EncoderClassifier(cfg).eval()
+    ours = EncoderForSequenceClassification(cfg).eval()
+    ours.encoder.unpad = unpad
     bert = to_bert(ours).eval()
     lengths = torch.tensor([5, 40, 17, 1 + 1])
     mask = torch.arange(40) >= lengths[:, None]

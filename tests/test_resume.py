@@ -1,6 +1,7 @@
 """Exact resume (mid-epoch and at an epoch boundary), interruption by real signals, non-finite losses."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def assert_same_training(straight, resumed, from_step):
 
 
 def test_resume_mid_epoch_matches_straight_training(straight, tmp_path, monkeypatch):
-    from encoder.callbacks import Interrupted
+    from encoder.training.callbacks import Interrupted
 
     first = tmp_path / "first"
     with pytest.raises(Interrupted) as stop:
@@ -78,7 +79,7 @@ def test_resume_mid_epoch_matches_straight_training(straight, tmp_path, monkeypa
 
 def test_resume_at_epoch_boundary_matches_straight_training(straight, tmp_path):
     # Stop after exactly one epoch (16 steps), mid-schedule: the same config, interrupted at step 16.
-    from encoder.callbacks import Interrupted
+    from encoder.training.callbacks import Interrupted
 
     first = tmp_path / "first"
     with pytest.raises(Interrupted):
@@ -92,25 +93,35 @@ def test_resume_at_epoch_boundary_matches_straight_training(straight, tmp_path):
 def test_resume_auto_picks_the_newest_last_checkpoint_of_the_experiment(straight, tmp_path):
     import train
 
-    from encoder.model import ConfigError
+    from encoder.errors import ConfigError
 
     experiment = tmp_path / "exp"
-    old, new = experiment / "a" / "checkpoints", experiment / "b" / "checkpoints"
-    for folder in (old, new):
+    old, new, finished = (experiment / name / "checkpoints" for name in ("a", "b", "c"))
+    for folder in (old, new, finished):
         folder.mkdir(parents=True)
         (folder / "last.ckpt").write_bytes((straight / "checkpoints" / "last.ckpt").read_bytes())
     os.utime(old / "last.ckpt", (1, 1))
-    cfg = compose(EXACT + ["resume=auto"], experiment / "c")
-    assert train.resume_from(cfg, experiment / "c") == str(new / "last.ckpt")
-    with pytest.raises(ConfigError, match="resume=auto found no last.ckpt"):
+    (finished.parent / "metrics.json").write_text("{}")  # the newest, but it finished: not resumed
+    cfg = compose(EXACT + ["resume=auto"], experiment / "d")
+    assert train.resume_from(cfg, experiment / "d") == str(new / "last.ckpt")
+    with pytest.raises(ConfigError, match="resume=auto found no unfinished run"):
         train.resume_from(compose(EXACT + ["resume=auto"], tmp_path / "empty" / "c"), tmp_path / "empty" / "c")
 
 
-def test_resume_with_a_different_tokenizer_is_refused(straight, tmp_path):
-    from encoder.model import ConfigError
+@pytest.mark.parametrize("override,difference", [
+    ("tokenizer.vocab_size=500", "tokenizer='1000 tokens', this run has tokenizer='500 tokens'"),
+    ("data.max_length=64", "data.max_length=96, this run has data.max_length=64"),
+    ("model.embed_dim=32", "model.embed_dim=64, this run has model.embed_dim=32"),
+    ("model.attention.num_heads=4", "model.attention.num_heads=2, this run has model.attention.num_heads=4"),
+    ("data.label_names=[fresh,rotten]", "labels=['rotten', 'fresh'], this run has labels=['fresh', 'rotten']"),
+])
+def test_resume_with_another_model_or_data_names_the_first_difference(straight, tmp_path, override, difference):
+    from encoder.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="the tokenizer differs from the one in"):
-        run(tmp_path / "other", "tokenizer.vocab_size=500", f"ckpt_path={straight / 'checkpoints' / 'last.ckpt'}")
+    last = straight / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=re.escape(f"{last} was trained with {difference}")) as error:
+        run(tmp_path / "other", override, f"ckpt_path={last}")
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -176,7 +187,7 @@ def test_nonfinite_loss_can_be_skipped(tmp_path, caplog):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):
-    from encoder.callbacks import AtomicCheckpointIO
+    from encoder.training.callbacks import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

@@ -11,8 +11,10 @@ import torch
 
 import encoder
 from conftest import TINY, compose
-from encoder.data import DataError, TextDataModule
-from encoder.data.sources import vader_sentiment
+from encoder.errors import DataError
+from encoder.training.data.datamodule import TextDataModule
+from encoder.tasks.regression import RegressorPredictor
+from encoder.training.data.sources import vader_sentiment
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def test_regression_trains_reports_correlations_and_predicts_numbers(vader, tmp_
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
     assert metrics["objective"] == metrics["best_val/pearson"]
     best = next((tmp_path / "checkpoints").glob("best-epoch*-pearson*.ckpt"))
-    assert torch.load(best, weights_only=True)["task"] == "regression"
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["task"] == "regression"
     predictor = encoder.load_model(best)
-    assert isinstance(predictor, encoder.RegressorPredictor)
+    assert isinstance(predictor, RegressorPredictor)
     values = predictor.predict(["I love this so much!", "awful, just awful", ""])
     assert len(values) == 3 and all(isinstance(v["value"], float) for v in values)
     done = subprocess.run([sys.executable, "-m", "encoder.predict", str(best), "great"], capture_output=True,
@@ -56,7 +58,7 @@ def test_regression_labels_that_are_not_numbers_are_refused(tmp_path):
     for value, message in (("high", "holds 'high', which is not a finite number"),
                            ("", "has rows without a value"), ("inf", "holds inf, which is not a finite number")):
         path.write_text(f"text,score\ngood,1.5\nbad,{value}\nok,0\n", encoding="utf-8")
-        dm = TextDataModule(data_files={"train": str(path)}, label_column="score", regression=True,
+        dm = TextDataModule(task="regression", data_files={"train": str(path)}, label_column="score",
                             tokenizer={"vocab_size": 100, "min_frequency": 1}, cache_dir=str(tmp_path / "c"))
         with pytest.raises(DataError, match=message):
             dm.setup()
@@ -93,10 +95,10 @@ def test_sentence_pairs_get_segments_and_train_end_to_end(tmp_path):
     a, b = predictor.probabilities([("a man is playing a guitar", "nobody is making music"),
                                     ("nobody is making music", "a man is playing a guitar")])
     assert not torch.allclose(a, b)
-    from encoder.inference import ClassifierPredictor
-    from encoder.model import EncoderClassifier, ModelConfig
+    from encoder.model import ModelConfig
+    from encoder.tasks.classification import ClassifierPredictor, EncoderForSequenceClassification
 
-    single = ClassifierPredictor(EncoderClassifier(ModelConfig(vocab_size=200)), predictor.tokenizer, 32,
+    single = ClassifierPredictor(EncoderForSequenceClassification(ModelConfig(vocab_size=200)), predictor.tokenizer, 32,
                                  label_names=["a", "b"])  # a model without segment embeddings
     with pytest.raises(ValueError, match="trained on single texts"):
         single.predict([("a", "b")])

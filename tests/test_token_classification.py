@@ -11,8 +11,9 @@ import torch
 
 import encoder
 from conftest import TINY, compose
-from encoder.data import DataError, TextDataModule
-from encoder.entities import EntityF1, entities
+from encoder.errors import DataError
+from encoder.training.data.datamodule import TextDataModule
+from encoder.training.metrics import EntityF1, entities
 
 CONLL = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]  # the Hub's order
 
@@ -53,7 +54,7 @@ def test_each_word_label_sits_on_its_first_sub_token(tmp_path):
     path = write_conll(tmp_path / "train.jsonl")
     dm = TextDataModule(path="json", data_files={"train": path, "validation": path}, text_column="tokens",
                         label_column="ner_tags",
-                        word_labels=True, label_names=CONLL, max_length=32, cache_dir=str(tmp_path / "c"),
+                        task="token_classification", label_names=CONLL, max_length=32, cache_dir=str(tmp_path / "c"),
                         tokenizer={"vocab_size": 60, "min_frequency": 1})  # tiny vocabulary: words split up
     dm.setup()
     row = dm.datasets["train"][0]
@@ -74,7 +75,7 @@ def test_a_sentence_whose_labels_do_not_match_its_words_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"tokens": ["a", "b"], "ner_tags": [0, 0]}\n{"tokens": ["a", "b", "c"], "ner_tags": [0]}\n')
     dm = TextDataModule(path="json", data_files={"train": str(path)}, text_column="tokens", label_column="ner_tags",
-                        word_labels=True, label_names=CONLL, cache_dir=str(tmp_path / "c"))
+                        task="token_classification", label_names=CONLL, cache_dir=str(tmp_path / "c"))
     with pytest.raises(DataError, match="the train split has a sentence \\('a b c'\\) with 3 words in 'tokens' but 1 labels"):
         dm.setup()
 
@@ -92,7 +93,7 @@ def test_token_classification_trains_scores_entities_and_tags_words(tmp_path):
         assert key in metrics, key
     assert metrics["test/acc"] > 0.6  # the templates are easy: well above always-"O" (~0.4 of words)
     best = next((out / "checkpoints").glob("best-epoch*-f1*.ckpt"))
-    assert torch.load(best, weights_only=True)["task"] == "token_classification"
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["task"] == "token_classification"
     predictor = encoder.load_model(best)
     result = predictor.predict(["Maria works for Reuters in Paris .", ["Ahmed", "Khan"], ""])
     assert result[0]["words"] == ["Maria", "works", "for", "Reuters", "in", "Paris", "."]

@@ -1,6 +1,7 @@
 """A real tiny training run on a slice of the default dataset, and everything a user does after it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import encoder
 from conftest import ROOT, TINY, compose
-from encoder.module import TextClassifier
+from encoder.training.module import EncoderModule
 
 TEXTS = ["a gorgeous, witty, seductive movie", "", "   ", "dull " * 20_000, "x" * 100_000,
          "🎬 très bien — 非常好 😀 очень хорошо مرحبا", "\u200b\x00\ufeff", "the plot is thin but the acting is superb"]
@@ -75,7 +76,7 @@ def test_checkpoint_holds_only_plain_types_and_is_self_contained(run):
     assert hp["label_names"] == ["rotten", "fresh"]
     assert '"[CLS]"' in hp["tokenizer_json"] and hp["model"]["embed_dim"] == 64
     # Lightning's own loader rebuilds the module from the hyperparameters alone (no Hydra)
-    module = TextClassifier.load_from_checkpoint(run["best"], map_location="cpu", weights_only=True)
+    module = EncoderModule.load_from_checkpoint(run["best"], map_location="cpu", weights_only=True)
     assert module.cfg.num_labels == 2
 
 
@@ -110,7 +111,11 @@ def test_predict_cli_prints_json_lines_for_arguments_and_files(run, tmp_path):
     texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     out = subprocess.run(cli + ["--file", str(texts)], capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["text"] for r in rows] == TEXTS
+    assert [r["text"] for r in rows] == [t for t in TEXTS if t.strip()]  # blank lines separate, are not texts
+    # `| head`: the reader stops early; no BrokenPipeError traceback
+    piped = subprocess.run(f"{' '.join(cli)} --embed --file {texts} | head -c 100", shell=True, capture_output=True,
+                           text=True)
+    assert piped.returncode == 0 and piped.stderr == "" and len(piped.stdout) == 100
 
 
 def test_predict_cli_missing_checkpoint_is_one_line_error(tmp_path):
@@ -131,7 +136,7 @@ def test_load_model_refuses_pickles_that_need_arbitrary_globals(tmp_path):
 def test_a_second_run_into_the_same_directory_is_refused(run):
     import train
 
-    from encoder.model import ConfigError
+    from encoder.errors import ConfigError
 
     before = sorted(p.stat().st_mtime for p in (run["dir"] / "checkpoints").iterdir())
     with pytest.raises(ConfigError, match="already holds checkpoints"):
@@ -160,7 +165,7 @@ def test_export_writes_a_pickle_free_folder_that_predicts_identically(run, tmp_p
 
 
 def test_tampered_exports_are_refused(run, tmp_path):
-    from encoder.inference import export
+    from encoder.export import export
 
     out = export(run["best"], tmp_path / "export")
     weights = out / "model.safetensors"
@@ -170,7 +175,7 @@ def test_tampered_exports_are_refused(run, tmp_path):
     with pytest.raises(ValueError, match="does not match the sha256 in config.json"):
         encoder.load_model(out)
     (out / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
+    with pytest.raises(encoder.CheckpointError, match="lacks model.safetensors"):
         encoder.load_model(out)
 
 
@@ -180,8 +185,13 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_pytorch(run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "encoder.export", str(run["best"]), str(out), "--onnx"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""  # the exporter's warnings about things this graph does not use are dropped
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "model.safetensors",
                                                      "tokenizer.json"]
+    umask = os.umask(0)
+    os.umask(umask)  # the folder and every file get the user's usual permissions
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(0o666 & ~umask)}
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~umask)
     assert "model.onnx" in json.loads((out / "config.json").read_text())["sha256"]
     predictor = encoder.load_model(out)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -197,3 +207,52 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_pytorch(run, tmp_path):
         assert logits.shape == (len(texts), 2) and embeddings.shape == (len(texts), 64)
         torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)
         torch.testing.assert_close(torch.from_numpy(embeddings), expected_emb, atol=1e-4, rtol=0)
+
+
+SERVING_PROBE = """
+import json, runpy, sys
+path, mode = sys.argv[1], sys.argv[2]
+if mode == "api":
+    import encoder
+    encoder.load_model(path).predict(["a gorgeous, witty, seductive movie"])
+else:  # the command line
+    sys.argv = ["encoder.predict", path, "a gorgeous, witty, seductive movie"]
+    try:
+        runpy.run_module("encoder.predict", run_name="__main__")
+    except SystemExit:
+        pass
+heavy = ("lightning", "torchmetrics", "datasets", "pandas", "pyarrow", "matplotlib", "hydra", "omegaconf")
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy})))
+"""
+
+
+@pytest.mark.parametrize("mode", ["api", "cli"])
+def test_serving_imports_no_training_stack(run, tmp_path, mode):
+    from encoder.export import export
+
+    folder = export(run["best"], tmp_path / "export")
+    for path in (run["best"], folder):
+        out = subprocess.run([sys.executable, "-c", SERVING_PROBE, str(path), mode], capture_output=True, text=True,
+                             cwd=ROOT, check=True)
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == [], f"serving {path} imported these"
+
+
+def test_figures_fit_their_labels():
+    from matplotlib.transforms import Bbox
+
+    from encoder.training.visualize import attention_figure, confusion_figure
+
+    tokens = ["[CLS]", "a", "cloying", "extraordinarily", "##ly", "[SEP]"]
+    maps = [(torch.rand(6, 6), f"head {h}") for h in range(4)]
+    for figure in (attention_figure(maps, tokens, "a title"),
+                   confusion_figure(torch.tensor([[50, 3], [4, 40]]), ["rotten", "fresh"], "validation, step 1")):
+        figure.canvas.draw()
+        width, height = figure.canvas.get_width_height()
+        assert min(width, height) >= 350  # readable in TensorBoard
+        canvas = Bbox.from_bounds(0, 0, width, height)
+        renderer = figure.canvas.get_renderer()
+        for ax in figure.axes:
+            for label in ax.get_xticklabels() + ax.get_yticklabels():
+                extent = label.get_window_extent(renderer)
+                assert canvas.contains(extent.x0, extent.y0) and canvas.contains(extent.x1, extent.y1), \
+                    (label.get_text(), extent, (width, height))

@@ -1,7 +1,8 @@
 """After `python train.py -m ...`: one table of every job's overrides and final metrics.
 
-Each run writes `metrics.json` into its directory (train.py); this Hydra callback, registered in
-configs/train.yaml under hydra.callbacks, gathers them when the sweep ends and writes
+Each run writes `metrics.json` into its directory (train.py): its metrics, overrides, and which way
+its `objective` is better (`direction`: max for accuracy, min for a loss). This Hydra callback,
+registered in configs/train.yaml under hydra.callbacks, gathers them when the sweep ends and writes
 `<sweep dir>/summary.json` next to printing the table, best objective first.
 """
 
@@ -16,11 +17,19 @@ from omegaconf import DictConfig
 
 
 def collect(sweep_dir: Path) -> list[dict]:
+    """Every job's metrics.json, best objective first (in its direction); jobs without one last."""
     rows = []
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: int(p.parent.name)
                                if p.parent.name.isdigit() else p.parent.name):
         rows.append({"job": metrics_file.parent.name, **json.loads(metrics_file.read_text(encoding="utf-8"))})
-    return sorted(rows, key=lambda r: -r["metrics"].get("objective", float("-inf")))
+
+    def rank(row: dict) -> float:
+        value = row["metrics"].get("objective", float("nan"))
+        if value != value:  # NaN: no objective
+            return float("inf")
+        return value if row.get("direction") == "min" else -value
+
+    return sorted(rows, key=rank)
 
 
 class SweepSummary(Callback):

@@ -1,11 +1,10 @@
-"""Batching: the collator (the only place a padding mask is built) and length-grouped sampling."""
+"""Batching: the collator, the only place a padding mask is built (training and predict share it)."""
 
 from __future__ import annotations
 
 import zlib
 
 import torch
-from torch.utils.data import Sampler
 
 
 class Collator:
@@ -57,6 +56,8 @@ class Collator:
                 batch["labels"][i, : lengths[i]] = torch.as_tensor(e["labels"], dtype=torch.long)
         elif "labels" in examples[0]:
             batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
+        for key in examples[0].keys() - {"input_ids", "token_type_ids", "labels"}:  # e.g. a teacher's outputs
+            batch[key] = torch.as_tensor([e[key] for e in examples])
         return batch
 
     def mask(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,63 +83,3 @@ def first_subtokens(word_ids: list) -> list[tuple[int, int]]:
             out.append((position, word))
         previous = word
     return out
-
-
-class LengthGroupedSampler(Sampler[int]):
-    """Random order in which neighbours have similar lengths, so batches carry little padding.
-
-    As Hugging Face's `group_by_length`: shuffle, cut into mega-batches of `batch_size * mega`,
-    sort each by length (longest first), then shuffle the order of the resulting batches, so each
-    epoch sees different batch compositions and no length-ordered drift. Seeded by seed + epoch.
-    It yields indices (not batches), so Lightning can still shard it across processes.
-
-    `mega=1` gives a plain shuffle (each group is one batch). To resume mid-epoch, `resume(epoch,
-    consumed)` makes the next pass over that epoch skip the indices already trained on.
-    With several processes (DDP), every rank computes the same batch list and takes every
-    `num_replicas`-th whole batch (padded by repeating the first ones so ranks stay in step), so
-    batches stay length-grouped and ranks see different data.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
-        self.lengths = torch.as_tensor(lengths)
-        self.batch_size = batch_size
-        self.mega = mega
-        self.seed = seed
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
-        self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume(self, epoch: int, consumed: int) -> None:
-        self._skip = (epoch, consumed)
-
-    def __len__(self) -> int:
-        if self.num_replicas == 1:
-            return len(self.lengths)
-        return sum(len(b) for b in self._batches()[self.rank :: self.num_replicas])
-
-    def __iter__(self):
-        skip = 0
-        if self._skip is not None and self._skip[0] == self.epoch:
-            skip, self._skip = self._skip[1], None
-        mine = [i for batch in self._batches()[self.rank :: self.num_replicas] for i in batch.tolist()]
-        yield from mine[skip:]
-
-    def _batches(self) -> list[torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g)
-        size = self.batch_size * self.mega
-        batches = []
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
-            batches.extend(chunk.split(self.batch_size))
-        # Only the last batch may be short: keep it last so DataLoader's batch boundaries line up.
-        last = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + last
-        short = -len(batches) % self.num_replicas  # every rank gets as many batches
-        return batches + batches[:short]
-

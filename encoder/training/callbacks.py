@@ -26,19 +26,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Interrupted(Exception):
-    """Raised after a signal, once a resumable checkpoint is on disk."""
+    """Raised after a signal, once every completed training step is in a checkpoint."""
 
-    def __init__(self, signum: int, step: int, path: Path):
+    def __init__(self, signum: int, step: int, path: Path | None):
         self.signum, self.step, self.path = signum, step, path
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; saved {path}; "
-                         f"resume with: python train.py ckpt_path={path}  (or resume=auto)")
+        saved = (f"saved {path}; resume with: python train.py ckpt_path={path}  (or resume=auto)" if path else
+                 "every training step was already in a checkpoint")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {saved}")
 
 
 class GracefulShutdown(L.Callback):
-    """SIGINT (Ctrl-C) or SIGTERM: finish the current step, save `last.ckpt`, then stop.
+    """SIGINT (Ctrl-C) or SIGTERM at any moment of fit or test: finish the current batch, save
+    `last.ckpt` with every completed training step (unless training is over), then stop with 130/143.
 
-    The checkpoint is written between steps, never in the middle of an optimizer update, so
-    resuming from it loses no completed step. A second signal stops at once.
+    The checkpoint is written between steps, never in the middle of an optimizer update, so resuming
+    from it loses no completed step. A second signal stops at once.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -52,10 +54,13 @@ class GracefulShutdown(L.Callback):
             raise KeyboardInterrupt  # asked twice: stop now
         self.received = signum
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed here, after Lightning's own SIGTERM handler, so ours is the one that runs.
-        self.received = None
-        self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+    def _install(self, *args) -> None:
+        # After Lightning's own SIGTERM handler (registered just before a stage runs), so ours runs.
+        if not self._previous:
+            self.received = None
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+
+    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = _install
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for s, handler in self._previous.items():
@@ -65,11 +70,19 @@ class GracefulShutdown(L.Callback):
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:
         if self.received is None:
             return
-        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(
-            trainer.default_root_dir) / "checkpoints"
-        path = folder / "last.ckpt"
-        trainer.save_checkpoint(path)
+        path = None
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # steps done that no checkpoint holds yet
+            folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(
+                trainer.default_root_dir) / "checkpoints"
+            path = folder / "last.ckpt"
+            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint: resumable
         raise Interrupted(self.received, trainer.global_step, path)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
         self._stop_if_signalled(trainer)

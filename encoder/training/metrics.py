@@ -1,6 +1,7 @@
-"""Entity-level precision, recall and F1 for BIO tags, as seqeval/conlleval count them: an entity
-is a maximal run B-X I-X ... (an I-X after O or after another type also starts one), and a predicted
-entity counts only if its type, start and end all match a true one."""
+"""A metric torchmetrics lacks: entity-level precision, recall and F1 for BIO tags, as
+seqeval/conlleval count them (task=token_classification). An entity is a maximal run B-X I-X ...
+(an I-X after O or after another type also starts one), and a predicted entity counts only if its
+type, start and end all match a true one."""
 
 from __future__ import annotations
 
@@ -20,11 +21,6 @@ def entities(tags: list[str]) -> set[tuple[str, int, int]]:
         if prefix in ("B", "I") and not continues:
             start, kind = i, name
     return found
-
-
-def is_bio(label_names: list[str]) -> bool:
-    return any(n.startswith(("B-", "I-")) for n in label_names) and all(
-        n == "O" or n.startswith(("B-", "I-")) for n in label_names)
 
 
 class EntityF1(Metric):

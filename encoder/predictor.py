@@ -1,0 +1,111 @@
+"""Serving: `encoder.load_model(path)` gives a task's `Predictor`, with `predict(texts)` and `embed(texts)`.
+
+This module, the tasks' predictors and what they use (the model, the tokenizer, the collator and
+encoder/checkpoint.py) import neither Lightning, torchmetrics, datasets, pandas nor matplotlib:
+serving a model needs torch, tokenizers and safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+from tokenizers import Tokenizer
+
+from encoder import checkpoint
+from encoder.collate import Collator
+
+
+class Predictor:
+    """Batches texts (sorted by length, so batches carry little padding), runs the model in
+    inference mode, and returns results in the input order. `embed` works for every task; each
+    task's subclass (in encoder/tasks/) adds its own `predict`."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, max_length: int, batch_size: int = 64,
+                 label_names: list[str] | None = None):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        self.model = model.eval()
+        self.label_names = list(label_names) if label_names is not None else None
+        self.tokenizer = tokenizer
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
+        self.batch_size = batch_size
+        self.collator = Collator(pad_token_id=model.cfg.pad_token_id)
+        self.task: str | None = None  # the task's name (load_model sets it)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "Predictor":
+        self.model.to(device)
+        return self
+
+    def _encode(self, texts: list) -> list:
+        """Tokenized texts. A text is a string, or a (text, text_pair) tuple for models trained on pairs."""
+        texts = checked_texts(texts, pairs=True)
+        if not self.model.cfg.type_vocab_size and any(isinstance(t, tuple) for t in texts):
+            raise ValueError("this model was trained on single texts; pass strings, not (text, text_pair) tuples")
+        return self.tokenizer.encode_batch(texts)
+
+    def _batches(self, encodings: list):
+        """(positions in `encodings`, batch on the device) for length-sorted batches."""
+        pairs = bool(self.model.cfg.type_vocab_size)
+        rows = [{"input_ids": e.ids, **({"token_type_ids": e.type_ids} if pairs else {})} for e in encodings]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            yield chunk, {k: v.to(self.device) for k, v in self.collator([rows[i] for i in chunk]).items()}
+
+    @torch.inference_mode()
+    def _run(self, texts: list, fn) -> torch.Tensor:
+        outputs = [None] * len(texts)
+        for chunk, batch in self._batches(self._encode(texts)):
+            result = fn(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().cpu()
+            for row, i in enumerate(chunk):
+                outputs[i] = result[row]
+        return torch.stack(outputs) if outputs else torch.empty(0)
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), embed_dim] pooled sentence vectors (model.pooling: [CLS] or mean)."""
+        return self._run(texts, self.model.embed)
+
+
+def checked_texts(texts, pairs: bool = False, words: bool = False) -> list:
+    """The texts of a predict call as a list, or a one-line TypeError/ValueError. A text is a str; with
+    `pairs` also a (text, text_pair) pair of str, with `words` a list of words (str). Anything else is
+    refused rather than turned into a string: predict([3]) or predict([b"..."]) is almost always a bug."""
+    if isinstance(texts, (str, bytes, dict)) or not isinstance(texts, Iterable):
+        raise TypeError(f"pass a list of texts, e.g. predict([text]); got a {type(texts).__name__}")
+    out = []
+    for i, text in enumerate(texts):  # any iterable, a generator too
+        several = isinstance(text, (tuple, list)) and (pairs or words)
+        if several and pairs and len(text) != 2:
+            raise ValueError(f"text {i} has {len(text)} parts; a text pair is (text, text_pair)")
+        for part in text if several else [text]:
+            if not isinstance(part, str):
+                raise TypeError(f"text {i} is a {type(part).__name__} ({part!r:.40}); predict takes strings")
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"text {i} is not valid Unicode ({e.reason} at position {e.start}); "
+                                 f"check how it was decoded") from None
+        out.append(tuple(text) if several and pairs else text)
+    return out
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> Predictor:
+    """The `Predictor` of a `.ckpt` written by `python train.py` or of a folder written by
+    `python -m encoder.export` (safetensors + JSON: no pickle at all)."""
+    from encoder import tasks  # the task modules import this module (their predictors extend Predictor)
+
+    saved = checkpoint.read(path)
+    task = tasks.get(saved.task)
+    model = task.build_model(saved.config)
+    model.load_state_dict(saved.state)
+    predictor = task.predictor_class(model, Tokenizer.from_str(saved.tokenizer_json), saved.max_length, batch_size,
+                                     saved.label_names)
+    predictor.task = saved.task
+    return predictor.to(device)

@@ -1,0 +1,119 @@
+"""The tasks, one module each, and the registry that maps a task's name to it.
+
+A task module holds everything that is specific to its task:
+- its head: the `nn.Module` that puts the task's outputs on top of the encoder (`*For<Task>`);
+- what each example carries (`labels`: a class, a number, a label per word, or none) and whether
+  the collator masks tokens for it (MLM);
+- `step`: forward, loss and what its metrics compare, for one batch;
+- its metrics (torchmetrics, imported only when training asks for them), the validation metric it
+  optimises (`monitor`, in the direction `direction(monitor)` gives) and how to read a label;
+- its `Predictor` (how predictions are rendered for users) and what it can export (`onnx`).
+
+Everything else (train.py, the LightningModule, load_model, export, the config checks, the
+TensorBoard callback) asks `get(name)` and never tests a task by name. A new task is one new module
+in this package, holding a `TASK = MyTask()`: the registry finds it.
+
+Nothing here imports Lightning, torchmetrics or datasets at import time, so serving stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from encoder.errors import ConfigError
+from encoder.model import ModelConfig
+
+LABEL_KINDS = ("class", "number", "word", None)  # what an example carries; None: raw text (MLM)
+MINIMISED = ("loss", "mse", "perplexity")  # metrics where lower is better
+
+
+def direction(metric: str) -> str:
+    """'min' for losses and errors (val/loss, val/mse, val/perplexity), 'max' for scores."""
+    return "min" if metric.rsplit("/", 1)[-1] in MINIMISED else "max"
+
+
+@dataclass
+class Step:
+    """One batch through a task: the loss, what the metrics compare, and how many items the loss
+    averages over (examples, words or masked tokens), so epoch means weigh every item once."""
+
+    loss: torch.Tensor
+    predictions: torch.Tensor
+    targets: torch.Tensor
+    count: int
+
+
+class Task(ABC):
+    name: str = ""
+    labels: str | None = "class"
+    masks_tokens: bool = False  # the collator masks tokens (data.mlm_probability > 0)
+    monitor: str = "val/acc"  # what checkpoints, early stopping and sweeps follow by default
+    train_metric: str = "acc"  # logged as train/<train_metric>
+    onnx: bool = False  # python -m encoder.export --onnx can write its graph
+    confusion_matrix: bool = False  # TensorBoard draws one per validation epoch
+    carries: tuple[str, ...] = ()  # more columns its batches carry (distillation: the teacher's outputs)
+    model_class: type[nn.Module]
+    predictor_class: type
+
+    def build_model(self, cfg: ModelConfig, unpad: bool = True) -> nn.Module:
+        model = self.model_class(cfg)
+        model.encoder.unpad = unpad
+        return model
+
+    @abstractmethod
+    def step(self, model: nn.Module, batch: dict) -> Step:
+        """Forward and loss for one batch."""
+
+    @abstractmethod
+    def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
+        """Fresh metrics by name (a metric may compute a dict of several values). Validation and
+        test log all of them; training logs the one named `train_metric`."""
+
+    def update(self, metrics: dict[str, nn.Module], step: Step) -> None:
+        for metric in metrics.values():
+            metric.update(step.predictions, step.targets)
+
+    def example_input(self, cfg: ModelConfig) -> tuple:
+        """A one-text batch (32 tokens) of model inputs: the model summary shows shapes and FLOPs for it."""
+        length = min(32, cfg.max_positions)
+        return torch.full((1, length), cfg.vocab_size - 1), torch.zeros(1, length, dtype=torch.bool)
+
+    def prepare(self, raw: dict, data, label_names: list[str] | None, cache_dir) -> dict:
+        """The raw splits (`datasets`), after label checks and before tokenization: a task may add
+        columns here (those named in `carries`)."""
+        return raw
+
+    def label_text(self, label, label_names: list[str] | None) -> str:
+        """An example's label as text (TensorBoard's projector), '-' where there is none."""
+        return "-"
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def names() -> list[str]:
+    _discover()
+    return sorted(_TASKS)
+
+
+def get(name: str) -> Task:
+    """The task called `name`; an unknown name is a one-line ConfigError listing the known ones."""
+    _discover()
+    if name not in _TASKS:
+        raise ConfigError(f"task {name!r} is unknown; known tasks: {sorted(_TASKS)} (pick one with task=...)")
+    return _TASKS[name]
+
+
+def _discover() -> None:
+    if _TASKS:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        task = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TASK", None)
+        if isinstance(task, Task):
+            _TASKS[task.name] = task

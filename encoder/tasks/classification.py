@@ -1,0 +1,75 @@
+"""task=classification: a label per text or text pair. Cross-entropy; accuracy and macro-F1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoder.model import ModelConfig, TaskModel, init_weights
+from encoder.predictor import Predictor
+from encoder.tasks import Step, Task
+
+
+class EncoderForSequenceClassification(TaskModel):
+    """Encoder + pooling ([CLS] or mean) + an optional BERT pooler + a linear classifier
+    (`num_labels` outputs; one for regression)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.pooler = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.Tanh()) if cfg.pooler else None
+        self.dropout = nn.Dropout(cfg.classifier_dropout)
+        self.classifier = nn.Linear(cfg.embed_dim, cfg.num_labels)
+        self.apply(init_weights)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from the pooled vectors."""
+        if self.pooler is not None:
+            pooled = self.pooler(pooled)
+        return self.classifier(self.dropout(pooled))
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(input_ids, padding_mask, token_type_ids))
+
+
+class ClassifierPredictor(Predictor):
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), num_labels] class probabilities."""
+        return self._run(texts, self.model).softmax(-1)
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """One dict per text: `label`, its `score` (probability) and `probs` for every label."""
+        results = []
+        for p in self.probabilities(texts).tolist():
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"label": self.label_names[best], "score": p[best],
+                            "probs": dict(zip(self.label_names, p))})
+        return results
+
+
+class Classification(Task):
+    name = "classification"
+    labels = "class"
+    monitor = "val/acc"
+    train_metric = "acc"
+    onnx = True
+    confusion_matrix = True
+    model_class = EncoderForSequenceClassification
+    predictor_class = ClassifierPredictor
+
+    def step(self, model: nn.Module, batch: dict) -> Step:
+        logits = model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float()
+        return Step(F.cross_entropy(logits, batch["labels"]), logits, batch["labels"], len(logits))
+
+    def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        n = cfg.num_labels
+        return {"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro")}
+
+    def label_text(self, label, label_names: list[str] | None) -> str:
+        return label_names[label]
+
+
+TASK = Classification()

@@ -1,0 +1,181 @@
+"""Task-specific knowledge distillation: a small model learns a task from a trained teacher's outputs as
+well as from the gold labels (Hinton et al. 2015; DistilBERT; TinyBERT's task stage; Tang et al. 2019).
+
+It is a way to train a task, not a task of its own: `taught(task, distill)` wraps classification or
+regression, and the student's checkpoints are ordinary checkpoints of that task (load_model, predict,
+export and ONNX work unchanged).
+
+- The teacher is a checkpoint or export of the same task and labels, with its own tokenizer. It reads
+  the raw texts once per example, in inference mode, before training (`prepare`); its outputs
+  (classification: logits, regression: its value) become a `teacher` column of the training and
+  validation data, cached by `datasets` next to the tokenized data and keyed by the teacher's weights
+  and the data's fingerprint. The teacher never runs inside the training loop.
+- Loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy on the gold labels
+  (classification, temperature T), or alpha * MSE to the teacher's value + (1 - alpha) * MSE to the
+  gold value (regression). Examples without a gold label (extra text) count in the teacher term only.
+- `extra_text`: unlabelled text (an offline source or files) that only the teacher labels, appended to
+  the training split. Any text that is also in the validation or test split is removed first.
+- Validation also logs `agreement` with the teacher (classification: same label; regression: Pearson).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoder import checkpoint
+from encoder.errors import ConfigError, DataError
+from encoder.model import ModelConfig
+from encoder.tasks import Step, Task
+
+log = logging.getLogger(__name__)
+UNLABELLED = {"class": -100, "number": float("nan")}  # the gold label of an extra text
+teacher_batches_run = 0  # how many batches the teacher has labelled in this process (tests read it)
+
+
+def taught(task: Task, distill: dict | None) -> Task:
+    """`task` itself, or `task` taught by `distill["teacher"]`."""
+    if not distill or not distill.get("teacher"):
+        return task
+    if task.labels not in UNLABELLED:
+        raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
+                          f"regression: their teachers give one output per text); drop distill.teacher")
+    return Distilled(task, **distill)
+
+
+@dataclass
+class DistilledStep(Step):
+    teacher: torch.Tensor | None = None
+
+
+class Distilled(Task):
+    def __init__(self, base: Task, teacher: str, temperature: float = 2.0, alpha: float = 0.5,
+                 extra_text: str | None = None, extra_text_column: str = "text", batch_size: int = 128):
+        self.base = base
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        self.extra_text, self.extra_text_column, self.batch_size = extra_text, extra_text_column, batch_size
+        for key in ("name", "labels", "masks_tokens", "monitor", "train_metric", "onnx", "confusion_matrix",
+                    "model_class", "predictor_class", "example_input", "label_text"):
+            setattr(self, key, getattr(base, key))  # what is saved and served is the base task's
+        self.carries = ("teacher",)
+
+    # ---- training -----------------------------------------------------------------------------
+    def step(self, model: nn.Module, batch: dict) -> DistilledStep:
+        base = self.base.step(model, batch)
+        student, teacher, gold = base.predictions, batch["teacher"].float(), batch["labels"]
+        if self.labels == "class":
+            T = self.temperature
+            soft = F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True,
+                            reduction="batchmean") * T * T
+            labelled = gold != UNLABELLED["class"]
+            hard = F.cross_entropy(student[labelled], gold[labelled]) if labelled.any() else student.sum() * 0
+        else:
+            soft = F.mse_loss(student, teacher.squeeze(-1))
+            labelled = ~torch.isnan(gold)
+            hard = F.mse_loss(student[labelled], gold[labelled].float()) if labelled.any() else student.sum() * 0
+        loss = self.alpha * soft + (1 - self.alpha) * hard
+        return DistilledStep(loss, student[labelled], gold[labelled], len(student), teacher[labelled])
+
+    def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
+        from torchmetrics.classification import MulticlassAccuracy
+        from torchmetrics.regression import PearsonCorrCoef
+
+        agreement = MulticlassAccuracy(cfg.num_labels, average="micro") if self.labels == "class" else PearsonCorrCoef()
+        return {**self.base.metrics(cfg, label_names), "agreement": agreement}
+
+    def update(self, metrics: dict[str, nn.Module], step: DistilledStep) -> None:
+        self.base.update({k: m for k, m in metrics.items() if k != "agreement"}, step)
+        if "agreement" in metrics and len(step.teacher):
+            teacher = step.teacher.argmax(-1) if self.labels == "class" else step.teacher.squeeze(-1)
+            metrics["agreement"].update(step.predictions, teacher)
+
+    # ---- data: the teacher's outputs, computed once and cached ----------------------------------
+    def prepare(self, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
+        """`raw` splits with a `teacher` column (and extra text appended to train). `data`: the run's
+        DataConfig."""
+        from encoder.predictor import load_model
+
+        predictor = load_model(self.teacher, device="cuda" if torch.cuda.is_available() else "cpu",
+                               batch_size=self.batch_size)
+        if predictor.task != self.name or predictor.label_names != label_names:
+            raise DataError(f"distill.teacher={self.teacher} was trained for task={predictor.task} with labels "
+                            f"{predictor.label_names}; this run is task={self.name} with labels {label_names}: "
+                            f"train the teacher on this data first")
+        digest = _weights_digest(Path(self.teacher))
+        columns = [c for c in (data.text_column, data.text_pair_column, data.label_column) if c]
+        out = {split: _label(ds.select_columns(columns), predictor, data, digest) for split, ds in raw.items()}
+        if self.extra_text:
+            extra = _extra_texts(self.extra_text, self.extra_text_column, data, raw, cache_dir)
+            extra = _label(extra, predictor, data, digest)
+            out["train"] = _concatenate(out["train"], extra, data)
+            log.info("distillation: %d extra texts labelled by the teacher join %d training examples",
+                     len(extra), len(raw["train"]))
+        return out
+
+
+def _weights_digest(path: Path) -> str:
+    """Identifies the teacher: the sha256 of its file (a .ckpt) or of its weights and config (an export)."""
+    files = [path] if path.is_file() else [path / name for name in checkpoint.EXPORT_FILES]
+    return hashlib.sha256("".join(checkpoint.sha256(f) for f in files).encode()).hexdigest()[:16]
+
+
+def _label(ds, predictor, data, digest: str):
+    """`ds` with the teacher's outputs per example (cached by `datasets`, keyed by data and teacher)."""
+    from encoder.tokenizer import fingerprint
+
+    def run_teacher(batch: dict) -> dict:
+        global teacher_batches_run
+        teacher_batches_run += 1
+        texts = batch[data.text_column] if not data.text_pair_column else \
+            list(zip(batch[data.text_column], batch[data.text_pair_column]))
+        return {"teacher": predictor._run(texts, predictor.model).tolist()}
+
+    return ds.map(run_teacher, batched=True, batch_size=1024, desc="teacher outputs",
+                  new_fingerprint=fingerprint(ds._fingerprint, digest, "teacher-v1"))
+
+
+def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path):
+    """Unlabelled texts from an offline source or files, without any text of the evaluation splits."""
+    from datasets import load_dataset
+
+    from encoder.training.data.loading import load_error
+    from encoder.training.data.sources import SOURCES
+
+    if source in SOURCES:
+        files = SOURCES[source](cache_dir)
+    elif glob.glob(source):
+        files = {"train": source}
+    else:
+        raise DataError(f"distill.extra_text={source} is neither an offline source {sorted(SOURCES)} nor "
+                        f"existing files")
+    suffix = Path(next(iter(files.values()))).suffix.lstrip(".")
+    builder = {"txt": "text", "jsonl": "json"}.get(suffix, suffix)
+    try:
+        extra = load_dataset(builder, data_files=files)["train"]
+    except Exception as e:  # noqa: BLE001 - one line
+        raise load_error(e, f"distill.extra_text={source}") from None
+    if column not in extra.column_names:
+        raise DataError(f"distill.extra_text_column={column!r} is not a column of {source}; "
+                        f"its columns are {extra.column_names}")
+    held_out = {t.strip() for split in ("validation", "test") if split in raw for t in raw[split][data.text_column]}
+    kept = extra.filter(lambda b: [bool(t and t.strip()) and t.strip() not in held_out for t in b[column]],
+                        batched=True, desc="dropping evaluation and empty texts")
+    log.info("distill.extra_text: %d of %d texts kept (evaluation and empty texts removed)", len(kept), len(extra))
+    return kept.select_columns([column]).rename_column(column, data.text_column) if column != data.text_column \
+        else kept.select_columns([column])
+
+
+def _concatenate(train, extra, data):
+    """Training examples, then the extra texts (gold label: none)."""
+    from datasets import concatenate_datasets
+
+    extra = extra.add_column(data.label_column, [None] * len(extra))
+    extra = extra.cast(train.features)
+    return concatenate_datasets([train, extra])

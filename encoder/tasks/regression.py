@@ -1,0 +1,45 @@
+"""task=regression: one number per text or text pair. MSE loss; MSE, Pearson and Spearman correlation.
+The model is the classifier's with one output; `label_names` is the one target's name."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from encoder.model import ModelConfig
+from encoder.predictor import Predictor
+from encoder.tasks import Step, Task
+from encoder.tasks.classification import EncoderForSequenceClassification
+
+
+class RegressorPredictor(Predictor):
+    def predict(self, texts: list) -> list[dict]:
+        """One dict per text: its predicted `value`."""
+        return [{"value": v} for v in self._run(texts, self.model).squeeze(-1).tolist()]
+
+
+class Regression(Task):
+    name = "regression"
+    labels = "number"
+    monitor = "val/pearson"
+    train_metric = "mse"
+    onnx = True
+    model_class = EncoderForSequenceClassification
+    predictor_class = RegressorPredictor
+
+    def step(self, model: nn.Module, batch: dict) -> Step:
+        values = model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().squeeze(-1)
+        return Step(F.mse_loss(values, batch["labels"].float()), values, batch["labels"], len(values))
+
+    def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
+        from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+
+        if cfg.num_labels != 1:
+            raise ValueError(f"task=regression predicts one number; got targets {label_names}")
+        return {"mse": MeanSquaredError(), "pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()}
+
+    def label_text(self, label, label_names: list[str] | None) -> str:
+        return f"{label:.3g}"
+
+
+TASK = Regression()

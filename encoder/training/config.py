@@ -1,0 +1,310 @@
+"""The config schema of `python train.py`: Hydra structured configs, and the value rules they cannot state.
+
+Types and unknown keys are checked by OmegaConf while Hydra composes the config: `TrainConfig` is
+registered in Hydra's ConfigStore as `train_schema`, which configs/train.yaml lists first in its
+defaults, so every group node is typed by its dataclass (`model` by `ModelNode`, `data` by
+`DataConfig`, ...). What remains ours is the value rules, each stated once: a dataclass's
+`__post_init__` for the rules of one group (ranges, choices, divisibility), and `validate()` below for
+rules across groups. `validate()` turns the composed config into those dataclasses, so every rule
+runs before any data is loaded.
+
+Also here: the resolvers the configs use (`unused_dir`, and `monitor`/`direction` that carry each
+task's metric into checkpoints, early stopping and sweeps). What happens before Hydra starts a run
+(composing, checking, deciding the run directory) is in launch.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from encoder import tasks
+from encoder.errors import ConfigError, check_choice
+from encoder.model import ModelConfig
+from encoder.tokenizer import TokenizerConfig
+
+SCHEDULES = ("cosine", "linear", "constant")
+NONFINITE = ("stop", "skip")
+LONG_TEXTS = ("truncate", "chunk")
+DERIVED = ("vocab_size", "pad_token_id", "num_labels")  # decided by the tokenizer and the data
+
+
+@dataclass
+class ModelNode(ModelConfig):
+    """configs/model/: the architecture (what checkpoints store), plus how this run starts and runs it."""
+
+    unpad: bool = True  # run everything but attention on real tokens only (same function, faster)
+    compile: bool = False  # torch.compile the model for training (measure first: see README)
+    init_from: Optional[str] = None  # start from a pretrained encoder: a known name, a folder or a .ckpt
+
+
+@dataclass
+class OptimConfig:
+    """configs/optim/: AdamW and its learning-rate schedule."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_ratio: float = 0.1  # of all optimizer steps, unless warmup_steps is set
+    warmup_steps: Optional[int] = None
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.0
+    fused: Optional[bool] = None  # None: the fused kernel on GPU, the plain one on CPU
+
+    def __post_init__(self):
+        check_choice(self.schedule, SCHEDULES, "optim.schedule")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr={self.lr!r} must be a positive number")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0 (or null: warmup_ratio decides)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """configs/data/: which texts and labels, and how they are batched (encoder.training.data)."""
+
+    _target_: str = "encoder.training.data.datamodule.TextDataModule"
+    path: str = "csv"  # a `datasets` builder (csv | json | parquet | text) or a Hub dataset name
+    name: Optional[str] = None  # Hub config name
+    revision: Optional[str] = None  # Hub: a branch, tag or commit
+    data_files: Any = None  # {split: path or glob}, or one path
+    source: Optional[str] = None  # an offline source (encoder/training/data/sources.py)
+    splits: Dict[str, Optional[str]] = field(default_factory=dict)  # our split -> the data's; null: none
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: Optional[str] = "label"
+    label_names: Optional[List[str]] = None
+    val_fraction: float = 0.1
+    max_length: int = 128
+    long_texts: str = "truncate"
+    mlm_probability: float = 0.0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    group_by_length: bool = True
+    pad_to_multiple_of: int = 8
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = True
+
+    def __post_init__(self):
+        from encoder.training.data.sources import SOURCES
+
+        self.splits = {"train": "train", "validation": "validation", "test": "test", **self.splits}
+        if self.source is not None:
+            check_choice(self.source, SOURCES, "data.source")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        check_choice(self.long_texts, LONG_TEXTS, "data.long_texts")
+        if not 0.0 <= self.mlm_probability < 1.0:
+            raise ConfigError(f"data.mlm_probability={self.mlm_probability} must be in [0, 1) (BERT: 0.15)")
+        if self.long_texts == "chunk" and self.text_pair_column:
+            raise ConfigError("data.long_texts=chunk splits single texts; with data.text_pair_column use truncate")
+        if self.max_length < 2 + (self.long_texts == "chunk"):
+            raise ConfigError(f"data.max_length={self.max_length} must be at least 2 ([CLS] and [SEP])")
+        for key in ("batch_size", "eval_batch_size", "pad_to_multiple_of"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer")
+
+
+@dataclass
+class TaskConfig:
+    """configs/task/: which task (encoder/tasks/) and what to do when its training loss is not finite."""
+
+    name: str = "classification"
+    on_nonfinite_loss: str = "stop"  # stop | skip
+
+    def __post_init__(self):
+        tasks.get(self.name)
+        check_choice(self.on_nonfinite_loss, NONFINITE, "task.on_nonfinite_loss")
+
+
+@dataclass
+class DistillConfig:
+    """configs/distill/: teach the model with a trained teacher's outputs (encoder/tasks/distillation.py)."""
+
+    teacher: Optional[str] = None  # a .ckpt or export of the same task and labels; null: no distillation
+    temperature: float = 2.0  # softens both distributions (classification); the KL term is scaled by T^2
+    alpha: float = 0.5  # weight of the teacher term; 1 - alpha on the gold labels
+    extra_text: Optional[str] = None  # unlabelled text the teacher labels: an offline source name or files
+    extra_text_column: str = "text"
+    batch_size: int = 128  # teacher inference batch
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ConfigError(f"distill.temperature={self.temperature} must be positive")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
+        if self.extra_text and not self.teacher:
+            raise ConfigError("distill.extra_text needs distill.teacher: only a teacher can label it")
+        if self.batch_size < 1:
+            raise ConfigError(f"distill.batch_size={self.batch_size} must be a positive integer")
+
+
+def _trainer_schema() -> type:
+    """configs/trainer/: `lightning.Trainer`'s own arguments, typed by its own annotations where OmegaConf
+    can check them (int, float, bool, str, optional ones) and `Any` elsewhere. Lightning checks the rest
+    of the values when train.py builds the Trainer, before any data is loaded."""
+    import inspect
+    import typing
+
+    import lightning as L
+
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    simple = (int, float, bool, str)
+    fields = [("_target_", str, field(default="lightning.pytorch.Trainer"))]
+    for name, parameter in inspect.signature(L.Trainer.__init__).parameters.items():
+        if name in ("self", "callbacks", "logger"):  # train.py passes those
+            continue
+        hint = hints.get(name, Any)
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        checkable = hint in simple or (typing.get_origin(hint) is typing.Union and len(options) == 1
+                                       and options[0] in simple and len(typing.get_args(hint)) == 2)
+        default = parameter.default if isinstance(parameter.default, (*simple, type(None))) else None
+        fields.append((name, hint if checkable else Any, field(default=default)))
+    return dataclasses.make_dataclass("TrainerConfig", fields)
+
+
+TrainerConfig = _trainer_schema()
+
+
+@dataclass
+class TrainConfig:
+    """The whole config of `python train.py` (configs/train.yaml and its groups)."""
+
+    model: ModelNode = field(default_factory=ModelNode)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # lightning.Trainer's own arguments
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    logger: Any = None
+    paths: Dict[str, str] = field(default_factory=dict)
+    name: str = MISSING
+    seed: int = 42
+    ckpt_path: Optional[str] = None
+    resume: Optional[str] = None
+    test: bool = True
+    objective: str = MISSING
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+@dataclass
+class Checked:
+    """The typed, checked groups of a run's config."""
+
+    model: ModelNode
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    optim: OptimConfig
+    task: TaskConfig
+    distill: DistillConfig
+
+
+def validate(cfg: DictConfig) -> Checked:
+    """Every value rule, before data loading: one ConfigError line naming the key."""
+    _check_known_keys(cfg)
+    checked = Checked(**{key: OmegaConf.to_object(cfg[key])
+                         for key in ("model", "data", "tokenizer", "optim", "task", "distill")})
+    model, data, task = checked.model, checked.data, tasks.get(checked.task.name)
+    for key in DERIVED:
+        if getattr(model, key) != getattr(ModelConfig, key):
+            raise ConfigError(f"model.{key} is decided by the tokenizer and the data; leave it unset "
+                              f"(tokenizer.vocab_size sets the vocabulary, data.label_names the labels)")
+    _check_trainer(cfg.trainer)
+    if data.max_length > model.max_positions:
+        raise ConfigError(f"data.max_length={data.max_length} exceeds model.max_positions={model.max_positions}; "
+                          f"lower data.max_length or raise model.max_positions")
+    if task.masks_tokens and not data.mlm_probability:
+        raise ConfigError(f"task={task.name} needs data.mlm_probability > 0 (0.15 as in BERT); "
+                          f"configs/task/{task.name}.yaml sets it")
+    if checked.distill.teacher and task.labels not in ("class", "number"):
+        raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
+                          f"regression: their teachers give one output per text); drop distill.teacher")
+    if data.mlm_probability and not task.masks_tokens:
+        raise ConfigError(f"data.mlm_probability={data.mlm_probability} masks tokens, which only task=mlm uses; "
+                          f"set it to 0")
+    return checked
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    """The Trainer values Lightning itself accepts but that make no sense (it checks the others)."""
+    for key, low in (("accumulate_grad_batches", 1), ("log_every_n_steps", 1), ("gradient_clip_val", 0)):
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+            raise ConfigError(f"trainer.{key}={value} must be at least {low}")
+
+
+def _check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Keys added with `+` to a typed group (`+model.hidden=12`) pass composition; refuse them by name."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        names = [f.name for f in dataclasses.fields(schema)]
+        unknown = [k for k in node if k not in names and not (k == "hydra" and not prefix)]
+        if unknown:
+            raise unknown_key(f"{prefix}{unknown[0]}", names)
+        for key in names:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                _check_known_keys(child, f"{prefix}{key}.")
+
+
+def unknown_key(key: str, known: list[str]) -> ConfigError:
+    """`unknown key a.b`, with the closest known key (a typo, most likely) and the known keys."""
+    parent, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=1)
+    guess = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+    extra = (" (a callback or logger takes arguments of its own: add a new one with +key=value)"
+             if parent.split(".")[0] in ("callbacks", "logger") else "")
+    return ConfigError(f"unknown key {key}{guess}; known keys are {sorted(known)}{extra}")
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The run's config as plain, resolved values (without Hydra's own `hydra` node)."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def unused_dir(path: str) -> str:
+    """`path`, or the first of `path-1`, `path-2`, ... that this process could create. The folder is
+    created here, exclusively (mkdir fails when it exists), so two runs started in the same second never
+    share one. Registered with use_cache=True: Hydra resolves it once per run."""
+    n = 0
+    while True:
+        candidate = Path(path if n == 0 else f"{path}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+
+
+RESOLVERS = {
+    "unused_dir": (unused_dir, True),
+    "monitor": (lambda task: tasks.get(task).monitor, False),  # the task's metric: ${monitor:${task.name}}
+    "direction": (tasks.direction, False),  # min | max for a metric
+    "optuna_direction": (lambda metric: f"{tasks.direction(metric)}imize", False),  # minimize | maximize
+    "metric_name": (lambda metric: metric.rsplit("/", 1)[-1], False),  # val/acc -> acc (checkpoint names)
+}
+for _name, (_fn, _cache) in RESOLVERS.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn, use_cache=_cache)

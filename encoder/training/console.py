@@ -1,0 +1,27 @@
+"""What a run prints: Lightning's and PyTorch's messages that tell our users nothing are dropped, each by
+its own text (never a blanket filter), so every other warning still shows."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# Lightning's info lines (lightning.pytorch.utilities.rank_zero) that carry no information here:
+# our callbacks configure the model summary on purpose; the litlogger advert; "no GPU" on a CPU run.
+NOISE = ("Trainer already configured with model summary callbacks", "💡 Tip: For seamless cloud logging",
+         "GPU available: False", "TPU available: False", "HPU available: False")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(NOISE)
+
+
+def quiet() -> None:
+    """Install the filters (once per process; idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    # Lightning's own use of a torch.utils._pytree API that torch deprecated; nothing for a user to do
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

@@ -1,0 +1,170 @@
+"""A LightningDataModule over Hugging Face `datasets`: labelled texts, or a raw corpus for MLM.
+
+    raw splits (loading.py) -> labels checked (labels.py) -> empty corpus texts dropped
+    -> tokenizer (trained on train and cached, or loaded) -> token ids (encoding.py, cached by
+    fingerprint) -> length-grouped sampler (sampler.py) -> Collator (padding + padding_mask, + MLM masking)
+
+The task (encoder/tasks/) says what an example carries: a class, a number, a label per word, or
+nothing; the data config (`DataConfig`) says where the texts are and how they are batched.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from encoder import tasks
+from encoder.collate import Collator
+from encoder.errors import DataError
+from encoder.tasks.distillation import taught
+from encoder.tokenizer import SPECIAL_TOKENS, TokenizerConfig, as_text, fingerprint, get_tokenizer
+from encoder.training.config import DataConfig
+from encoder.training.data.encoding import encoder_for
+from encoder.training.data.labels import prepare_labels
+from encoder.training.data.loading import describe, load_splits
+from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
+from encoder.training.data.sources import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(self, task: str = "classification", tokenizer: dict | None = None, cache_dir: str | None = None,
+                 seed: int = 0, distill: dict | None = None, **data):
+        """`data`: the fields of `DataConfig` (configs/data/); `tokenizer`: those of `TokenizerConfig`;
+        `distill`: those of `DistillConfig` (a teacher labels the data before tokenization)."""
+        super().__init__()
+        self.cfg = DataConfig(**data)
+        self.task = taught(tasks.get(task), distill)
+        self.tokenizer_cfg = TokenizerConfig(**(tokenizer or {}))
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.seed = seed
+        self.label_names = list(self.cfg.label_names) if self.cfg.label_names else None
+        self.tokenizer = None
+        self.collator: Collator | None = None  # built once the tokenizer exists
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def labelled(self) -> bool:
+        return self.task.labels is not None
+
+    # ---- preparing the data, once ---------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download/prepare files and train the tokenizer once (cached), before any process uses them."""
+        self.setup()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return  # idempotent: train.py sets up early to learn the vocabulary and labels
+        if self.labelled and not self.cfg.label_column:
+            raise DataError(f"task={self.task.name} needs labels; set data.label_column")
+        raw = load_splits(self.cfg, self.cache_dir, self.seed, self.labelled)
+        mapping = None
+        if self.labelled:
+            self.label_names, mapping = prepare_labels(raw, self.cfg, self.task.labels)
+        raw = self.task.prepare(self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)
+        self.tokenizer = self._tokenizer(raw["train"])
+        self.collator = self._collator()
+        encode = encoder_for(self.cfg, self.task.labels, self.tokenizer, mapping, carry=self.task.carries)
+        # everything that changes what encode() produces, so no stale cached tokenization is reused
+        settings = fingerprint(self.tokenizer.to_str(), self.cfg.max_length, self.cfg.long_texts,
+                               self.cfg.text_column, self.cfg.text_pair_column, self.cfg.label_column,
+                               self.task.labels, self.label_names)
+        for split, ds in raw.items():
+            self._warn_empty(ds, split)
+            self.datasets[split] = ds.map(encode, batched=True, remove_columns=ds.column_names,
+                                          desc=f"tokenizing {split}",
+                                          new_fingerprint=fingerprint(ds._fingerprint, settings))
+        log.info("data: %s", {s: len(d) for s, d in self.datasets.items()})
+
+    def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
+        """A corpus text or a sentence of labelled words that is empty has nothing to learn from
+        (dropped, logged). Empty texts of labelled data are kept: they are examples too."""
+        if self.task.labels not in (None, "word"):
+            return raw
+        out = {}
+        for split, ds in raw.items():
+            out[split] = ds.filter(lambda b: [bool(as_text(t).strip()) if isinstance(t, str) or t is None else bool(t)
+                                              for t in b[self.cfg.text_column]], batched=True,
+                                   desc=f"dropping empty texts of {split}")
+            if len(out[split]) < len(ds):
+                log.info("dropped %d empty texts of the %s split", len(ds) - len(out[split]), split)
+            if len(out[split]) == 0:
+                raise DataError(f"every text of the {split} split of {describe(self.cfg)} is empty; "
+                                f"check data.text_column")
+        return out
+
+    def _warn_empty(self, ds: Dataset, split: str) -> None:
+        missing = sum(t is None or (isinstance(t, (str, list)) and not t) or (isinstance(t, str) and not t.strip())
+                      for t in ds[self.cfg.text_column])
+        if missing:
+            log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts", missing, split)
+
+    def _tokenizer(self, train: Dataset):
+        columns = [c for c in (self.cfg.text_column, self.cfg.text_pair_column) if c]
+        as_line = (lambda words: " ".join(map(as_text, words))) if self.task.labels == "word" else as_text
+        tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in train[c]),
+                                  train._fingerprint, self.cache_dir)
+        if self.cfg.long_texts == "truncate":
+            tokenizer.enable_truncation(self.cfg.max_length)
+        return tokenizer
+
+    def _collator(self) -> Collator:
+        tok = self.tokenizer
+        pad = tok.token_to_id("[PAD]")
+        if not self.cfg.mlm_probability:
+            return Collator(pad_token_id=pad, pad_to_multiple_of=self.cfg.pad_to_multiple_of)
+        if tok.token_to_id("[MASK]") is None:
+            raise DataError("masked-language modelling needs a [MASK] token; this tokenizer has none "
+                            "(train one with tokenizer=wordpiece)")
+        specials = [tok.token_to_id(t) for t in SPECIAL_TOKENS if t != "[UNK]"]
+        return Collator(pad_token_id=pad, pad_to_multiple_of=self.cfg.pad_to_multiple_of,
+                        mlm_probability=self.cfg.mlm_probability, mask_token_id=tok.token_to_id("[MASK]"),
+                        special_token_ids=specials, vocab_size=tok.get_vocab_size(), seed=self.seed)
+
+    # ---- loaders ----------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        lengths = list(ds["length"])
+        # We shard across processes ourselves (the trainer configs set use_distributed_sampler=false).
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
+            sampler = LengthGroupedSampler(lengths, self.cfg.batch_size, mega=50 if self.cfg.group_by_length else 1,
+                                           seed=self.seed, num_replicas=world, rank=rank)
+            loader, extra = ResumableLoader, {"processed": self._batches_processed}
+        else:  # evaluation order does not matter: sort by length so batches carry no padding
+            sampler = sorted(range(len(ds)), key=lengths.__getitem__)[rank::world]
+            loader, extra = DataLoader, {}
+        return loader(
+            ds.with_format(columns=[c for c in ("input_ids", "token_type_ids", "labels", *self.task.carries)
+                                    if c in ds.column_names]),
+            batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
+            sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.cfg.pin_memory,
+            persistent_workers=self.cfg.persistent_workers and self.cfg.num_workers > 0,
+            # its own generator: creating an iterator must not draw from the global RNG (dropout's)
+            generator=torch.Generator().manual_seed(self.seed),
+            **extra,
+        )
+
+    def _batches_processed(self) -> int:
+        """Training batches of the current epoch done so far (what a checkpoint must skip on resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise DataError("this dataset has no test split; set data.splits.test")
+        return self._loader("test", train=False)

@@ -1,0 +1,73 @@
+"""From checked examples to token ids: one strategy per kind of input, chosen once per run.
+
+- `words`: pre-split words with a label per word; the label goes on each word's first sub-token,
+  -100 on the others (and on [CLS]/[SEP]), which losses and metrics skip.
+- `chunks` (data.long_texts=chunk): a text longer than max_length becomes consecutive
+  [CLS] piece [SEP] examples, so no token is lost (MLM corpora).
+- `pairs` (data.text_pair_column): [CLS] a [SEP] b [SEP] with token_type_ids 0 then 1; truncation takes
+  tokens from the longer text first.
+- `single`: [CLS] text [SEP], truncated to max_length.
+Each returns the columns of the tokenized dataset: input_ids, length (for length-grouped batches),
+labels (when the task has labels), token_type_ids (pairs).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tokenizers import Tokenizer
+
+from encoder.collate import first_subtokens
+from encoder.tasks.distillation import UNLABELLED  # an example without a gold label (extra text)
+from encoder.tokenizer import as_text
+from encoder.training.config import DataConfig
+
+
+def encoder_for(cfg: DataConfig, kind: str | None, tokenizer: Tokenizer, mapping,
+                carry: tuple[str, ...] = ()) -> Callable[[dict], dict]:
+    """The `datasets.map(batched=True)` function for this run's data and task; `carry`: columns the
+    task added (Task.carries), copied to every row an example becomes."""
+    if kind == "word":
+        return lambda batch: _words(batch, cfg, tokenizer, mapping)
+    strategy = _chunks if cfg.long_texts == "chunk" else _pairs if cfg.text_pair_column else _single
+    label_column = cfg.label_column if kind else None
+
+    def encode(batch: dict) -> dict:
+        texts = [as_text(t) for t in batch[cfg.text_column]]
+        out, owner = strategy(texts, batch, cfg, tokenizer)  # owner[i]: the example row i came from
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        if label_column:
+            labels = batch[label_column]
+            out["labels"] = [UNLABELLED[kind] if labels[i] is None else mapping[labels[i]] for i in owner]
+        for column in (c for c in carry if c in batch):
+            out[column] = [batch[column][i] for i in owner]
+        return out
+
+    return encode
+
+
+def _single(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
+    return {"input_ids": [e.ids for e in tok.encode_batch(texts)]}, range(len(texts))
+
+
+def _pairs(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
+    encodings = tok.encode_batch(list(zip(texts, [as_text(t) for t in batch[cfg.text_pair_column]])))
+    return {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings]}, range(len(texts))
+
+
+def _chunks(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
+    cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), cfg.max_length - 2
+    bare = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    owner = [i for i, b in enumerate(bare) for _ in range(max(1, -(-len(b) // piece)))]
+    ids = [[cls, *b[k : k + piece], sep] for b in bare for k in range(0, max(1, len(b)), piece)]
+    return {"input_ids": ids}, owner
+
+
+def _words(batch: dict, cfg: DataConfig, tok: Tokenizer, mapping) -> dict:
+    encodings = tok.encode_batch([list(map(as_text, w)) for w in batch[cfg.text_column]], is_pretokenized=True)
+    labels = []
+    for e, tags in zip(encodings, batch[cfg.label_column]):
+        first = dict(first_subtokens(e.word_ids))  # token position -> word index
+        labels.append([mapping[tags[first[t]]] if t in first else -100 for t in range(len(e.ids))])
+    ids = [e.ids for e in encodings]
+    return {"input_ids": ids, "length": [len(i) for i in ids], "labels": labels}

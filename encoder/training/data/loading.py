@@ -1,0 +1,121 @@
+"""Loading the configured splits as Hugging Face datasets, and turning loading failures into one line."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pandas
+import pyarrow
+from datasets import Dataset, DatasetDict, load_dataset
+
+from encoder.errors import DataError
+from encoder.training.config import DataConfig
+from encoder.training.data.sources import SOURCES
+
+log = logging.getLogger(__name__)
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def describe(cfg: DataConfig) -> str:
+    """How error messages name the data."""
+    if cfg.source or not cfg.data_files:
+        return cfg.source or (f"{cfg.path}/{cfg.name}" if cfg.name else cfg.path)
+    return "data.data_files"
+
+
+def data_files(cfg: DataConfig, cache_dir: Path):
+    """The files to read: an offline source's (prepared on first use), or the configured ones."""
+    if cfg.source:
+        return SOURCES[cfg.source](cache_dir)
+    if isinstance(cfg.data_files, dict):  # the config lists every split; those left null are not given
+        return {split: files for split, files in cfg.data_files.items() if files} or None
+    return cfg.data_files
+
+
+def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> dict[str, Dataset]:
+    """train / validation / test as datasets (validation carved from train if the data has none)."""
+    files = data_files(cfg, cache_dir)
+    if not files and cfg.path in ("csv", "json", "parquet", "text"):
+        raise DataError(f"data.path={cfg.path} needs files; set data.data_files.train=... (and .test=...)")
+    # No remote code: `datasets` >= 3 never runs dataset scripts unless asked, and we never ask.
+    try:
+        raw: DatasetDict = load_dataset(cfg.path, cfg.name, data_files=files, revision=cfg.revision)
+    except Exception as e:  # noqa: BLE001 - turned into one line that says what to fix
+        raise load_error(e, describe(cfg)) from None
+    out = _pick_splits(raw, cfg)
+    if "validation" not in out:
+        parts = out["train"].train_test_split(test_size=cfg.val_fraction, seed=seed)
+        out["train"], out["validation"] = parts["train"], parts["test"]
+        log.info("carved a %.0f%% validation split from train (seed %d)", 100 * cfg.val_fraction, seed)
+    for split, limit in (("train", cfg.max_train_samples), ("validation", cfg.max_eval_samples),
+                         ("test", cfg.max_eval_samples)):
+        if limit is not None and split in out and len(out[split]) > limit:
+            out[split] = out[split].select(range(limit))
+    for split, ds in out.items():
+        _check_columns(ds, split, cfg, labelled)
+    return out
+
+
+def _pick_splits(raw: DatasetDict, cfg: DataConfig) -> dict[str, Dataset]:
+    out = {}
+    for split in SPLIT_NAMES:
+        wanted = cfg.splits.get(split)
+        if wanted is None:
+            continue
+        if wanted in raw:
+            out[split] = raw[wanted]
+        elif split != "train" and wanted == split:  # a default name this dataset lacks: carve validation, skip test
+            log.warning("%s has no %s split; %s", describe(cfg), split,
+                        "carving one from train" if split == "validation" else "skipping the test")
+        else:
+            hint = "one of them" if split == "train" else "one of them or null"
+            raise DataError(f"{describe(cfg)} has no split {wanted!r} (it has {list(raw)}); "
+                            f"set data.splits.{split} to {hint}")
+    return out
+
+
+def _check_columns(ds: Dataset, split: str, cfg: DataConfig, labelled: bool) -> None:
+    label_column = cfg.label_column if labelled else None
+    if label_column and type(ds.features.get(label_column)).__name__ == "Json":  # `datasets` >= 5: mixed JSON types
+        kinds = sorted({type(v).__name__ for v in ds[label_column]})
+        raise DataError(f"data.label_column={label_column!r} mixes types ({', '.join(kinds)}) in the "
+                        f"{split} split; make every label the same type (e.g. all strings)")
+    if len(ds) == 0:
+        raise DataError(f"the {split} split of {describe(cfg)} is empty; point data at non-empty files")
+    for key, column in (("text_column", cfg.text_column), ("text_pair_column", cfg.text_pair_column),
+                        ("label_column", label_column)):
+        if column is not None and column not in ds.column_names:
+            raise DataError(f"data.{key}={column!r} is not a column of the {split} split; "
+                            f"its columns are {ds.column_names}")
+
+
+def load_error(error: Exception, where: str) -> DataError:
+    """A one-line DataError for what `datasets`/pandas/pyarrow raise on bad files, by exception type
+    where one exists (the message text only where the library raises a bare ValueError/ArrowInvalid)."""
+    chain = [error]  # the exception and everything it was raised from, deepest last
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    root = chain[-1]
+    text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+
+    def raised(kind) -> bool:
+        return any(isinstance(e, kind) for e in chain)
+
+    empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(error))  # a bare ValueError
+    if empty:
+        return DataError(f"the {empty.group(1)} split of {where} is empty; point data at non-empty files")
+    # pyarrow reports bad UTF-8 as a plain ArrowInvalid: only its text tells
+    if raised(UnicodeDecodeError) or any("utf8" in str(e).lower().replace("-", "") for e in chain):
+        return DataError(f"{where} is not valid UTF-8 ({text}); re-encode the file as UTF-8, "
+                         f"e.g. iconv -f latin1 -t utf-8")
+    if raised(pandas.errors.ParserError):
+        return DataError(f"{where} has a malformed row ({text}); fix or remove that row (quote fields "
+                         f"that contain the delimiter)")
+    if raised(pyarrow.ArrowException):
+        return DataError(f"{where} has a column that mixes types ({text}); make each column's values "
+                         f"one type (e.g. all labels strings)")
+    if raised(FileNotFoundError):
+        return DataError(f"{where}: {text}; check data.data_files / data.path")
+    return DataError(f"could not load {where}: {type(root).__name__}: {text}")

@@ -1,0 +1,165 @@
+"""Before Hydra starts a run: compose the config the command line asks for, check it, and decide the
+run directory, so that a mistake is one line (Hydra's own messages run to many lines and suggest `+`
+for typos) and no run directory is made or touched for a run that cannot start.
+
+train.py calls `preflight(sys.argv[1:])` and runs Hydra with the arguments it returns: those given,
+plus, when a run is resumed, the run directory of its checkpoint (the run continues there: one set of
+checkpoints, one TensorBoard curve) and a `.hydra/resume-<time>` folder for this start's config, so the
+first start's record is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from encoder.errors import ConfigError
+from encoder.training.config import unknown_key, unused_dir, validate
+
+HYDRA_OWN_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i",
+                   "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+
+
+def compose_error(error: Exception, override: str | None, known: list[str] | None) -> ConfigError:
+    """Hydra's/OmegaConf's composition error as one line naming the key. `override`: the command-line
+    override that failed, if known; `known`: the keys next to the one that failed."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    missing = next((e for e in chain if isinstance(e, MissingConfigException)), None)
+    if missing is not None and missing.missing_cfg_file and missing.options:
+        group, _, name = missing.missing_cfg_file.rpartition("/")
+        return ConfigError(f"{group}={name} is not a config of the {group} group; choose one of {sorted(missing.options)}")
+    if any(isinstance(e, OverrideParseException) for e in chain):
+        return ConfigError(f"cannot read the override {override!r}: {_first_line(error)}; write key=value "
+                           f"(python train.py --help lists the keys)")
+    located = next((e for e in chain if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None)), None)
+    if located is None:
+        return ConfigError(f"{override or 'the config'}: {_first_line(chain[-1])}")
+    key = located.full_key
+    if isinstance(located, (ConfigAttributeError, ConfigKeyError)):
+        return unknown_key(key, known or [])
+    return ConfigError(f"{key}: {_first_line(located)}")
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def preflight(config_dir: str, config_name: str, args: list[str]) -> list[str]:
+    """Compose and check the config `python train.py <args>` asks for; the arguments Hydra should run
+    with. A sweep (-m) is checked value by value: each swept value once, the other keys at their first
+    value."""
+    if any(a.split("=")[0] in HYDRA_OWN_FLAGS for a in args):
+        return args  # help, info or another config: Hydra's business
+    overrides, skip = [], False
+    for a in args:  # --cfg job / -p pkg take a value; -m and the like do not
+        if not skip and not a.startswith("-"):
+            overrides.append(a)
+        skip = a in ("--cfg", "-c", "--package", "-p")
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    parsed = _parse(overrides)
+    values = [[o.input_line] if not o.is_sweep_override() else
+              [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_discrete_sweep() else []
+              for o in parsed]  # (interval sweeps are the sweeper's to sample)
+    first = [v[0] for v in values if v]
+    variants = [first] + [first[:i] + [value] + first[i + 1:] for i, v in enumerate(v for v in values if v)
+                          for value in v[1:]]
+    for variant in variants:
+        cfg = compose(config_dir, config_name, variant)
+        validate(cfg)
+        build_trainer_alone(cfg, variant)
+    return args if multirun or cfg.hydra.mode == "MULTIRUN" else args + run_directory(cfg, overrides)
+
+
+def run_directory(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """The overrides that put a run where it belongs: a resumed run continues in its own directory, with
+    this start's config recorded next to the first start's; a new run never goes into an existing run's."""
+    given = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    extra = []
+    ckpt = cfg.ckpt_path
+    if cfg.resume == "auto" and not ckpt:
+        HydraConfig.instance().set_config(cfg)  # `name` is ${hydra:runtime.choices.data} by default
+        ckpt = str(newest_unfinished(Path("outputs") / cfg.name))
+        extra += [f"ckpt_path={ckpt}", "resume=null"]
+    run = Path(ckpt).resolve().parents[1] if ckpt and Path(ckpt).resolve().parent.name == "checkpoints" else None
+    if run is not None and (given is None or Path(given).resolve() == run):
+        record = Path(unused_dir(str(run / ".hydra" / f"resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}")))
+        return extra + [f"hydra.run.dir={run}", f"hydra.output_subdir={record.relative_to(run)}"]
+    if given is not None and Path(given).is_dir() and any(Path(given).iterdir()):
+        raise ConfigError(f"hydra.run.dir={given} already holds a run, which a new run would overwrite; pick a new "
+                          f"directory (to continue that run: ckpt_path={given}/checkpoints/last.ckpt)")
+    return extra
+
+
+def newest_unfinished(experiment: Path, exclude: Path | None = None) -> Path:
+    """The newest last.ckpt of a run under `experiment` that did not finish (finished runs wrote
+    metrics.json), for resume=auto; one ConfigError line when there is none."""
+    found = [p for p in experiment.glob("*/checkpoints/last.ckpt")
+             if not (p.parents[1] / "metrics.json").exists() and p.parents[1] != exclude]
+    if not found:
+        raise ConfigError(f"resume=auto found no unfinished run (a last.ckpt without metrics.json) under "
+                          f"{experiment}/; start without resume, or pass ckpt_path=... to continue a finished run")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def build_trainer_alone(cfg: DictConfig, overrides: list[str]) -> None:
+    """Build the Trainer from its config alone (no callbacks, logger or run directory): Lightning checks
+    its values (devices, precision, accelerator, limits, ...) as it builds one."""
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.trainer, default_root_dir=None, logger=False, enable_checkpointing=False)
+    except Exception as e:  # noqa: BLE001 - InstantiationException and whatever it wraps
+        raise trainer_error(e, overrides) from None
+
+
+def trainer_error(error: Exception, overrides: list[str]) -> ConfigError:
+    """What Lightning said about the Trainer's arguments, in one line, with the trainer.* overrides given."""
+    cause = error.__cause__ or error
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    given = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("trainer.")]
+    return ConfigError(f"{', '.join(given) or 'trainer'}: {first}")
+
+
+def _parse(overrides: list[str]) -> list:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise compose_error(e, next((o for o in overrides if o in str(e)), " ".join(overrides)), None) from None
+
+
+def compose(config_dir: str, config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's composition (with its own `hydra` node), every error as one ConfigError line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    parsed = _parse(overrides)
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+    except Exception as e:  # noqa: BLE001 - every composition error becomes one line
+        failed = next((o for o in overrides if o.split("=")[0].lstrip("+~") in str(e)), None)
+        known = None
+        if failed is not None and "=" in failed:
+            parent = failed.split("=")[0].lstrip("+~").rpartition(".")[0]
+            try:
+                with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+                    rest = hydra_compose(config_name, overrides=[o for o in overrides if o != failed])
+                node = OmegaConf.select(rest, parent) if parent else rest
+                known = sorted(node.keys()) if isinstance(node, DictConfig) else None
+            except Exception:  # noqa: BLE001 - the list of keys is a courtesy
+                known = None
+        raise compose_error(e, failed, known) from None
+    for o in parsed:  # OmegaConf reads any integer as a bool: 3 is not true
+        value = None if o.is_sweep_override() or o.is_delete() else o.value()
+        if isinstance(value, int) and not isinstance(value, bool) and value not in (0, 1) \
+                and isinstance(OmegaConf.select(cfg, o.key_or_group), bool):
+            raise ConfigError(f"{o.key_or_group}={value} is not a bool; use true or false")
+    return cfg

@@ -1,0 +1,178 @@
+"""The LightningModule: one for every task. The task (encoder/tasks/) brings the head, the loss and
+the metrics; this module brings what all tasks share: the training/validation/test steps and their
+logging, AdamW and its schedule, throughput, the non-finite-loss policy and exact-resume random state.
+
+It receives plain values only (dicts, lists, strings) and builds the model itself, so
+`EncoderModule.load_from_checkpoint(path)` works in any Python process without Hydra, and the
+checkpoint (its format: encoder/checkpoint.py) loads with `torch.load(path, weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import random
+import time
+
+import lightning as L
+import torch
+from torch import nn
+
+from encoder import tasks
+from encoder.checkpoint import architecture
+from encoder.model import ModelConfig
+from encoder.tasks.distillation import taught
+from encoder.training.config import OptimConfig, TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine or linear decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+class EncoderModule(L.LightningModule):
+    def __init__(self, task: str, model: dict, tokenizer_json: str, max_length: int,
+                 label_names: list[str] | None = None, optim: dict | None = None, on_nonfinite_loss: str = "stop",
+                 unpad: bool = True, compile: bool = False, distill: dict | None = None):
+        """`model`: the architecture (a `ModelConfig` as a dict; fields the data decides are derived
+        from `tokenizer_json` and `label_names`). `unpad` and `compile` say how this run computes it;
+        `distill` (DistillConfig's fields) makes a teacher's outputs part of the loss."""
+        super().__init__()
+        # logger=False: train.py logs the run's whole (flat, readable) config instead of a tokenizer
+        # JSON; everything here still goes into the checkpoint.
+        self.save_hyperparameters(logger=False)
+        TaskConfig(task, on_nonfinite_loss)  # the config's own checks, for callers without Hydra
+        self.task = taught(tasks.get(task), distill)
+        self.optim = OptimConfig(**(optim or {}))
+        self.cfg: ModelConfig = architecture(model, tokenizer_json, label_names)
+        self.model = self.task.build_model(self.cfg, unpad=unpad)
+        self.example_input_array = self.task.example_input(self.cfg)  # the model summary's shapes and FLOPs
+        self.train_metric = self.task.metrics(self.cfg, label_names)[self.task.train_metric]
+        self.val_metrics = nn.ModuleDict(self.task.metrics(self.cfg, label_names))
+        self.test_metrics = nn.ModuleDict(self.task.metrics(self.cfg, label_names))
+        self._clock: tuple[float, int] | None = None  # (time, real tokens) of the previous step
+        self._rng_to_restore: dict | None = None  # from a checkpoint, applied at on_train_start
+
+    @classmethod
+    def create(cls, task: str, cfg: ModelConfig, tokenizer_json: str, max_length: int, **kwargs) -> "EncoderModule":
+        """From a full architecture (what train.py and tests hold)."""
+        return cls(task, dataclasses.asdict(cfg), tokenizer_json, max_length, **kwargs)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.model.compile(dynamic=True)  # in place: state_dict keys (and checkpoints) stay the same
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.model(*args, **kwargs)
+
+    # ---- the steps: one definition for every task -------------------------------------------
+    def _step(self, batch: dict, stage: str) -> tasks.Step:
+        step = self.task.step(self.model, batch)
+        train = stage == "train"
+        self.log(f"{stage}/loss", step.loss, prog_bar=True, on_step=train, on_epoch=not train,
+                 batch_size=step.count, sync_dist=not train)
+        return step
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        step = self._step(batch, "train")
+        if not self._finite(step.loss):
+            return None  # Lightning skips backward and the optimizer step
+        self.train_metric(step.predictions, step.targets)
+        self.log(f"train/{self.task.train_metric}", self.train_metric, on_step=True, on_epoch=True,
+                 batch_size=step.count)
+        self._log_throughput(batch)
+        return step.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        step = self._step(batch, "val")
+        self.task.update(self.val_metrics, step)
+        return step.predictions  # for callbacks (the confusion matrix in encoder.training.visualize)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.task.update(self.test_metrics, self._step(batch, "test"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, stage: str, metrics: nn.ModuleDict) -> None:
+        """Each metric over the whole epoch (synced across processes by torchmetrics), then reset."""
+        values = {}
+        for name, metric in metrics.items():
+            value = metric.compute()
+            values.update(value if isinstance(value, dict) else {name: value})
+            metric.reset()
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, prog_bar=stage == "val",
+                      sync_dist=True)
+
+    # ---- what the steps share ----------------------------------------------------------------
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """False: skip this batch (task.on_nonfinite_loss=skip); raises to stop (the default)."""
+        if torch.isfinite(loss):
+            return True
+        message = f"loss is {loss.item()} at step {self.global_step}"
+        if self.hparams.on_nonfinite_loss == "skip":
+            log.warning("%s: skipping this batch (task.on_nonfinite_loss=skip)", message)
+            return False
+        raise FloatingPointError(f"{message}; stopped, earlier checkpoints are intact. Lower optim.lr, "
+                                 f"or set task.on_nonfinite_loss=skip to skip such batches")
+
+    def _log_throughput(self, batch: dict) -> None:
+        size = len(batch["input_ids"])
+        real = int((~batch["padding_mask"]).sum())
+        self.log("perf/padding_efficiency", real / batch["padding_mask"].numel(), batch_size=size)
+        # Real tokens per second over the whole previous step (data, forward, backward, optimizer).
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.log("perf/tokens_per_s", self._clock[1] / (now - self._clock[0]), batch_size=size)
+        self._clock = (now, real)
+
+    def on_train_epoch_start(self) -> None:
+        self._clock = None  # validation ran in between: do not count it
+
+    # ---- exact resume: dropout's random state travels with the checkpoint ----------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # Restored here, right before the first resumed step, so nothing in between draws from it.
+        rng, self._rng_to_restore = self._rng_to_restore, None
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def configure_optimizers(self):
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # No weight decay on biases (incl. MHA's in_proj_bias, bias_k, bias_v) or norm weights.
+            (no_decay if p.ndim < 2 or "bias" in name.rsplit(".", 1)[-1] else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o.weight_decay, "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        fused = o.fused if o.fused is not None else self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_ratio * total)
+        schedule = functools.partial(warmup_then_decay, warmup=max(1, warmup), total=total,
+                                     schedule=o.schedule, min_ratio=o.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
