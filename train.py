@@ -31,7 +31,7 @@ from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
 from encoder.training.console import quiet
-from encoder.training.launch import newest_unfinished, preflight, trainer_error
+from encoder.training.launch import help_text, newest_unfinished, preflight, trainer_error
 from encoder.training.module import EncoderModule
 
 log = logging.getLogger("encoder")
@@ -221,6 +221,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):  # with each key's comment (Hydra's lists none)
+        print(help_text(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:]))
+        sys.exit(0)
     quiet()
     try:  # a mistake in the overrides: one line, before Hydra creates a run directory
         sys.argv[1:] = preflight(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:])

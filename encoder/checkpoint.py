@@ -124,10 +124,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         # mmap (zip checkpoints only): reading the hyperparameters of a large checkpoint loads little
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
+        # torch names the global it refused ("Unsupported global: GLOBAL x.y"); other unpickling errors are damage
+        refused = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        if refused is None:
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): it does not "
+                                  f"unpickle") from None
         raise CheckpointError(f"refusing to load {path}: it needs arbitrary Python objects to unpickle, which "
-                              f"could run code ({first}); only load checkpoints written by encoder") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+                              f"could run code ({refused.split('. ')[0]}); only load checkpoints written by "
+                              f"encoder") from None
+    except Exception as e:  # noqa: BLE001 - damaged bytes make the unpickler raise anything (IndexError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
@@ -137,6 +142,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes, bytes): checkpoints record it when
+    written and every reader checks it, so flipped bytes in a weight are an error, not NaN predictions."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def stamp(checkpoint: dict) -> None:
+    """Called as a checkpoint is written (EncoderModule.on_save_checkpoint): record the weights' digest."""
+    checkpoint["weights_sha256"] = weights_digest(_model_weights(checkpoint["state_dict"]))
+
+
+def _model_weights(state_dict: dict) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+
+
 def read_checkpoint(path: str | os.PathLike) -> Saved:
     ckpt = load_checkpoint(path)
     hp = ckpt["hyper_parameters"]
@@ -144,24 +169,36 @@ def read_checkpoint(path: str | os.PathLike) -> Saved:
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)} in its hyper_parameters; it was not written "
                               f"by encoder's train.py")
+    state = _model_weights(ckpt["state_dict"])
+    recorded = ckpt.get("weights_sha256")  # checkpoints written before 0.2 have none
+    if recorded is not None and weights_digest(state) != recorded:
+        raise CheckpointError(f"{path}: its weights do not match the digest recorded when it was written (the file "
+                              f"was damaged or modified); use another checkpoint (e.g. last.ckpt or best-*.ckpt)")
     # older checkpoints record the task next to the hyperparameters, the oldest not at all
     task = hp.get("task") or ckpt.get("task") or "classification"
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return Saved(task, hp["model"], hp["tokenizer_json"], hp.get("label_names"), hp["max_length"], state)
 
 
 # ---- exports -------------------------------------------------------------------------------
+def _config_digest(config: dict) -> str:
+    """sha256 of config.json's content (all of it but the hashes themselves)."""
+    content = {k: v for k, v in config.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def write_export(saved: Saved, folder: Path, extra_files: tuple[str, ...] = ()) -> None:
     """Write `saved` as an export into `folder` (which must exist and be empty). `extra_files` are
-    files already written there (e.g. model.onnx) whose hash goes into config.json too."""
+    files already written there (e.g. model.onnx). config.json records the sha256 of every file and of
+    its own content (a manifest): a change to any of them that decides an output is refused on load."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in saved.state.items()}, folder / "model.safetensors",
               metadata={"format": EXPORT_FORMAT})
     (folder / "tokenizer.json").write_text(saved.tokenizer_json, encoding="utf-8")
-    files = ["model.safetensors", *extra_files]
     config = {"format": EXPORT_FORMAT, "task": saved.task, "model": saved.model, "label_names": saved.label_names,
-              "max_length": saved.max_length, "sha256": {name: sha256(folder / name) for name in files}}
+              "max_length": saved.max_length}
+    files = ["model.safetensors", "tokenizer.json", *extra_files]
+    config["sha256"] = {"config": _config_digest(config), **{name: sha256(folder / name) for name in files}}
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
@@ -174,10 +211,28 @@ def is_export(folder: Path) -> bool:
 
 
 def read_export(folder: Path) -> Saved:
-    """An export folder, after checking its weights against the sha256 in config.json."""
+    """An export folder, after checking every file and config.json's content against its manifest."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    config = _export_config(folder)
+    manifest = config.get("sha256") if isinstance(config.get("sha256"), dict) else {}
+    changed = [name for name, expected in manifest.items()
+               if (_config_digest(config) if name == "config" else sha256(folder / name)) != expected]
+    if changed or "model.safetensors" not in manifest:
+        raise CheckpointError(f"{folder}: {', '.join(changed or ['model.safetensors'])} "
+                              f"{'does' if len(changed) < 2 else 'do'} not match the sha256 in config.json: the export "
+                              f"was modified or corrupted; re-export it")
+    try:
+        state = load_file(folder / "model.safetensors")
+    except SafetensorError as e:
+        raise CheckpointError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
+    return Saved(config.get("task") or "classification", config["model"],
+                 (folder / "tokenizer.json").read_text(encoding="utf-8"), config.get("label_names"),
+                 config["max_length"], state)
+
+
+def _export_config(folder: Path) -> dict:
     missing = [n for n in EXPORT_FILES if not (folder / n).is_file()]
     if missing:
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}; pass a folder written by "
@@ -189,19 +244,31 @@ def read_export(folder: Path) -> Saved:
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{folder / 'config.json'} is not an encoder export (format {found!r})")
-    if sha256(folder / "model.safetensors") != config.get("sha256", {}).get("model.safetensors"):
-        raise CheckpointError(f"{folder / 'model.safetensors'} does not match the sha256 in config.json: "
-                              f"the export was modified or corrupted; re-export it")
-    try:
-        state = load_file(folder / "model.safetensors")
-    except SafetensorError as e:
-        raise CheckpointError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
-    return Saved(config.get("task") or "classification", config["model"],
-                 (folder / "tokenizer.json").read_text(encoding="utf-8"), config.get("label_names"),
-                 config["max_length"], state)
+    missing = [k for k in ("model", "max_length") if not isinstance(config.get(k), (dict if k == "model" else int))]
+    if missing:
+        raise CheckpointError(f"{folder / 'config.json'} has no valid {', '.join(missing)}; re-export the model")
+    return config
 
 
 def read(path: str | os.PathLike) -> Saved:
     """A checkpoint file or an export folder."""
     path = Path(path)
     return read_export(path) if path.is_dir() else read_checkpoint(path)
+
+
+def build(saved: Saved, source: str | os.PathLike):
+    """(the task, its model with the saved weights); one CheckpointError line when they do not fit."""
+    from encoder import tasks
+
+    if saved.task not in tasks.names():
+        raise CheckpointError(f"{source} holds a model for task {saved.task!r}, which this version of encoder does "
+                              f"not know (it knows {tasks.names()}); upgrade encoder")
+    task = tasks.get(saved.task)
+    try:
+        model = task.build_model(saved.config)
+        model.load_state_dict(saved.state)
+    except (RuntimeError, ValueError, TypeError) as e:  # ConfigError is a ValueError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{source}: its weights do not fit the architecture it describes ({first}); "
+                              f"re-export it from its checkpoint") from None
+    return task, model

@@ -30,7 +30,7 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
     saved = checkpoint.read(source)
-    task = tasks.get(saved.task)
+    task, model = checkpoint.build(saved, source)
     if onnx and (not task.onnx or saved.config.type_vocab_size):
         raise ValueError(f"--onnx exports single-text {' and '.join(t for t in tasks.names() if tasks.get(t).onnx)} "
                          f"models; this checkpoint is task={saved.task}"
@@ -39,8 +39,6 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`
         if onnx:
-            model = task.build_model(saved.config)
-            model.load_state_dict(saved.state)
             export_onnx(model, tmp / "model.onnx")
         checkpoint.write_export(saved, tmp, extra_files=("model.onnx",) if onnx else ())
         _apply_umask(tmp)

@@ -61,9 +61,11 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, texts: list, fn) -> torch.Tensor:
+        texts = checked_texts(texts, pairs=True)  # a list, whatever iterable came in
         outputs = [None] * len(texts)
         for chunk, batch in self._batches(self._encode(texts)):
-            result = fn(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().cpu()
+            result = finite(fn(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().cpu(),
+                            chunk)
             for row, i in enumerate(chunk):
                 outputs[i] = result[row]
         return torch.stack(outputs) if outputs else torch.empty(0)
@@ -71,6 +73,15 @@ class Predictor:
     def embed(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), embed_dim] pooled sentence vectors (model.pooling: [CLS] or mean)."""
         return self._run(texts, self.model.embed)
+
+
+def finite(outputs: torch.Tensor, chunk: list[int]) -> torch.Tensor:
+    """`outputs` of texts `chunk`, or a one-line ValueError: a prediction is never NaN without an error."""
+    bad = (~torch.isfinite(outputs)).flatten(1).any(1) if outputs.dim() > 1 else ~torch.isfinite(outputs)
+    if bad.any():
+        raise ValueError(f"the model computed NaN or inf for text {chunk[int(bad.nonzero()[0])]}: its weights are "
+                         f"damaged or overflow; use another checkpoint or export")
+    return outputs
 
 
 def checked_texts(texts, pairs: bool = False, words: bool = False) -> list:
@@ -99,12 +110,8 @@ def checked_texts(texts, pairs: bool = False, words: bool = False) -> list:
 def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> Predictor:
     """The `Predictor` of a `.ckpt` written by `python train.py` or of a folder written by
     `python -m encoder.export` (safetensors + JSON: no pickle at all)."""
-    from encoder import tasks  # the task modules import this module (their predictors extend Predictor)
-
     saved = checkpoint.read(path)
-    task = tasks.get(saved.task)
-    model = task.build_model(saved.config)
-    model.load_state_dict(saved.state)
+    task, model = checkpoint.build(saved, path)
     predictor = task.predictor_class(model, Tokenizer.from_str(saved.tokenizer_json), saved.max_length, batch_size,
                                      saved.label_names)
     predictor.task = saved.task

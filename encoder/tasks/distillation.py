@@ -160,7 +160,7 @@ def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path):
     try:
         extra = load_dataset(builder, data_files=files)["train"]
     except Exception as e:  # noqa: BLE001 - one line
-        raise load_error(e, f"distill.extra_text={source}") from None
+        raise load_error(e, f"distill.extra_text={source}", builder) from None
     if column not in extra.column_names:
         raise DataError(f"distill.extra_text_column={column!r} is not a column of {source}; "
                         f"its columns are {extra.column_names}")

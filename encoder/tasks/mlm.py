@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoder.model import ACTIVATIONS, ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor
+from encoder.predictor import Predictor, checked_texts, finite
 from encoder.tasks import Step, Task
 
 
@@ -43,12 +43,14 @@ class MaskedLMPredictor(Predictor):
         """One dict per text: `masks`, for each [MASK] in it (in order) the `top_k` most likely
         tokens with their probabilities."""
         mask_id = self.tokenizer.token_to_id("[MASK]")
+        texts = checked_texts(texts, pairs=True)
         results = [{"masks": []} for _ in texts]
         for chunk, batch in self._batches(self._encode(texts)):
             selected = batch["input_ids"] == mask_id
             if not selected.any():
                 continue
-            probs = self.model(batch["input_ids"], batch["padding_mask"], selected).float().softmax(-1).cpu()
+            logits = self.model(batch["input_ids"], batch["padding_mask"], selected).float().cpu()
+            probs = finite(logits, [chunk[row] for row in selected.nonzero()[:, 0].tolist()]).softmax(-1)
             top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
             rows = selected.nonzero()[:, 0].tolist()  # the batch row of each [MASK], in reading order
             for row, scores, ids in zip(rows, top.values.tolist(), top.indices.tolist()):

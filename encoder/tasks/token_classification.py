@@ -13,7 +13,7 @@ from torch import nn
 
 from encoder.collate import first_subtokens
 from encoder.model import ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor, checked_texts
+from encoder.predictor import Predictor, checked_texts, finite
 from encoder.tasks import Step, Task
 
 
@@ -52,9 +52,10 @@ class TokenPredictor(Predictor):
         first sub-token; words cut off by max_length get null."""
         words = self._words(texts)
         encodings = self.tokenizer.encode_batch(words, is_pretokenized=True)
-        tags: list[dict] = [{} for _ in texts]
+        tags: list[dict] = [{} for _ in words]
         for chunk, batch in self._batches(encodings):
-            best = self.model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).argmax(-1)
+            logits = self.model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float()
+            best = finite(logits.masked_fill(batch["padding_mask"].unsqueeze(-1), 0), chunk).argmax(-1)
             for row, i in enumerate(chunk):
                 tags[i] = {w: self.label_names[int(best[row, t])] for t, w in first_subtokens(encodings[i].word_ids)}
         return [{"words": ws, "tags": [t.get(w) for w in range(len(ws))]} for ws, t in zip(words, tags)]

@@ -1,4 +1,5 @@
-"""What keeps a run safe: atomic checkpoint files, and a clean stop on SIGINT/SIGTERM."""
+"""What keeps a run safe and legible: atomic checkpoint files, a clean stop on SIGINT/SIGTERM, a progress
+bar that stays right after a resume."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import signal
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -86,3 +89,17 @@ class GracefulShutdown(L.Callback):
 
     def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
         self._stop_if_signalled(trainer)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the epoch, total and ETA also for an epoch resumed in its middle
+    (Lightning does not start that epoch again, so the bar would show `Training: 30/?`)."""
+
+    def on_train_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_start(trainer, *args)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done and self.train_progress_bar is not None:
+            bar = self.train_progress_bar
+            bar.reset(total=convert_inf(self.total_train_batches))
+            bar.initial = bar.n = done  # the ETA counts from here: the skipped batches took no time
+            bar.set_description(f"Epoch {trainer.current_epoch}")

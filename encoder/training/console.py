@@ -25,3 +25,5 @@ def quiet() -> None:
             logger.addFilter(_DropNoise())
     # Lightning's own use of a torch.utils._pytree API that torch deprecated; nothing for a user to do
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # a new run never starts in a folder with checkpoints (train.py refuses it); a resumed one does on purpose
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

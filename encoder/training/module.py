@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from encoder import tasks
-from encoder.checkpoint import architecture
+from encoder.checkpoint import architecture, stamp
 from encoder.model import ModelConfig
 from encoder.tasks.distillation import taught
 from encoder.training.config import OptimConfig, TaskConfig
@@ -142,8 +142,15 @@ class EncoderModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._clock = None  # validation ran in between: do not count it
 
+    def on_train_batch_end(self, *args) -> None:
+        # trainer.max_steps ends training mid-epoch, where Lightning would not validate; asking it to
+        # stop makes it validate first, so checkpoints, early stopping and the test still have val/ metrics.
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
+
     # ---- exact resume: dropout's random state travels with the checkpoint ----------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        stamp(checkpoint)  # the weights' digest, which every reader checks
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -16,6 +16,7 @@ from encoder.training.config import DataConfig
 from encoder.tokenizer import as_text
 
 log = logging.getLogger(__name__)
+FLOAT32_MAX = 3.4028234663852886e38  # the model computes in float32 (or less)
 
 
 class Numbers:
@@ -31,9 +32,9 @@ class Numbers:
             number = float(value)
         except (TypeError, ValueError):
             number = float("nan")
-        if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")):
-            raise DataError(f"data.label_column={self.column!r} holds {value!r}, which is not a finite number; "
-                            f"regression needs numeric labels (fix or drop those rows)")
+        if isinstance(value, bool) or number != number or abs(number) > FLOAT32_MAX:
+            raise DataError(f"data.label_column={self.column!r} holds {value!r}, which is not a finite number a "
+                            f"float32 holds (|x| < 3.4e38); regression needs such labels (fix or drop those rows)")
         return number
 
 
@@ -80,6 +81,9 @@ def _check_split(ds: Dataset, split: str, column: str, kind: str, mapping: dict,
     values = _values(ds, column, kind)
     if None in values:
         missing = sum(v is None for v in ds[column])
+        if missing == len(ds):
+            raise DataError(f"the {split} split has no {column!r} labels at all (is the column missing from its "
+                            f"file?); every split needs data.label_column={column!r}")
         raise DataError(f"{missing} rows of the {split} split have no {column!r}; fill or drop them")
     if len(values) == 1:
         log.warning("every example of the %s split has the label %r: metrics on it say little", split, values[0])

@@ -18,11 +18,40 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "validation", "test")
 
 
+LOCAL_BUILDERS = ("csv", "json", "parquet", "text", "arrow")
+
+
 def describe(cfg: DataConfig) -> str:
     """How error messages name the data."""
-    if cfg.source or not cfg.data_files:
-        return cfg.source or (f"{cfg.path}/{cfg.name}" if cfg.name else cfg.path)
-    return "data.data_files"
+    if cfg.source:
+        return cfg.source
+    given = {s: f for s, f in cfg.data_files.items() if f} if isinstance(cfg.data_files, dict) else cfg.data_files
+    return "data.data_files" if given else (f"{cfg.path}/{cfg.name}" if cfg.name else cfg.path)
+
+
+def from_the_hub(cfg: DataConfig) -> bool:
+    return not cfg.source and cfg.path not in LOCAL_BUILDERS and not Path(cfg.path).exists()
+
+
+def go_offline_if_the_hub_is_unreachable() -> bool:
+    """Without a network, `datasets` retries the Hub five times (about 30 s of "Retrying in Ns") before it
+    looks in its cache. Check once, quickly; if the Hub cannot be reached, use the cache directly
+    (Hugging Face's own offline mode, as HF_HUB_OFFLINE=1 would). True when offline."""
+    import socket
+
+    import datasets
+    import huggingface_hub.constants
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return False
+    except OSError:
+        log.warning("the Hugging Face Hub is unreachable: using the local datasets cache (%s)",
+                    datasets.config.HF_DATASETS_CACHE)
+        datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return True
 
 
 def data_files(cfg: DataConfig, cache_dir: Path):
@@ -39,13 +68,27 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
     files = data_files(cfg, cache_dir)
     if not files and cfg.path in ("csv", "json", "parquet", "text"):
         raise DataError(f"data.path={cfg.path} needs files; set data.data_files.train=... (and .test=...)")
-    # No remote code: `datasets` >= 3 never runs dataset scripts unless asked, and we never ask.
+    # pandas reads "NA", "None", "NaN", "null"... in a csv as missing: a review "NA" or a label "None" would
+    # silently vanish. Only an empty cell is missing.
+    csv_options = {"keep_default_na": False, "na_values": [""]} if cfg.path == "csv" else {}
+    offline = from_the_hub(cfg) and go_offline_if_the_hub_is_unreachable()
+    # No remote code: `datasets` >= 4 never runs dataset scripts, and we never ask it to trust one.
     try:
-        raw: DatasetDict = load_dataset(cfg.path, cfg.name, data_files=files, revision=cfg.revision)
+        raw: DatasetDict = load_dataset(cfg.path, cfg.name, data_files=files, revision=cfg.revision, **csv_options)
     except Exception as e:  # noqa: BLE001 - turned into one line that says what to fix
-        raise load_error(e, describe(cfg)) from None
+        if offline:
+            import datasets
+
+            raise DataError(f"the Hugging Face Hub is unreachable and {describe(cfg)} is not in the local datasets "
+                            f"cache ({datasets.config.HF_DATASETS_CACHE}); load it once with a network, or point "
+                            f"at local files: data=local_files data.data_files.train=...") from None
+        raise load_error(e, describe(cfg), cfg.path) from None
     out = _pick_splits(raw, cfg)
     if "validation" not in out:
+        if len(out["train"]) < 2:  # one example for each of train and validation, at least
+            raise DataError(f"the train split of {describe(cfg)} has {len(out['train'])} example, too few to carve "
+                            f"a validation split from; add examples or give a validation split "
+                            f"(data.data_files.validation=...)")
         parts = out["train"].train_test_split(test_size=cfg.val_fraction, seed=seed)
         out["train"], out["validation"] = parts["train"], parts["test"]
         log.info("carved a %.0f%% validation split from train (seed %d)", 100 * cfg.val_fraction, seed)
@@ -91,7 +134,7 @@ def _check_columns(ds: Dataset, split: str, cfg: DataConfig, labelled: bool) -> 
                             f"its columns are {ds.column_names}")
 
 
-def load_error(error: Exception, where: str) -> DataError:
+def load_error(error: Exception, where: str, builder: str = "csv") -> DataError:
     """A one-line DataError for what `datasets`/pandas/pyarrow raise on bad files, by exception type
     where one exists (the message text only where the library raises a bare ValueError/ArrowInvalid)."""
     chain = [error]  # the exception and everything it was raised from, deepest last
@@ -106,6 +149,9 @@ def load_error(error: Exception, where: str) -> DataError:
     empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(error))  # a bare ValueError
     if empty:
         return DataError(f"the {empty.group(1)} split of {where} is empty; point data at non-empty files")
+    if builder == "json" and (raised(pyarrow.ArrowException) or raised(ValueError)):  # pyarrow's/pandas' JSON readers
+        return DataError(f"{where} has a line that is not one JSON object ({text}); JSON-lines files hold one "
+                         f"object per line, e.g. {{\"text\": \"...\", \"label\": \"...\"}}")
     # pyarrow reports bad UTF-8 as a plain ArrowInvalid: only its text tells
     if raised(UnicodeDecodeError) or any("utf8" in str(e).lower().replace("-", "") for e in chain):
         return DataError(f"{where} is not valid UTF-8 ({text}); re-encode the file as UTF-8, "
