@@ -165,4 +165,32 @@ def test_mlm_head_is_tied_to_the_token_embeddings_and_scores_selected_positions_
     expected = model.transform(hidden) @ model.encoder.embeddings.tokens.weight.T + model.bias
     torch.testing.assert_close(logits, expected)
     logits.sum().backward()  # the output projection trains the input embeddings
-    assert model.encoder.embeddings.tokens.weight.grad.abs().sum() > 0
+    grad = model.encoder.embeddings.tokens.weight.grad
+    unseen = sorted(set(range(5, 50)) - set(ids.flatten().tolist()))  # tokens no input row holds
+    assert unseen and grad[unseen].abs().sum(-1).min() > 0  # their rows learn through the tied head only
+
+
+def test_adamw_decays_weight_matrices_only_and_the_lr_warms_up_then_decays():
+    import lightning as L
+
+    from encoder.tokenizer import train_tokenizer
+    from encoder.training.module import EncoderModule
+
+    tokenizer = train_tokenizer(["a b c d e f g"] * 10, vocab_size=30, min_frequency=1)
+    module = EncoderModule("classification", {"embed_dim": 16, "num_layers": 1, "ffn_dim": 32, "pooler": True,
+                                              "attention": {"num_heads": 2}}, tokenizer.to_str(), 16,
+                           label_names=["a", "b"], optim={"warmup_steps": 10, "lr": 1e-3, "schedule": "linear"})
+    module.trainer = L.Trainer(max_steps=100, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    setup = module.configure_optimizers()
+    groups = {g["name"]: g for g in setup["optimizer"].param_groups}
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in groups["decay"]["params"])
+    assert groups["decay"]["weight_decay"] == 0.01 and groups["no_decay"]["weight_decay"] == 0.0
+    # matrices (linear, embeddings, MHA's packed in-projection) decay; biases and LayerNorms never
+    assert all(module.model.get_parameter(n).ndim == 2 for n in decayed)
+    assert "encoder.layers.0.attn.in_proj_weight" in decayed and "encoder.embeddings.tokens.weight" in decayed
+    assert not any("norm" in n or n.endswith("bias") for n in decayed)
+    assert len(decayed) + len(groups["no_decay"]["params"]) == len(names)
+    # linear warmup over 10 steps to the peak, then linear decay to 0 at step 100
+    schedule = setup["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert [schedule(s) for s in (0, 4, 9, 10, 55, 100)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.5, 0.0])
