@@ -54,4 +54,4 @@ class WeightsAtStart(L.Callback):
 
 TINY = ["model=tiny", "trainer=debug", "data.max_train_samples=256", "data.max_eval_samples=64",
         "data.batch_size=16", "tokenizer.vocab_size=1000", "trainer.limit_train_batches=8",
-        "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", "~callbacks.model_summary"]
+        "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "~callbacks.model_summary"]

@@ -87,9 +87,10 @@ class EncoderModule(L.LightningModule):
         step = self._step(batch, "train")
         if not self._finite(step.loss):
             return None  # Lightning skips backward and the optimizer step
-        self.train_metric(step.predictions, step.targets)
-        self.log(f"train/{self.task.train_metric}", self.train_metric, on_step=True, on_epoch=True,
-                 batch_size=step.count)
+        if len(step.targets):  # a distillation batch of extra text only has no gold label to score
+            self.train_metric(step.predictions, step.targets)
+            self.log(f"train/{self.task.train_metric}", self.train_metric, on_step=True, on_epoch=True,
+                     batch_size=step.count)
         self._log_throughput(batch)
         return step.loss
 

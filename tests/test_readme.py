@@ -1,0 +1,135 @@
+"""The README's commands are part of the product: every `python train.py ...` line composes, checks and builds
+its Trainer as written, and every one that can run offline on a small budget runs (train.py in-process,
+with a few budget overrides appended; predict and export through their command lines), its placeholders
+(best.ckpt, my_model/, outputs/.../) filled with what the earlier commands produced."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, compose
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+HUB = ("imdb", "rotten_tomatoes", "ag_news", "sst2", "yelp_polarity", "mrpc", "rte", "conll2003", "wikitext103")
+BUDGET = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+          "trainer.limit_test_batches=1", "data.max_train_samples=64", "data.max_eval_samples=32",
+          "~callbacks.tensorboard_visuals", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"]
+# files a reader brings along (their own data, a BERT folder, checkpoints of tasks trained on them)
+OWN_FILES = ("/path/to", "train.jsonl", "corpus.txt", "nli.csv", "pairs.ckpt", "ner.ckpt")
+
+
+def commands(prefix: str) -> list[list[str]]:
+    """The arguments of each README line that runs `prefix`, also at the end of a setup line (`... && python
+    train.py`), without its comment; the same command twice counts once."""
+    lines = [re.split(r"\s+#\s", line.strip())[0] for line in README.replace("\\\n", " ").splitlines()]
+    found = [line.split(f"&& {prefix}", 1)[1] if f"&& {prefix}" in line else line[len(prefix):]
+             for line in lines if line.startswith(prefix) or f"&& {prefix}" in line]
+    return [list(args) for args in dict.fromkeys(tuple(shlex.split(line)) for line in found)]
+
+
+def offline(args: list[str]) -> bool:
+    gpu = any(a in ("trainer=gpu", "trainer=fsdp") for a in args) or (
+        "trainer=ddp" in args and "trainer.accelerator=cpu" not in args)
+    return not gpu and not any(a.split("=")[-1] in HUB for a in args if a.startswith("data=")) and \
+        not any(own in a for a in args for own in OWN_FILES) and "resume=auto" not in args
+
+
+TRAIN = commands("python train.py")
+
+
+def runnable(args: list[str]) -> bool:
+    """In this process: not a sweep (-m), not --help, not a DDP launch (tests/test_distributed.py runs those)."""
+    return offline(args) and not any(a.startswith("-") or a.startswith("trainer=ddp") for a in args)
+
+
+def needs_earlier(args: list[str]) -> bool:
+    return any(p in " ".join(args) for p in ("outputs/", "my_export/", "ckpt_path="))
+
+
+def test_the_readme_has_the_commands_this_test_runs():
+    assert len(TRAIN) >= 25 and len(commands("python -m encoder.predict")) >= 8
+
+
+@pytest.mark.parametrize("args", [a for a in TRAIN if "--help" not in a and "resume=auto" not in a],
+                         ids=lambda a: " ".join(a)[:60] or "(defaults)")
+def test_every_train_command_composes_checks_and_builds_its_trainer(args, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    from encoder.training.launch import build_trainer_alone, compose as compose_config
+
+    overrides = [a.replace("<time>", "2026-01-01_00-00-00") for a in args if not a.startswith("-")]  # a placeholder
+    overrides = [re.sub(r",[^=]*$", "", o) if "," in o and "[" not in o else o for o in overrides]  # a sweep's first
+    cfg = compose_config(str(ROOT / "configs"), "train", overrides)
+    HydraConfig.instance().set_config(cfg)
+    from encoder.training.config import validate
+
+    validate(cfg)
+    if offline(args):  # no GPU here: the GPU lines are checked up to building their Trainer
+        build_trainer_alone(cfg, overrides)
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory, rt_files):
+    """Run the offline README training commands on a budget; what they wrote, by the README's placeholders."""
+    import train
+
+    out = tmp_path_factory.mktemp("readme")
+    runs = {}
+    for args in (a for a in TRAIN if runnable(a)):
+        if needs_earlier(args):
+            continue  # run in the test below, on what these runs wrote
+        folder = out / f"run{len(runs)}"
+        train.train(compose([*args, *BUDGET], folder))
+        runs[" ".join(args)] = folder
+    return out, runs
+
+
+def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
+    default = runs[""]
+    best = str(next((default / "checkpoints").glob("best-*.ckpt")))
+    replacements = {
+        "outputs/.../checkpoints/best-....ckpt": best,
+        "outputs/.../checkpoints/last.ckpt": str(default / "checkpoints" / "last.ckpt"),
+        "outputs/mlm_rotten_tomatoes_corpus/<time>/checkpoints/last.ckpt":
+            str(runs["task=mlm data=rotten_tomatoes_corpus"] / "checkpoints" / "last.ckpt"),
+        "outputs/minilm_rotten_tomatoes/<time>/checkpoints/best-....ckpt":
+            str(next((runs["experiment=minilm_rotten_tomatoes"] / "checkpoints").glob("best-*.ckpt"))),
+        "regression.ckpt": str(next((runs["task=regression data=vader_sentiment"] / "checkpoints").glob("best-*"))),
+        "mlm.ckpt": str(runs["task=mlm data=rotten_tomatoes_corpus"] / "checkpoints" / "last.ckpt"),
+        "best.ckpt": best,
+        "my_model/": str(out / ("my_model_onnx" if onnx else "my_model")),
+        "my_export/": str(out / "my_export"),  # the README's model=tiny run, exported
+        "texts.txt": str(out / "texts.txt"),
+    }
+    for placeholder, value in replacements.items():
+        arg = arg.replace(placeholder, value)
+    return arg
+
+
+def test_the_offline_readme_commands_run_as_written(produced):
+    import train
+
+    from encoder.export import export
+
+    out, runs = produced
+    assert {"", "trainer=debug", "task=mlm data=rotten_tomatoes_corpus"} <= set(runs)
+    tiny = next(folder for args, folder in runs.items() if args.startswith("model=tiny"))
+    export(tiny / "checkpoints" / "last.ckpt", out / "my_export")
+    (out / "texts.txt").write_text("a gorgeous, witty, seductive movie\n\nso dull\n", encoding="utf-8")
+    for line in ("python -m encoder.export", "python -m encoder.predict"):  # export first: predict reads it
+        for args in filter(offline, commands(line)):
+            filled = [fill(a, out, runs, onnx="--onnx" in args) for a in args]
+            done = subprocess.run([sys.executable, "-m", line.split()[-1], *filled], capture_output=True, text=True,
+                                  cwd=ROOT, timeout=300)
+            assert done.returncode == 0 and done.stdout.strip(), (args, done.stderr[-2000:])
+    later = [a for a in TRAIN if runnable(a) and needs_earlier(a)]
+    assert len(later) >= 4
+    for i, args in enumerate(later):
+        filled = [fill(a, out, runs) for a in args]
+        resumed = next((a.split("=", 1)[1] for a in filled if a.startswith("ckpt_path=")), None)
+        # a resume continues in its checkpoint's run directory; anything else starts a new one
+        train.train(compose([*filled, *BUDGET], Path(resumed).parents[1] if resumed else out / f"later{i}"))
