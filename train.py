@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from encoder import checkpoint, tasks
@@ -81,12 +82,17 @@ def check_resumable(ckpt_path: str, module: EncoderModule) -> None:
                           f"with the config that run used (its .hydra/config.yaml)")
 
 
-def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, object]:
-    """The Trainer with its callbacks and logger; an argument Lightning refuses is one ConfigError line."""
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer with its callbacks and loggers; an argument Lightning refuses is one ConfigError line."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    logger = instantiate(cfg.logger)
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=logger), logger
+        loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    except InstantiationException as e:  # W&B or MLflow without their package, mostly
+        cause = e.__cause__ or e
+        raise ConfigError(f"logger: {(str(cause).strip().splitlines() or [type(cause).__name__])[0]} (the extras "
+                          f"install them: pip install 'encoder[wandb]' or 'encoder[mlflow]')") from None
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except InstantiationException as e:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         raise trainer_error(e, overrides) from None
@@ -128,7 +134,7 @@ def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderM
     return module
 
 
-def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodule, logger) -> tuple[dict, str]:
+def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodule) -> tuple[dict, str]:
     """Test the best checkpoint; the run's final metrics (+ `objective` for sweepers), logged and written."""
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
@@ -138,15 +144,25 @@ def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodul
     if cfg.test and "test" in datamodule.datasets:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in results[0].items()})
-    # The HPARAMS tab: the whole flat config next to the final metrics, once per run.
-    logger.log_hyperparams(resolved(cfg), {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
-    logger.finalize("success")  # flush: the hparams summary is the last thing written
+    for logger in trainer.loggers:  # the whole flat config; TensorBoard's HPARAMS tab puts the final metrics next to it
+        final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
+        logger.log_hyperparams(resolved(cfg), *([final] if isinstance(logger, TensorBoardLogger) else []))
+        logger.finalize("success")  # flush: the hparams summary is the last thing written
+        if isinstance(logger, WandbLogger):  # end the W&B run: the next job of a sweep starts its own
+            logger.experiment.finish()
     metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
     if trainer.is_global_zero:  # for sweep summaries and scripts
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"metrics": metrics, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(record, indent=2))
     return metrics, best
+
+
+def where(logger) -> str:
+    """Where a logger's records are, as a user opens them."""
+    if isinstance(logger, TensorBoardLogger):
+        return f"tensorboard --logdir {logger.log_dir}"
+    return str(getattr(logger, "log_dir", None) or logger.save_dir)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -159,7 +175,7 @@ def train(cfg: DictConfig) -> dict:
         raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
                           f"(to continue that run, pass ckpt_path=...)")
     remove_stale_temp_files(run_dir / "checkpoints")
-    trainer, logger = build_trainer(cfg)  # before the data: Lightning checks its arguments here
+    trainer = build_trainer(cfg)  # before the data: Lightning checks its arguments here
     L.seed_everything(cfg.seed, workers=True)
     datamodule, init = build_data(cfg, checked)
     module = build_module(checked, datamodule, init, resuming=bool(ckpt_path))
@@ -167,10 +183,11 @@ def train(cfg: DictConfig) -> dict:
         check_resumable(ckpt_path, module)
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics, best = finish(cfg, trainer, module, datamodule, logger)
+    metrics, best = finish(cfg, trainer, module, datamodule)
     if trainer.is_global_zero:
         print(f"run directory:   {run_dir}")
-        print(f"tensorboard:     tensorboard --logdir {logger.log_dir}")
+        for logger in trainer.loggers:
+            print(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
         print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
         print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     return metrics

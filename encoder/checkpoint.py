@@ -268,7 +268,9 @@ def build(saved: Saved, source: str | os.PathLike):
         model = task.build_model(saved.config)
         model.load_state_dict(saved.state)
     except (RuntimeError, ValueError, TypeError) as e:  # ConfigError is a ValueError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        lines = [line.strip() for line in str(e).strip().splitlines()] or [type(e).__name__]
+        first = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                     lines[0])
         raise CheckpointError(f"{source}: its weights do not fit the architecture it describes ({first}); "
                               f"re-export it from its checkpoint") from None
     return task, model

@@ -16,6 +16,7 @@ import torch
 
 import encoder
 from conftest import ROOT, TINY, compose
+from encoder import checkpoint
 from encoder.errors import CheckpointError, ConfigError, DataError
 
 ONE_LINE = (ConfigError, DataError, CheckpointError)  # what the entry points print as `error: <message>`
@@ -263,6 +264,8 @@ def test_corrupt_checkpoints_get_one_line_through_every_entry_point(earlier, tmp
     for name, path in corrupt_checkpoints(earlier / "checkpoints" / "last.ckpt", tmp_path).items():
         if entry == "load_model":
             message = one_line(lambda: encoder.load_model(path))
+        elif name not in ("truncated", "random bytes", "no state_dict"):
+            continue  # the command lines share load_model's reading: three kinds through each suffice
         else:
             args = [path, "a text"] if entry == "predict" else [path, tmp_path / f"export-{path.stem}"]
             done = cli(f"encoder.{entry}", *args)
@@ -284,7 +287,9 @@ def test_corrupt_checkpoints_get_one_line_through_train_py(earlier, tmp_path, ov
 EXPORT_BREAKS = {
     "config.json is a list": lambda f: (f / "config.json").write_text("[1, 2]"),
     "config.json lacks model": lambda f: edit_json(f / "config.json", lambda c: c.pop("model")),
-    "weights of another shape": lambda f: edit_json(f / "config.json", lambda c: c["model"].update(embed_dim=32)),
+    # an export whose manifest was rewritten to match (edited with its hashes): the shapes still do not fit
+    "weights of another shape": lambda f: edit_json(f / "config.json", lambda c: (
+        c["model"].update(embed_dim=32), c["sha256"].update(config=checkpoint._config_digest(c)))),
     "no tokenizer.json": lambda f: (f / "tokenizer.json").unlink(),
 }
 
@@ -296,7 +301,8 @@ def test_broken_exports_get_one_line(earlier, tmp_path, brk):
     folder = export(earlier / "checkpoints" / "last.ckpt", tmp_path / "export")
     EXPORT_BREAKS[brk](folder)
     assert str(folder) in one_line(lambda: encoder.load_model(folder))
-    assert_one_error_line(cli("encoder.predict", folder, "a text"), 2, str(folder))
+    if brk == "weights of another shape":  # and through the command line
+        assert_one_error_line(cli("encoder.predict", folder, "a text"), 2, str(folder))
 
 
 @pytest.mark.parametrize("args,message", [

@@ -163,3 +163,23 @@ def test_corpus_long_texts_are_chunked_not_truncated_and_empty_texts_dropped(tmp
     assert len(rows) == 2 + -(-len(tok.encode(words, add_special_tokens=False).ids) // 14)
     batch = next(iter(dm.train_dataloader()))
     assert batch["labels"].shape == batch["input_ids"].shape  # masked-LM labels, per token
+
+
+def test_offline_a_hub_dataset_that_is_not_cached_is_named_at_once(tmp_path, monkeypatch, caplog):
+    import socket
+
+    import datasets
+    import huggingface_hub.constants
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # restored after the test, as is the next
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    dm = module(tmp_path, path="encoder-tests/not-a-cached-dataset", data_files=None)
+    with pytest.raises(DataError, match=r"^the Hugging Face Hub is unreachable and encoder-tests/not-a-cached-dataset "
+                                        r"is not in the local datasets cache \(.+\); load it once with a network, or "
+                                        r"point at local files: data=local_files data.data_files.train=...$"):
+        dm.setup()
+    assert "Retrying" not in caplog.text  # no five rounds of retries first

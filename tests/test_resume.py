@@ -63,7 +63,7 @@ def assert_same_training(straight, resumed, from_step):
     assert [resumed_losses[s] for s in overlap] == pytest.approx([straight_losses[s] for s in overlap], abs=1e-6)
 
 
-def test_resume_mid_epoch_matches_straight_training(straight, tmp_path, monkeypatch):
+def test_resume_mid_epoch_matches_straight_training(straight, tmp_path, recwarn):
     from encoder.training.callbacks import Interrupted
 
     first = tmp_path / "first"
@@ -73,8 +73,11 @@ def test_resume_mid_epoch_matches_straight_training(straight, tmp_path, monkeypa
     assert stop.value.step == 5 and stop.value.path == first / "checkpoints" / "last.ckpt"
     assert torch.load(stop.value.path, weights_only=True)["global_step"] == 5
     resumed = tmp_path / "resumed"
+    recwarn.clear()
     run(resumed, "trainer.max_epochs=2", f"ckpt_path={stop.value.path}")
     assert_same_training(straight, resumed, from_step=5)
+    # our loader is resumable and says so: Lightning has nothing to warn about
+    assert not [w for w in recwarn if "not resumable" in str(w.message)], [str(w.message) for w in recwarn]
 
 
 def test_resume_at_epoch_boundary_matches_straight_training(straight, tmp_path):

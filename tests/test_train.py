@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,14 @@ def test_fit_writes_checkpoints_metrics_and_tensorboard_events(run):
     assert "_hparams_/session_start_info" in plugin
     assert b"model/embed_dim" in plugin["_hparams_/session_start_info"]
     assert "hp/test_acc" in tags
+
+
+def test_every_tensorboard_name_the_readme_states_is_logged(run):
+    section = (ROOT / "README.md").read_text().split("## TensorBoard")[1].split("Every validation epoch")[0]
+    stated = set(re.findall(r"`((?:train|val|test|lr|perf|hp)/\w+|epoch)`", section))
+    assert len(stated) >= 15
+    events = EventAccumulator(str(run["dir"] / "tensorboard")).Reload()
+    assert stated <= set(events.Tags()["scalars"]), sorted(stated - set(events.Tags()["scalars"]))
 
 
 def test_tensorboard_shows_attention_maps_confusion_matrix_projector_and_histograms(run, tmp_path):

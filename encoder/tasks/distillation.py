@@ -128,13 +128,14 @@ def _weights_digest(path: Path) -> str:
 
 def _label(ds, predictor, data, digest: str):
     """`ds` with the teacher's outputs per example (cached by `datasets`, keyed by data and teacher)."""
-    from encoder.tokenizer import fingerprint
+    from encoder.tokenizer import as_text, fingerprint
 
     def run_teacher(batch: dict) -> dict:
         global teacher_batches_run
         teacher_batches_run += 1
-        texts = batch[data.text_column] if not data.text_pair_column else \
-            list(zip(batch[data.text_column], batch[data.text_pair_column]))
+        texts = [as_text(t) for t in batch[data.text_column]]  # the reading of a text training uses
+        if data.text_pair_column:
+            texts = list(zip(texts, [as_text(t) for t in batch[data.text_pair_column]]))
         return {"teacher": predictor._run(texts, predictor.model).tolist()}
 
     return ds.map(run_teacher, batched=True, batch_size=1024, desc="teacher outputs",

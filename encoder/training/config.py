@@ -196,7 +196,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # lightning.Trainer's own arguments
     callbacks: Dict[str, Any] = field(default_factory=dict)
-    logger: Any = None
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> a Lightning logger; several at once
     paths: Dict[str, str] = field(default_factory=dict)
     name: str = MISSING
     seed: int = 42
