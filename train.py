@@ -27,12 +27,13 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from encoder import checkpoint, tasks
-from encoder.errors import CheckpointError, ConfigError, DataError
+from encoder.errors import CheckpointError, ConfigError, DataError, LabelSetError
 from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
 from encoder.training.console import quiet
 from encoder.training.launch import help_text, newest_unfinished, preflight, trainer_error
+from encoder.training.data.datamodule import TextDataModule
 from encoder.training.module import EncoderModule
 
 log = logging.getLogger("encoder")
@@ -134,7 +135,7 @@ def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderM
     return module
 
 
-def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodule) -> tuple[dict, str]:
+def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodule) -> dict:
     """Test the best checkpoint; the run's final metrics (+ `objective` for sweepers), logged and written."""
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
@@ -144,6 +145,14 @@ def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodul
     if cfg.test and "test" in datamodule.datasets:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in results[0].items()})
+    metrics = record(cfg, trainer, metrics)
+    if trainer.is_global_zero:
+        print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
+    return metrics
+
+
+def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
+    """The run's final metrics, plus `objective` for sweepers: to every logger, metrics.json and the console."""
     for logger in trainer.loggers:  # the whole flat config; TensorBoard's HPARAMS tab puts the final metrics next to it
         final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
         logger.log_hyperparams(resolved(cfg), *([final] if isinstance(logger, TensorBoardLogger) else []))
@@ -153,9 +162,13 @@ def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodul
     metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
     if trainer.is_global_zero:  # for sweep summaries and scripts
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        record = {"metrics": metrics, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
-        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(record, indent=2))
-    return metrics, best
+        written = {"metrics": metrics, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(written, indent=2))
+        print(f"run directory:   {cfg.paths.output_dir}")
+        for logger in trainer.loggers:
+            print(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
+        print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return metrics
 
 
 def where(logger) -> str:
@@ -165,9 +178,53 @@ def where(logger) -> str:
     return str(getattr(logger, "log_dir", None) or logger.save_dir)
 
 
+def evaluate(cfg: DictConfig, checked: Checked) -> dict:
+    """train=false: the task's test metrics of `ckpt_path` on this data's test split, without training. The
+    checkpoint brings its tokenizer, labels and max_length; data labels outside its label set are refused."""
+    if not cfg.ckpt_path:
+        raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=...")
+    saved = checkpoint.read(cfg.ckpt_path)
+    trainer = build_trainer(cfg)
+    data = {**OmegaConf.to_container(cfg.data, resolve=True), "max_length": saved.max_length,
+            "label_names": saved.label_names,
+            "splits": {"train": None, "validation": None, "test": cfg.data.splits.get("test") or "test"}}
+    data.pop("_target_")
+    tokenizer = {"path": str(pretrained.cached_tokenizer(saved.tokenizer_json, cfg.paths.cache_dir))}
+    datamodule = TextDataModule(task=saved.task, tokenizer=tokenizer, cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
+                                **data)
+    try:
+        datamodule.prepare_data()
+    except LabelSetError as e:
+        raise ConfigError(f"the {e.split} split has labels {', '.join(e.outside)} that {cfg.ckpt_path} was not "
+                          f"trained on (its labels: {e.names}); evaluate it on data with those labels") from None
+    module = EncoderModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True, distill=None)
+    results = trainer.test(module, datamodule=datamodule)[0]
+    metrics = {k: float(v) for k, v in results.items()}
+    if cfg.predictions:
+        write_predictions(cfg, datamodule)
+    return record(cfg, trainer, metrics)
+
+
+def write_predictions(cfg: DictConfig, datamodule) -> None:
+    """<run dir>/predictions.jsonl: each test text, its gold label and the prediction (as predict gives it)."""
+    from encoder.predictor import load_model
+
+    raw = datamodule.raw["test"]
+    texts = raw[datamodule.cfg.text_column]
+    if datamodule.cfg.text_pair_column:
+        texts = list(zip(texts, raw[datamodule.cfg.text_pair_column]))
+    rows = load_model(cfg.ckpt_path).predict([t if t is not None else "" for t in texts])
+    gold = raw[datamodule.cfg.label_column] if datamodule.cfg.label_column in raw.column_names else [None] * len(rows)
+    with open(Path(cfg.paths.output_dir) / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for text, label, row in zip(texts, gold, rows):
+            f.write(json.dumps({"text": text, "gold": label, **row}, ensure_ascii=False) + "\n")
+
+
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns its final metrics (plus `objective` for sweepers)."""
     checked = validate(cfg)
+    if not cfg.train:
+        return evaluate(cfg, checked)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_from(cfg, run_dir)
     continuing = ckpt_path is not None and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve()
@@ -183,14 +240,7 @@ def train(cfg: DictConfig) -> dict:
         check_resumable(ckpt_path, module)
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics, best = finish(cfg, trainer, module, datamodule)
-    if trainer.is_global_zero:
-        print(f"run directory:   {run_dir}")
-        for logger in trainer.loggers:
-            print(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
-        print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
-        print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return metrics
+    return finish(cfg, trainer, module, datamodule)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ def default_data(max_length: int = 128, **kwargs) -> TextDataModule:
 
 def model_config(size: str, vocab_size: int, **overrides) -> ModelConfig:
     """BERT's recipe at a given size: post-LN, GELU, learned positions, [CLS] + pooler."""
-    return ModelConfig(vocab_size=vocab_size, pooler=True, **{**SIZES[size], **overrides})
+    return ModelConfig(vocab_size=vocab_size, **{"pooler": True, **SIZES[size], **overrides})
 
 
 def random_batches(dm: TextDataModule, batch_size: int, count: int, seed: int = 0) -> list[dict]:

@@ -3,6 +3,7 @@ padded batches, and vs a naive `need_weights=True` padded layer. Also model FLOP
 
     python benchmarks/train_step.py [--sizes small base] [--pairs 5]
     python benchmarks/train_step.py --compile          # ours eager vs torch.compile
+    python benchmarks/train_step.py --defaults         # the default `small` (0.2) vs the one before it
 
 One step = forward + backward + AdamW step, in train mode (dropout on), on CPU unless --device cuda.
 The contenders alternate (ours, HF, naive, ours, HF, ...) and ratios are medians over the rounds.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from common import (NaiveLayer, alternate, default_data, flops_per_token, full_batches, machine, median_ratio,
                     model_config, peak_flops_fp32, random_batches, real_tokens)
 from encoder.hf import to_bert
+from encoder.model import AttentionConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 
@@ -86,11 +88,28 @@ def compile_check(dm, vocab: int, pairs: int) -> float:
     return ratio
 
 
+def defaults_check(dm, vocab: int, pairs: int) -> float:
+    """The default `small` of 0.2 (mean pooling, no attention dropout: the fused attention kernel runs in
+    training) vs the one before it ([CLS] pooling, attention dropout 0.1), same batches, alternating."""
+    batches = random_batches(dm, 32, 4)
+    torch.manual_seed(0)
+    before = EncoderForSequenceClassification(model_config("small", vocab, pooler=False)).train()
+    now = EncoderForSequenceClassification(model_config("small", vocab, pooler=False, pooling="mean",
+                                                         attention=AttentionConfig(num_heads=4, dropout=0.0))).train()
+    times = alternate({"before": step_fn(before, batches, False), "now": step_fn(now, batches, False)}, pairs)
+    for name, t in times.items():
+        print(f"{name:6s} median {statistics.median(t):.2f} s per 4 steps of 32 mixed-length texts")
+    ratio = median_ratio(times, "before", "now")
+    print(f"default small, now vs before: {ratio:.2f}x the training-step speed (median of {pairs} rounds)")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["small", "base"])
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="only: eager vs torch.compile for ours")
+    parser.add_argument("--defaults", action="store_true", help="only: today's default small vs the one before")
     args = parser.parse_args()
     dm = default_data()
     vocab = dm.tokenizer.get_vocab_size()
@@ -98,6 +117,9 @@ def main() -> None:
     print(f"machine: {machine()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
     if args.compile:
         compile_check(dm, vocab, args.pairs)
+        return
+    if args.defaults:
+        defaults_check(dm, vocab, args.pairs)
         return
     plan = {"small": (32, 4), "base": (8, 2)}  # batch size, batches per timed round
     results = []

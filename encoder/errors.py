@@ -14,6 +14,15 @@ class DataError(ValueError):
     """The data does not fit the configuration; the message names the file or split and the fix."""
 
 
+class LabelSetError(DataError):
+    """A split holds labels outside the label set (the configured one, or a checkpoint's)."""
+
+    def __init__(self, split: str, outside: list[str], names: list[str]):
+        self.split, self.outside, self.names = split, outside, names
+        super().__init__(f"the {split} split has labels {', '.join(outside)} outside the label set {names}; "
+                         f"fix the data or set data.label_names")
+
+
 class CheckpointError(ValueError):
     """A checkpoint or export cannot be used (missing, corrupt, modified, foreign)."""
 

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import encoder
 from conftest import ROOT, TINY, compose
+from encoder.errors import ConfigError
 from encoder.training.module import EncoderModule
 
 TEXTS = ["a gorgeous, witty, seductive movie", "", "   ", "dull " * 20_000, "x" * 100_000,
@@ -145,8 +146,6 @@ def test_load_model_refuses_pickles_that_need_arbitrary_globals(tmp_path):
 def test_a_second_run_into_the_same_directory_is_refused(run):
     import train
 
-    from encoder.errors import ConfigError
-
     before = sorted(p.stat().st_mtime for p in (run["dir"] / "checkpoints").iterdir())
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train.train(compose(TINY, run["dir"]))
@@ -265,3 +264,29 @@ def test_figures_fit_their_labels():
                 extent = label.get_window_extent(renderer)
                 assert canvas.contains(extent.x0, extent.y0) and canvas.contains(extent.x1, extent.y1), \
                     (label.get_text(), extent, (width, height))
+
+
+def test_train_false_evaluates_a_checkpoint_on_other_data(run, tmp_path):
+    import train
+
+    rows = [("a gorgeous, witty, seductive movie", "fresh"), ("dull and lifeless", "rotten"), ("a joy", "fresh")]
+    new = tmp_path / "new.csv"
+    new.write_text("review,verdict\n" + "".join(f'"{t}",{y}\n' for t, y in rows), encoding="utf-8")
+    common = ["train=false", f"ckpt_path={run['best']}", "data=local_files", f"data.data_files.test={new}",
+              "data.text_column=review", "data.label_column=verdict"]
+    out = tmp_path / "eval"
+    metrics = train.train(compose([*common, "predictions=true"], out))
+    assert set(metrics) >= {"test/acc", "test/f1", "test/loss"} and not list(out.glob("checkpoints/*"))
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["test/acc"] == metrics["test/acc"]
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["text"], r["gold"]) for r in lines] == rows and all(r["label"] in ("rotten", "fresh") for r in lines)
+    assert sum(r["label"] == r["gold"] for r in lines) / 3 == pytest.approx(metrics["test/acc"])
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"] and "test/acc" in events.Tags()["scalars"]
+    # a label the checkpoint never learned is refused in one line; so is train=false without a checkpoint
+    new.write_text("review,verdict\ngood,fresh\nso-so,meh\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^the test split has labels 'meh' that .* was not trained on \(its labels: "
+                                          r"\['rotten', 'fresh'\]\); evaluate it on data with those labels$"):
+        train.train(compose(common, tmp_path / "eval2"))
+    with pytest.raises(ConfigError, match="train=false evaluates a checkpoint: pass ckpt_path"):
+        train.train(compose(["train=false"], tmp_path / "eval3"))

@@ -202,7 +202,9 @@ class TrainConfig:
     seed: int = 42
     ckpt_path: Optional[str] = None
     resume: Optional[str] = None
+    train: bool = True  # false: evaluate ckpt_path on the data's test split, no training
     test: bool = True
+    predictions: bool = False  # also write predictions.jsonl for the test split
     objective: str = MISSING
 
 

@@ -84,7 +84,9 @@ def run_directory(cfg: DictConfig, overrides: list[str]) -> list[str]:
     given = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
     extra = []
     ckpt = cfg.ckpt_path
-    if cfg.resume == "auto" and not ckpt:
+    if not cfg.train:  # an evaluation is a run of its own: a new directory
+        ckpt = None
+    elif cfg.resume == "auto" and not ckpt:
         HydraConfig.instance().set_config(cfg)  # `name` is ${hydra:runtime.choices.data} by default
         ckpt = str(newest_unfinished(Path("outputs") / cfg.name))
         extra += [f"ckpt_path={ckpt}", "resume=null"]

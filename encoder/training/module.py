@@ -99,8 +99,10 @@ class EncoderModule(L.LightningModule):
         self.task.update(self.val_metrics, step)
         return step.predictions  # for callbacks (the confusion matrix in encoder.training.visualize)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.task.update(self.test_metrics, self._step(batch, "test"))
+    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        step = self._step(batch, "test")
+        self.task.update(self.test_metrics, step)
+        return step.predictions  # for callbacks (the confusion matrix)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)

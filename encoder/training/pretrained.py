@@ -49,7 +49,7 @@ def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
         arch, state, _ = load_bert(path)
         return Pretrained(path, arch, state, path / "tokenizer.json")
     saved = checkpoint.read(path)
-    tokenizer_path = path / "tokenizer.json" if path.is_dir() else _cached_tokenizer(saved.tokenizer_json, cache_dir)
+    tokenizer_path = path / "tokenizer.json" if path.is_dir() else cached_tokenizer(saved.tokenizer_json, cache_dir)
     cfg = saved.config  # defaults filled in
     arch = {k: getattr(cfg, k) for k in SHAPE_KEYS}
     arch["attention"] = {k: getattr(cfg.attention, k) for k in ("num_heads", "bias", "add_bias_kv", "add_zero_attn")}
@@ -57,7 +57,7 @@ def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
     return Pretrained(path, arch, state, tokenizer_path)
 
 
-def _cached_tokenizer(tokenizer_json: str, cache_dir: str | Path | None) -> Path:
+def cached_tokenizer(tokenizer_json: str, cache_dir: str | Path | None) -> Path:
     """A checkpoint's tokenizer, written once into the cache (the run reads tokenizers from files)."""
     digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"from-checkpoint-{digest}.json"

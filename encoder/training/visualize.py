@@ -5,7 +5,8 @@ Every `every_n_epochs` validation epochs (not during the sanity check) it logs, 
 TensorBoardLogger:
 - IMAGES `attention/sentence<i>/heads_mean`: each layer's head-averaged attention for a few fixed
   validation sentences, tokens on both axes; `attention/sentence<i>/layer<l>`: each head.
-- IMAGES `val/confusion_matrix`: counts, true label per row, predicted label per column.
+- IMAGES `val/confusion_matrix` (and `test/confusion_matrix` once, after training or train=false):
+  counts, true label per row, predicted label per column.
 - PROJECTOR `pooled`: the pooled ([CLS] or mean) vectors of the first validation examples, with
   their label and text as metadata.
 - HISTOGRAMS `weights/*` and `grads/*` every `histogram_every_n_steps` optimizer steps, when
@@ -103,6 +104,20 @@ class TensorBoardVisuals(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.confusion is not None and isinstance(outputs, torch.Tensor):
             self.confusion.update(outputs.argmax(-1), batch["labels"])
+
+    # ---- and over the test split, once (test/confusion_matrix) ---------------------------------
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        label_names = pl_module.hparams.get("label_names")
+        due = self._writer(trainer) is not None and label_names and pl_module.task.confusion_matrix
+        self.confusion = MulticlassConfusionMatrix(len(label_names)).to(pl_module.device) if due else None
+
+    on_test_batch_end = on_validation_batch_end
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        matrix = self.confusion.compute() if self.confusion is not None else None  # all ranks: it syncs
+        if matrix is not None and trainer.is_global_zero:
+            figure = confusion_figure(matrix, pl_module.hparams.label_names, f"test, step {trainer.global_step}")
+            self._writer(trainer).add_figure("test/confusion_matrix", figure, trainer.global_step)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):

@@ -48,6 +48,7 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.collator: Collator | None = None  # built once the tokenizer exists
         self.datasets: dict[str, Dataset] = {}
+        self.raw: dict[str, Dataset] = {}
 
     @property
     def labelled(self) -> bool:
@@ -68,7 +69,8 @@ class TextDataModule(L.LightningDataModule):
         if self.labelled:
             self.label_names, mapping = prepare_labels(raw, self.cfg, self.task.labels)
         raw = self.task.prepare(self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)
-        self.tokenizer = self._tokenizer(raw["train"])
+        self.raw = raw  # the texts as read (predictions.jsonl quotes them)
+        self.tokenizer = self._tokenizer(raw.get("train") or next(iter(raw.values())))
         self.collator = self._collator()
         encode = encoder_for(self.cfg, self.task.labels, self.tokenizer, mapping, carry=self.task.carries)
         # everything that changes what encode() produces, so no stale cached tokenization is reused

@@ -11,7 +11,7 @@ import logging
 
 from datasets import ClassLabel, Dataset
 
-from encoder.errors import DataError
+from encoder.errors import DataError, LabelSetError
 from encoder.training.config import DataConfig
 from encoder.tokenizer import as_text
 
@@ -47,7 +47,7 @@ def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, kind: str):
             for value in ds.unique(column):
                 mapping[value]  # raises a DataError naming the first value that is not a number
         return [column], mapping  # one target, named after its column
-    names = _label_names(raw["train"], column, kind, cfg.label_names)
+    names = _label_names(raw.get("train") or next(iter(raw.values())), column, kind, cfg.label_names)
     mapping = {name: i for i, name in enumerate(names)}
     mapping.update({i: i for i in range(len(names))})  # integer labels (ClassLabel or plain ints)
     for split, ds in raw.items():
@@ -89,9 +89,7 @@ def _check_split(ds: Dataset, split: str, column: str, kind: str, mapping: dict,
         log.warning("every example of the %s split has the label %r: metrics on it say little", split, values[0])
     bad = [v for v in values if v not in mapping or isinstance(v, bool)]
     if bad:
-        shown = sorted(map(repr, bad))[:5]
-        raise DataError(f"the {split} split has labels {', '.join(shown)} outside the label set {names}; "
-                        f"fix the data or set data.label_names")
+        raise LabelSetError(split, sorted(map(repr, bad))[:5], names)
 
 
 def _check_words(ds: Dataset, split: str, text_column: str, column: str) -> None:

@@ -84,7 +84,7 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
                             f"at local files: data=local_files data.data_files.train=...") from None
         raise load_error(e, describe(cfg), cfg.path) from None
     out = _pick_splits(raw, cfg)
-    if "validation" not in out:
+    if "validation" not in out and "train" in out:
         if len(out["train"]) < 2:  # one example for each of train and validation, at least
             raise DataError(f"the train split of {describe(cfg)} has {len(out['train'])} example, too few to carve "
                             f"a validation split from; add examples or give a validation split "
@@ -105,7 +105,7 @@ def _pick_splits(raw: DatasetDict, cfg: DataConfig) -> dict[str, Dataset]:
     out = {}
     for split in SPLIT_NAMES:
         wanted = cfg.splits.get(split)
-        if wanted is None:
+        if wanted is None:  # (train=false evaluates a checkpoint on a test split alone)
             continue
         if wanted in raw:
             out[split] = raw[wanted]
