@@ -1,9 +1,12 @@
-"""Command line: python -m encoder.export CHECKPOINT OUT_DIR [--onnx]
+"""Command line: python -m encoder.export CHECKPOINT OUT_DIR [--onnx] [--format encoder|hf|sentence-transformers]
 
-Writes model.safetensors + config.json + tokenizer.json: a folder that `encoder.load_model(OUT_DIR)`
-loads without unpickling anything (the format: encoder/checkpoint.py). --onnx adds model.onnx (dynamic
-batch and sequence axes; inputs input_ids int64 and padding_mask bool, True = padding; outputs
-logits and embeddings) for the tasks that can export one.
+--format encoder (the default) writes model.safetensors + config.json + tokenizer.json: a folder that
+`encoder.load_model(OUT_DIR)` loads without unpickling anything (the format: encoder/checkpoint.py).
+--onnx adds model.onnx (dynamic batch and sequence axes; inputs input_ids int64 and padding_mask bool,
+True = padding; outputs logits and embeddings) for the tasks that can export one.
+--format hf writes what `transformers` loads with no code of ours (AutoModelForSequenceClassification,
+...ForTokenClassification, ...ForMaskedLM; AutoTokenizer; pipelines), which is also a sentence-transformers
+model; --format sentence-transformers writes the encoder alone, for embeddings (encoder/hf.py).
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ from pathlib import Path
 
 import torch
 
-from encoder import checkpoint, tasks
-from encoder.errors import CheckpointError, ConfigError
+from encoder import checkpoint, hf, tasks
+from encoder.errors import CheckpointError, ConfigError, check_choice
 
 
-def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False) -> Path:
+FORMATS = ("encoder", "hf", "sentence-transformers")
+
+
+def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False, format: str = "encoder") -> Path:
     """Export a checkpoint (or re-export an export) into a new or empty folder `out_dir`."""
+    check_choice(format, FORMATS, "--format")
+    if onnx and format != "encoder":
+        raise ValueError("--onnx goes with --format encoder (transformers users export ONNX with optimum)")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
@@ -38,9 +47,12 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`
-        if onnx:
-            export_onnx(model, tmp / "model.onnx")
-        checkpoint.write_export(saved, tmp, extra_files=("model.onnx",) if onnx else ())
+        if format != "encoder":
+            hf.write_hf(saved, tmp, sentence_transformers_only=format == "sentence-transformers")
+        else:
+            if onnx:
+                export_onnx(model, tmp / "model.onnx")
+            checkpoint.write_export(saved, tmp, extra_files=("model.onnx",) if onnx else ())
         _apply_umask(tmp)
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:
@@ -53,8 +65,8 @@ def _apply_umask(folder: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 class _OnnxGraph(torch.nn.Module):
@@ -113,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a .ckpt written by train.py (or an export folder)")
     parser.add_argument("out_dir", help="a new (or empty) folder")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs encoder[onnx])")
+    parser.add_argument("--format", default="encoder", choices=FORMATS,
+                        help="encoder: ours (default); hf: for transformers and sentence-transformers; "
+                             "sentence-transformers: the encoder alone, for embeddings")
     args = parser.parse_args(argv)
     try:
-        out = export(args.checkpoint, args.out_dir, onnx=args.onnx)
+        out = export(args.checkpoint, args.out_dir, onnx=args.onnx, format=args.format)
     except (CheckpointError, ConfigError, FileExistsError, ValueError, ImportError) as e:
         parser.exit(2, f"error: {e}\n")
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))

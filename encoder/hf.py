@@ -1,10 +1,11 @@
 """Hugging Face BERT <-> our encoder: one table of names, used in both directions.
 
 Our post-LN encoder with GELU, learned positions and (optionally) BERT's pooler *is* BERT; the only
-layout difference is `nn.MultiheadAttention`'s packed q/k/v in-projection. Exporting to
-`transformers.BertForSequenceClassification` lets tests and benchmarks compare us with a reference
-we did not write; importing reads a BERT-family folder (`config.json` + `model.safetensors` +
-`tokenizer.json`: BERT, MiniLM, ...) into our encoder. `transformers` is needed only for export.
+layout difference is `nn.MultiheadAttention`'s packed q/k/v in-projection. Exporting writes a folder
+that `transformers` (AutoModelFor<Task>, pipelines) and sentence-transformers load with no code of ours
+(`python -m encoder.export CKPT DIR --format hf`); tests and benchmarks also use it to compare us with a
+reference we did not write. Importing reads a BERT-family folder (`config.json` + `model.safetensors` +
+`tokenizer.json`: BERT, MiniLM, ...) into our encoder. Neither direction imports `transformers`.
 """
 
 from __future__ import annotations
@@ -44,39 +45,85 @@ def _qkv(num_layers: int, prefix: str) -> list[tuple[str, list[str]]]:
 
 
 # ---- export: ours -> transformers ---------------------------------------------------------
+# the option BERT cannot express -> (is it fine?, why), checked in this order
+UNEXPRESSIBLE = (
+    ("model.norm_first", lambda c: not c.norm_first, "BERT is post-LN"),
+    ("model.positions", lambda c: c.positions == "learned", "BERT learns its position embeddings"),
+    ("model.attention.add_bias_kv", lambda c: not c.attention.add_bias_kv, "BERT's attention has no bias_k/bias_v"),
+    ("model.attention.add_zero_attn", lambda c: not c.attention.add_zero_attn, "BERT's attention has no zero key"),
+    ("model.attention.bias", lambda c: c.attention.bias, "BERT's q/k/v projections have biases"),
+    ("model.activation", lambda c: c.activation in ACTIVATIONS, "BERT's activations are gelu, relu, silu"),
+)
+# task -> (transformers architecture, whether it carries BERT's pooler)
+ARCHITECTURES = {"classification": ("BertForSequenceClassification", True),
+                 "regression": ("BertForSequenceClassification", True),
+                 "token_classification": ("BertForTokenClassification", False),
+                 "mlm": ("BertForMaskedLM", False), None: ("BertModel", False)}
+
+
+def check_expressible(cfg: ModelConfig, task: str | None) -> None:
+    """One ConfigError line naming the first option transformers' BERT cannot express (`task` None: the
+    encoder alone, as sentence-transformers loads it)."""
+    for key, fine, why in UNEXPRESSIBLE:
+        if not fine(cfg):
+            value = getattr(cfg.attention, key.rsplit(".", 1)[1]) if ".attention." in key else getattr(cfg, key[6:])
+            raise ConfigError(f"{key}={value!r} has no equivalent in transformers' BERT ({why}); export with the "
+                              f"default --format encoder instead")
+    if ARCHITECTURES[task][1] and (cfg.pooling != "cls" or not cfg.pooler):
+        raise ConfigError(f"model.pooling={cfg.pooling}, model.pooler={cfg.pooler}: transformers' "
+                          f"BertForSequenceClassification classifies BERT's pooled [CLS] (model.pooling=cls "
+                          f"model.pooler=true); export the encoder for embeddings with --format sentence-transformers")
+
+
+def bert_config_dict(cfg: ModelConfig, task: str | None = "classification",
+                     label_names: list[str] | None = None) -> dict:
+    """config.json of the same architecture for `transformers` (`task` None: a BertModel)."""
+    check_expressible(cfg, task)
+    config = {
+        "model_type": "bert", "architectures": [ARCHITECTURES[task][0]],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.attention.num_heads, "intermediate_size": cfg.ffn_dim,
+        "hidden_act": ACTIVATIONS[cfg.activation], "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attention.dropout, "classifier_dropout": cfg.classifier_dropout,
+        "max_position_embeddings": cfg.max_positions, "type_vocab_size": max(1, cfg.type_vocab_size),
+        "layer_norm_eps": cfg.layer_norm_eps, "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True,
+    }
+    if task in ("classification", "regression", "token_classification") and label_names is not None:
+        config.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+                      num_labels=len(label_names))
+        if task != "token_classification":
+            config["problem_type"] = "regression" if task == "regression" else "single_label_classification"
+    return config
+
+
 def bert_config(cfg: ModelConfig):
-    """The `transformers.BertConfig` of the same architecture (SDPA attention)."""
+    """The `transformers.BertConfig` of the same architecture (SDPA attention), for tests and benchmarks."""
     from transformers import BertConfig
 
-    if cfg.norm_first or cfg.positions != "learned" or cfg.pooling != "cls" or not cfg.pooler:
-        raise ValueError("only post-LN, learned positions, cls pooling and pooler=true match BERT")
-    if cfg.attention.add_bias_kv or cfg.attention.add_zero_attn or not cfg.attention.bias:
-        raise ValueError("BERT has plain q/k/v projections with biases")
-    return BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.attention.num_heads, intermediate_size=cfg.ffn_dim,
-        hidden_act=ACTIVATIONS[cfg.activation], hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.attention.dropout, classifier_dropout=cfg.classifier_dropout,
-        max_position_embeddings=cfg.max_positions, type_vocab_size=max(1, cfg.type_vocab_size), layer_norm_eps=cfg.layer_norm_eps,
-        pad_token_id=cfg.pad_token_id, num_labels=cfg.num_labels, attn_implementation="sdpa",
-    )
+    return BertConfig(**{**bert_config_dict(cfg), "num_labels": cfg.num_labels}, attn_implementation="sdpa")
 
 
-def to_bert_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our weights under BertForSequenceClassification's names."""
-    s = model.state_dict()
-    out = {theirs: s[ours] for ours, theirs in _pairs(model.cfg.num_layers, "bert.")}
-    for ours, theirs in _qkv(model.cfg.num_layers, "bert."):
-        out.update(zip(theirs, s[ours].chunk(3)))
-    segments = s.get("encoder.embeddings.segments.weight")
-    out.update({
-        # without segments of ours: one segment whose embedding is zero (BERT adds it to every token)
-        "bert.embeddings.token_type_embeddings.weight": segments if segments is not None
-        else torch.zeros(1, model.cfg.embed_dim),
-        "bert.pooler.dense.weight": s["pooler.0.weight"], "bert.pooler.dense.bias": s["pooler.0.bias"],
-        "classifier.weight": s["classifier.weight"], "classifier.bias": s["classifier.bias"],
-    })
-    return out
+def bert_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, task: str | None) -> dict[str, torch.Tensor]:
+    """Our weights (a task model's state dict) under the names of `ARCHITECTURES[task]`."""
+    prefix = "" if task is None else "bert."
+    out = {theirs: state[ours] for ours, theirs in _pairs(cfg.num_layers, prefix)}
+    for ours, theirs in _qkv(cfg.num_layers, prefix):
+        out.update(zip(theirs, state[ours].chunk(3)))
+    # without segments of ours: one segment whose embedding is zero (BERT adds it to every token)
+    segments = state.get("encoder.embeddings.segments.weight")
+    out[f"{prefix}embeddings.token_type_embeddings.weight"] = segments if segments is not None \
+        else torch.zeros(1, cfg.embed_dim)
+    if task in ("classification", "regression"):
+        out.update({"bert.pooler.dense.weight": state["pooler.0.weight"], "bert.pooler.dense.bias": state["pooler.0.bias"]})
+    if task in ("classification", "regression", "token_classification"):
+        out.update({"classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]})
+    if task == "mlm":
+        out.update({"cls.predictions.transform.dense.weight": state["transform.0.weight"],
+                    "cls.predictions.transform.dense.bias": state["transform.0.bias"],
+                    "cls.predictions.transform.LayerNorm.weight": state["transform.2.weight"],
+                    "cls.predictions.transform.LayerNorm.bias": state["transform.2.bias"],
+                    "cls.predictions.bias": state["bias"]})
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def to_bert(model: torch.nn.Module):
@@ -84,11 +131,43 @@ def to_bert(model: torch.nn.Module):
     from transformers import BertForSequenceClassification
 
     bert = BertForSequenceClassification(bert_config(model.cfg))
-    missing, unexpected = bert.load_state_dict(to_bert_state_dict(model), strict=False)
+    missing, unexpected = bert.load_state_dict(bert_state_dict(model.state_dict(), model.cfg, "classification"),
+                                               strict=False)
     missing = [m for m in missing if not m.endswith("position_ids")]
     if missing or unexpected:
         raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
     return bert.train(model.training)
+
+
+def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> None:
+    """`saved` (encoder.checkpoint.Saved) as a folder `transformers` loads with no code of ours
+    (AutoModelFor<Task>, AutoTokenizer, pipelines) that is also a sentence-transformers model whose
+    `encode` is our `embed`. `sentence_transformers_only`: the encoder alone (a BertModel)."""
+    from safetensors.torch import save_file
+
+    cfg, task = saved.config, None if sentence_transformers_only else saved.task
+    config = bert_config_dict(cfg, task, saved.label_names)
+    save_file(bert_state_dict(saved.state, cfg, task), folder / "model.safetensors", metadata={"format": "pt"})
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}
+    files = {
+        "config.json": config,
+        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": saved.max_length,
+                                  **specials},
+        "special_tokens_map.json": specials,
+        # sentence-transformers: the Transformer module (this folder) then pooling as ours
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+        "sentence_bert_config.json": {"max_seq_length": saved.max_length, "do_lower_case": False},
+        "1_Pooling/config.json": {"word_embedding_dimension": cfg.embed_dim,
+                                  "pooling_mode_cls_token": cfg.pooling == "cls",
+                                  "pooling_mode_mean_tokens": cfg.pooling == "mean",
+                                  "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False},
+    }
+    (folder / "1_Pooling").mkdir()
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=2), encoding="utf-8")
+    (folder / "tokenizer.json").write_text(saved.tokenizer_json, encoding="utf-8")
 
 
 # ---- import: a BERT-family folder -> ours -------------------------------------------------
