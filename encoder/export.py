@@ -30,11 +30,15 @@ from encoder.errors import CheckpointError, ConfigError, check_choice
 FORMATS = ("encoder", "hf", "sentence-transformers")
 
 
-def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False, format: str = "encoder") -> Path:
-    """Export a checkpoint (or re-export an export) into a new or empty folder `out_dir`."""
+def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False, format: str = "encoder",
+           int8: bool = False) -> Path:
+    """Export a checkpoint (or re-export an export) into a new or empty folder `out_dir`. `int8`: with
+    `onnx`, also model.int8.onnx, its linear layers quantized to int8 by onnxruntime (dynamic quantization)."""
     check_choice(format, FORMATS, "--format")
     if onnx and format != "encoder":
         raise ValueError("--onnx goes with --format encoder (transformers users export ONNX with optimum)")
+    if int8 and not onnx:
+        raise ValueError("--int8 quantizes the ONNX graph: add --onnx")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
@@ -52,7 +56,12 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
         else:
             if onnx:
                 export_onnx(model, tmp / "model.onnx")
-            checkpoint.write_export(saved, tmp, extra_files=("model.onnx",) if onnx else ())
+            if int8:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
+            extra = ("model.onnx",) * onnx + ("model.int8.onnx",) * int8
+            checkpoint.write_export(saved, tmp, extra_files=extra)
         _apply_umask(tmp)
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:
@@ -125,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a .ckpt written by train.py (or an export folder)")
     parser.add_argument("out_dir", help="a new (or empty) folder")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs encoder[onnx])")
+    parser.add_argument("--int8", action="store_true", help="with --onnx: also model.int8.onnx (int8 linear layers)")
     parser.add_argument("--format", default="encoder", choices=FORMATS,
                         help="encoder: ours (default); hf: for transformers and sentence-transformers; "
                              "sentence-transformers: the encoder alone, for embeddings")
     args = parser.parse_args(argv)
     try:
-        out = export(args.checkpoint, args.out_dir, onnx=args.onnx, format=args.format)
+        out = export(args.checkpoint, args.out_dir, onnx=args.onnx, format=args.format, int8=args.int8)
     except (CheckpointError, ConfigError, FileExistsError, ValueError, ImportError) as e:
         parser.exit(2, f"error: {e}\n")
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--embed", action="store_true", help="print sentence embeddings instead of labels")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                        help="onnx: run an export's model.onnx with onnxruntime (export ... --onnx)")
+    parser.add_argument("--int8", action="store_true", help="with --backend onnx: the int8 graph (export --onnx --int8)")
     parser.add_argument("--pairs", action="store_true",
                         help="each text is a pair 'first<TAB>second' (models trained with data.text_pair_column)")
     args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, "error: give texts as arguments or --file texts.txt (blank lines are skipped)\n")
     inputs = [tuple(t.split("\t", 1)) if args.pairs and "\t" in t else t for t in texts]
     try:
-        predictor = load_model(args.checkpoint, device=args.device, batch_size=args.batch_size)
+        predictor = load_model(args.checkpoint, device=args.device, batch_size=args.batch_size, backend=args.backend,
+                               int8=args.int8)
         if args.embed:
             rows = [{"text": t, "embedding": v} for t, v in zip(texts, predictor.embed(inputs).tolist())]
         else:

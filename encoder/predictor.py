@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
 from encoder import checkpoint
 from encoder.collate import Collator
+from encoder.errors import CheckpointError
 
 
 class Predictor:
@@ -37,7 +39,7 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.model.parameters(), torch.empty(0)).device  # (an ONNX graph has no parameters: CPU)
 
     def to(self, device: str | torch.device) -> "Predictor":
         self.model.to(device)
@@ -107,11 +109,48 @@ def checked_texts(texts, pairs: bool = False, words: bool = False) -> list:
     return out
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64) -> Predictor:
+class OnnxModel(torch.nn.Module):
+    """An export's model.onnx (or model.int8.onnx) run by onnxruntime in place of the PyTorch model: the
+    same inputs (input_ids, padding_mask: True = padding) and outputs (logits; `embed`: pooled vectors)."""
+
+    def __init__(self, path: Path, cfg):
+        super().__init__()
+        import onnxruntime
+
+        self.cfg = cfg
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def _outputs(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> list:
+        return self.session.run(None, {"input_ids": input_ids.cpu().numpy(), "padding_mask": padding_mask.cpu().numpy()})
+
+    def forward(self, input_ids, padding_mask, token_type_ids=None) -> torch.Tensor:
+        return torch.from_numpy(self._outputs(input_ids, padding_mask)[0])
+
+    def embed(self, input_ids, padding_mask, token_type_ids=None) -> torch.Tensor:
+        return torch.from_numpy(self._outputs(input_ids, padding_mask)[1])
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64, backend: str = "torch",
+               int8: bool = False) -> Predictor:
     """The `Predictor` of a `.ckpt` written by `python train.py` or of a folder written by
-    `python -m encoder.export` (safetensors + JSON: no pickle at all)."""
+    `python -m encoder.export` (safetensors + JSON: no pickle at all). `backend="onnx"` runs the export's
+    model.onnx with onnxruntime instead (CPU), `int8=True` its int8 graph (export --onnx --int8)."""
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend={backend!r} is unknown; choose torch or onnx")
+    if int8 and backend != "onnx":
+        raise ValueError("int8 runs through onnxruntime: backend='onnx' (predict --backend onnx --int8) on an export "
+                         "made with --onnx --int8")
     saved = checkpoint.read(path)
-    task, model = checkpoint.build(saved, path)
+    if backend == "onnx":
+        from encoder import tasks  # (the task modules import this one)
+
+        name = "model.int8.onnx" if int8 else "model.onnx"
+        if not (Path(path) / name).is_file():
+            raise CheckpointError(f"{path} has no {name}; export it with python -m encoder.export CKPT DIR --onnx"
+                                  f"{' --int8' if int8 else ''}")
+        task, model = tasks.get(saved.task), OnnxModel(Path(path) / name, saved.config)
+    else:
+        task, model = checkpoint.build(saved, path)
     predictor = task.predictor_class(model, Tokenizer.from_str(saved.tokenizer_json), saved.max_length, batch_size,
                                      saved.label_names)
     predictor.task = saved.task

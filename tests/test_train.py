@@ -217,6 +217,27 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_pytorch(run, tmp_path):
         torch.testing.assert_close(torch.from_numpy(embeddings), expected_emb, atol=1e-4, rtol=0)
 
 
+def test_predict_runs_the_onnx_graph_and_its_int8_version(run, tmp_path):
+    from encoder.export import export
+
+    out = export(run["best"], tmp_path / "export", onnx=True, int8=True)
+    assert {"model.onnx", "model.int8.onnx"} <= set(json.loads((out / "config.json").read_text())["sha256"])
+    texts = TEXTS + ["a film that soars", "a film that sinks"] * 10
+    torch_probs = encoder.load_model(out).probabilities(texts)
+    onnx = encoder.load_model(out, backend="onnx")
+    torch.testing.assert_close(onnx.probabilities(texts), torch_probs, atol=1e-4, rtol=0)  # fp32: the same
+    torch.testing.assert_close(onnx.embed(texts), encoder.load_model(out).embed(texts), atol=1e-4, rtol=0)
+    int8 = encoder.load_model(out, backend="onnx", int8=True).probabilities(texts)
+    assert (int8 - torch_probs).abs().max() < 0.1  # int8 weights: close, not equal (accuracy: benchmarks/)
+    done = subprocess.run([sys.executable, "-m", "encoder.predict", str(out), "--backend", "onnx", "--int8",
+                           "a film that soars"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["label"] in ("rotten", "fresh")
+    for kwargs, message in (({"backend": "onnx"}, "has no model.onnx; export it with"),
+                            ({"int8": True}, "int8 runs through onnxruntime")):
+        with pytest.raises(ValueError, match=message):
+            encoder.load_model(run["best"], **kwargs)
+
+
 SERVING_PROBE = """
 import json, runpy, sys
 path, mode = sys.argv[1], sys.argv[2]
