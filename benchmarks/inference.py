@@ -7,6 +7,10 @@
         HF examples do, is an extra row, labelled as such.
     python benchmarks/inference.py --models teacher.ckpt student.ckpt [...]
         trained models (checkpoints or exports) on the same texts in the same run: texts/s and test accuracy.
+    python benchmarks/inference.py --backends EXPORT [--hf HF_EXPORT]
+        one trained model through every way we serve it (PyTorch fp32, ONNX fp32, ONNX int8: an export made
+        with --onnx --int8) and, given its --format hf export, the transformers pipeline and HF batched:
+        texts/s on the test split and on 2,000 long texts (>= 200 tokens), and test accuracy.
 
 Checks first that ours and HF give the same probabilities (to 1e-4).
 """
@@ -99,14 +103,68 @@ def trained_models(args) -> None:
         print(f"\n{second} predicts {median_ratio(times, first, second):.2f}x as fast as {first}")
 
 
+def long_texts(count: int, tokenizer, seed: int = 0) -> list[str]:
+    """`count` texts of at least 200 tokens, each joined from random snippets of the corpus."""
+    import random
+
+    with open(rotten_tomatoes_critics()["train"], encoding="utf-8") as f:
+        snippets = [r["text"] for r in csv.DictReader(f)]
+    rng, out = random.Random(seed), []
+    while len(out) < count:
+        text = ""
+        while len(tokenizer.encode(text).ids) < 200:
+            text += " " + rng.choice(snippets)
+        out.append(text.strip())
+    return out
+
+
+def backends(args) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    with open(rotten_tomatoes_critics()["test"], encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    texts, gold = [r["text"] for r in rows], [r["label"] for r in rows]
+    ours = {"ours, PyTorch fp32": load_model(args.backends, batch_size=args.batch_size),
+            "ours, ONNX fp32": load_model(args.backends, batch_size=args.batch_size, backend="onnx"),
+            "ours, ONNX int8": load_model(args.backends, batch_size=args.batch_size, backend="onnx", int8=True)}
+    tokenizer = ours["ours, PyTorch fp32"].tokenizer
+    longer = long_texts(2000, tokenizer)
+    runs = {name: (lambda p=p: lambda batch: [r["label"] for r in p.predict(batch)])() for name, p in ours.items()}
+    if args.hf:
+        classify = pipeline("text-classification", model=args.hf, device="cpu")
+        runs["transformers pipeline"] = lambda batch: [r["label"] for r in classify(batch, batch_size=args.batch_size,
+                                                                                     truncation=True)]
+        hf_model, hf_tok = AutoModelForSequenceClassification.from_pretrained(args.hf).eval(), \
+            AutoTokenizer.from_pretrained(args.hf)
+        names = hf_model.config.id2label
+        runs["HF model + fast tokenizer, sorted batches"] = lambda batch: [
+            names[int(i)] for i in hf_predict(hf_model, hf_tok, batch, args.batch_size, 96, sort=True).argmax(-1)]
+    accuracy = {name: sum(p == y for p, y in zip(run(texts), gold)) / len(texts) for name, run in runs.items()}
+    short = alternate({name: (lambda r=run: r(texts)) for name, run in runs.items()}, args.rounds)
+    long = alternate({name: (lambda r=run: r(longer)) for name, run in runs.items()}, max(1, args.rounds // 2))
+    print(f"machine: {machine()}; batch {args.batch_size}; test split {len(texts)} texts, {len(longer)} long texts; "
+          f"medians of alternating rounds")
+    print(f"{'':42s} {'test texts/s':>12s} {'long texts/s':>12s} {'test acc':>9s}")
+    for name in runs:
+        print(f"{name:42s} {len(texts) / statistics.median(short[name]):12.0f} "
+              f"{len(longer) / statistics.median(long[name]):12.0f} {accuracy[name]:9.4f}")
+    if args.hf:
+        best = max(ours, key=lambda n: -statistics.median(short[n]))
+        print(f"\nbest of ours ({best}) vs the transformers pipeline: "
+              f"{median_ratio(short, 'transformers pipeline', best):.2f}x on the test split, "
+              f"{median_ratio(long, 'transformers pipeline', best):.2f}x on long texts")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", nargs="+", help="trained checkpoints or exports to time against each other")
+    parser.add_argument("--backends", help="an export made with --onnx --int8: every way we serve it")
+    parser.add_argument("--hf", help="with --backends: the same model exported with --format hf")
     args = parser.parse_args()
-    trained_models(args) if args.models else against_hf(args)
+    backends(args) if args.backends else trained_models(args) if args.models else against_hf(args)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def test_config_errors_name_the_key_even_inside_nested_groups(tmp_path):
 def test_experiment_configs_override_the_entry_config(tmp_path):
     cfg = compose(["experiment=minilm_rotten_tomatoes"], tmp_path)
     assert cfg.name == "minilm_rotten_tomatoes"  # runs go to outputs/minilm_rotten_tomatoes/...
-    assert (cfg.model.embed_dim, cfg.model.init_from, cfg.trainer.max_epochs) == (384, "all-MiniLM-L6-v2", 2)
+    assert (cfg.model.embed_dim, cfg.model.init_from, cfg.trainer.max_epochs) == (384, "all-MiniLM-L6-v2", 3)
 
 
 def test_multirun_gives_each_job_its_own_directory(tmp_path, rt_files):

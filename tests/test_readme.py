@@ -19,7 +19,8 @@ BUDGET = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limi
           "trainer.limit_test_batches=1", "data.max_train_samples=64", "data.max_eval_samples=32",
           "~callbacks.tensorboard_visuals", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"]
 # files a reader brings along (their own data, a BERT folder, checkpoints of tasks trained on them)
-OWN_FILES = ("/path/to", "train.jsonl", "corpus.txt", "nli.csv", "new.csv", "pairs.ckpt", "ner.ckpt")
+OWN_FILES = ("/path/to", "train.jsonl", "corpus.txt", "nli.csv", "new.csv", "pairs.ckpt", "ner.ckpt",
+             "bert_style.ckpt")
 
 
 def commands(prefix: str) -> list[list[str]]:
@@ -102,6 +103,7 @@ def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
         "mlm.ckpt": str(runs["task=mlm data=rotten_tomatoes_corpus"] / "checkpoints" / "last.ckpt"),
         "best.ckpt": best,
         "my_model/": str(out / ("my_model_onnx" if onnx else "my_model")),
+        "my_model_int8/": str(out / "my_model_int8"), "st_model/": str(out / "st_model"),
         "my_export/": str(out / "my_export"),  # the README's model=tiny run, exported
         "texts.txt": str(out / "texts.txt"),
     }
