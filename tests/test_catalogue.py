@@ -140,7 +140,7 @@ EXPORT_EDITS = {
     "reversed labels": ("config.json", lambda c: c["label_names"].reverse()),
     "num_heads": ("config.json", lambda c: c["model"]["attention"].update(num_heads=4)),
     "activation": ("config.json", lambda c: c["model"].update(activation="relu")),
-    "pooling": ("config.json", lambda c: c["model"].update(pooling="mean")),
+    "pooling": ("config.json", lambda c: c["model"].update(pooling="cls" if c["model"]["pooling"] == "mean" else "mean")),
     "task": ("config.json", lambda c: c.update(task="regression")),
     "two token ids": ("tokenizer.json", lambda t: t["model"]["vocab"].update(
         {"the": t["model"]["vocab"]["a"], "a": t["model"]["vocab"]["the"]})),

@@ -58,7 +58,7 @@ def test_help_lists_config_groups_and_options():
     for option in ("tiny", "small", "base", "rotten_tomatoes_offline", "imdb", "debug", "gpu"):
         assert option in out.stdout
     # every key with the comment its yaml file gives it
-    assert "dropout: 0.1         # on attention probabilities" in out.stdout
+    assert "dropout: 0.0         # on attention probabilities" in out.stdout
     assert "max_length: 128        # tokens per text, [CLS] and [SEP] included" in out.stdout
     chosen = subprocess.run([sys.executable, "train.py", "--help", "task=mlm"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import encoder
 from conftest import TINY, compose
+from encoder.checkpoint import stamp
 from encoder.errors import ConfigError, DataError
 from encoder.tasks import Step, distillation, get
 from encoder.training.data.datamodule import TextDataModule
@@ -70,7 +71,8 @@ def test_teacher_outputs_are_cached_and_recomputed_when_the_teacher_changes(teac
     assert distillation.teacher_batches_run == before  # a second run reuses the cached outputs
     assert again.datasets["train"]["teacher"] == outputs
     ckpt = torch.load(copy, weights_only=True)
-    ckpt["state_dict"]["model.classifier.bias"] += 1.0  # the same file, other weights
+    ckpt["state_dict"]["model.classifier.bias"] += 1.0  # the same file, other weights (e.g. retrained)
+    stamp(ckpt)
     torch.save(ckpt, copy)
     changed = datamodule(tmp_path, copy)
     changed.setup()

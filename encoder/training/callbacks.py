@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -103,3 +103,15 @@ class ProgressBar(TQDMProgressBar):
             bar.reset(total=convert_inf(self.total_train_batches))
             bar.initial = bar.n = done  # the ETA counts from here: the skipped batches took no time
             bar.set_description(f"Epoch {trainer.current_epoch}")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """last.ckpt: every epoch, or every N steps with every_n_train_steps=N, and always at the end of training.
+
+    Lightning's step trigger replaces its epoch trigger, so without the final save a run of 8 steps
+    checkpointed every 3 would leave step 6 as its "latest" state.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

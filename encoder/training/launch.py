@@ -10,6 +10,7 @@ first start's record is kept.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> list[str]:
     value."""
     if any(a.split("=")[0] in HYDRA_OWN_FLAGS for a in args):
         return args  # help, info or another config: Hydra's business
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return args  # a DDP rank Lightning started, into the directory rank 0 checked and created
     overrides, skip = [], False
     for a in args:  # --cfg job / -p pkg take a value; -m and the like do not
         if not skip and not a.startswith("-"):

@@ -49,6 +49,7 @@ class TextDataModule(L.LightningDataModule):
         self.collator: Collator | None = None  # built once the tokenizer exists
         self.datasets: dict[str, Dataset] = {}
         self.raw: dict[str, Dataset] = {}
+        self._resume_at: dict | None = None  # where a resumed run's training epoch stood
 
     @property
     def labelled(self) -> bool:
@@ -138,6 +139,9 @@ class TextDataModule(L.LightningDataModule):
         if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
             sampler = LengthGroupedSampler(lengths, self.cfg.batch_size, mega=50 if self.cfg.group_by_length else 1,
                                            seed=self.seed, num_replicas=world, rank=rank)
+            if self._resume_at:
+                sampler.resume(self._resume_at["epoch"], self._resume_at["consumed"])
+                self._resume_at = None
             loader, extra = ResumableLoader, {"processed": self._batches_processed}
         else:  # evaluation order does not matter: sort by length so batches carry no padding
             sampler = sorted(range(len(ds)), key=lengths.__getitem__)[rank::world]
@@ -159,6 +163,17 @@ class TextDataModule(L.LightningDataModule):
     def _batches_processed(self) -> int:
         """Training batches of the current epoch done so far (what a checkpoint must skip on resume)."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    # Lightning hands a checkpoint's loader state to ResumableLoader.load_state_dict, except when
+    # trainer.estimated_stepping_batches (our schedule's length) built the loader before the restore
+    # (Lightning issue #20550). A datamodule's state is restored before any loader exists, so the
+    # position travels here too (restoring it twice is harmless: resume() is idempotent).
+    def state_dict(self) -> dict:
+        loader = self.trainer.train_dataloader if self.trainer else None
+        return loader.state_dict() if isinstance(loader, ResumableLoader) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = state or None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
