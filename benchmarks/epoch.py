@@ -1,66 +1,121 @@
-"""One training epoch on the default dataset: our data path (length-grouped batches, dynamic
-padding to a multiple of 8) vs padding every batch to max_length in random order (the Hugging Face
-example scripts' default, `padding="max_length"`). Same model, same examples, same loop.
+"""Training on the default dataset, against the strongest setup a Hugging Face user runs.
 
-    python benchmarks/epoch.py [--examples 4000] [--size small] [--max-length 128]
+Each run trains on the first --batches batches of an epoch over the whole training split (0: the whole
+epoch), so every sampler groups lengths over the real dataset (transformers' sampler shrinks its
+mega-batches on small datasets). Data paths (batch 32, dynamic padding to a multiple of 8 unless said):
+  ours        our LengthGroupedSampler: shuffle, sort mega-batches of 50 batches by length, shuffle batches
+  group       transformers' own LengthGroupedSampler (Trainer's group_by_length=True): the same idea
+  random      random order (the Trainer's default)
+  max_length  random order, every batch padded to max_length (the HF example scripts' padding="max_length"):
+              a weaker baseline, kept as an extra row
+Models: ours (EncoderForSequenceClassification) and transformers' BertForSequenceClassification (SDPA)
+with the same weights, both with the `small` default's attention dropout (0.0). Every round runs each
+(model, data path) pair once, in turn, from the same initial weights; the figures are medians over rounds,
+and the ratios medians of per-round ratios. The headline is ours on our path vs HF's model on `group`.
+
+    python benchmarks/epoch.py [--batches 64] [--rounds 3] [--size small] [--weak]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
 from common import default_data, machine, model_config
+from torch.utils.data import DataLoader, RandomSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler as HFLengthGroupedSampler
+
 from encoder.collate import Collator
+from encoder.hf import to_bert
+from encoder.model import AttentionConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
+RUNS = [("ours", "ours"), ("hf", "group"), ("ours", "group"), ("hf", "random"), ("ours", "random"),
+        ("ours", "max_length")]
 
-def run_epoch(model, loader) -> tuple[float, int, int]:
+
+def loaders(dm, batch_size: int, max_length: int, pad_to_multiple_of: int) -> dict[str, DataLoader]:
+    ds = dm.datasets["train"].with_format(columns=["input_ids", "labels"])
+    dynamic, full = Collator(pad_to_multiple_of=pad_to_multiple_of), Collator(pad_to_multiple_of=max_length)
+    g = torch.Generator().manual_seed(0)
+    group = HFLengthGroupedSampler(batch_size, lengths=list(dm.datasets["train"]["length"]), generator=g)
+    return {"ours": dm.train_dataloader(),
+            "group": DataLoader(ds, batch_size=batch_size, sampler=group, collate_fn=dynamic),
+            "random": DataLoader(ds, batch_size=batch_size, sampler=RandomSampler(ds, generator=g), collate_fn=dynamic),
+            "max_length": DataLoader(ds, batch_size=batch_size, sampler=RandomSampler(ds, generator=g),
+                                     collate_fn=full)}
+
+
+def run_epoch(model, loader, hf: bool, batches: int) -> tuple[float, float]:
+    """Seconds for `batches` steps (0: the epoch) of forward, backward and AdamW; the share of computed
+    tokens that are real."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     real = computed = 0
     start = time.perf_counter()
-    for b in loader:
-        F.cross_entropy(model(b["input_ids"], b["padding_mask"]), b["labels"]).backward()
+    for b in itertools.islice(loader, batches or None):
+        if hf:
+            logits = model(input_ids=b["input_ids"], attention_mask=(~b["padding_mask"]).long()).logits
+        else:
+            logits = model(b["input_ids"], b["padding_mask"])
+        F.cross_entropy(logits, b["labels"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         real += int((~b["padding_mask"]).sum())
         computed += b["padding_mask"].numel()
-    return time.perf_counter() - start, real, computed
+    return time.perf_counter() - start, real / computed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=4000, help="training examples per epoch (0: all)")
+    parser.add_argument("--batches", type=int, default=64, help="steps per run (0: a whole epoch)")
+    parser.add_argument("--weak", action="store_true", help="also the max_length row (slow)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", default="small")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pad-to-multiple-of", type=int, default=8)
     args = parser.parse_args()
     dm = default_data(max_length=args.max_length, batch_size=args.batch_size,
-                      max_train_samples=args.examples or None, pad_to_multiple_of=args.pad_to_multiple_of)
-    ours_loader = dm.train_dataloader()
-    padded_loader = DataLoader(dm.datasets["train"].with_format(columns=["input_ids", "labels"]),
-                               batch_size=args.batch_size, shuffle=True,
-                               collate_fn=Collator(pad_to_multiple_of=args.max_length))
+                      pad_to_multiple_of=args.pad_to_multiple_of)
+    runs = RUNS if args.weak else [r for r in RUNS if r[1] != "max_length"]
+    paths = loaders(dm, args.batch_size, args.max_length, args.pad_to_multiple_of)
     torch.manual_seed(0)
-    model = EncoderForSequenceClassification(model_config(args.size, dm.tokenizer.get_vocab_size())).train()
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    print(f"machine: {machine()}; {len(dm.datasets['train'])} examples, model={args.size}, "
+    heads = model_config(args.size, dm.tokenizer.get_vocab_size()).attention.num_heads
+    ours = EncoderForSequenceClassification(model_config(
+        args.size, dm.tokenizer.get_vocab_size(), attention=AttentionConfig(num_heads=heads, dropout=0.0))).train()
+    models = {"ours": ours, "hf": to_bert(ours).train()}
+    initial = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in models.items()}
+    print(f"machine: {machine()}; {args.batches or 'all'} batches of {len(dm.datasets['train'])} examples, model={args.size}, "
           f"max_length={args.max_length}, batch={args.batch_size}, pad_to_multiple_of={args.pad_to_multiple_of}")
-    results = {}
-    for name, loader in (("ours", ours_loader), ("padded", padded_loader), ("ours", ours_loader),
-                         ("padded", padded_loader)):
-        model.load_state_dict(initial)  # same starting point for every epoch
-        seconds, real, computed = run_epoch(model, loader)
-        results.setdefault(name, []).append((seconds, real / computed))
-        print(f"{name:7s} {seconds:7.1f} s  padding efficiency {real / computed:.1%}", flush=True)
-    ours, padded = min(t for t, _ in results["ours"]), min(t for t, _ in results["padded"])
-    print(f"\npadding efficiency: ours {results['ours'][0][1]:.1%}, padded to max_length {results['padded'][0][1]:.1%}")
-    print(f"epoch wall time (best of 2): ours {ours:.1f} s, padded {padded:.1f} s, speed-up {padded / ours:.2f}x")
+    times, efficiency = {run: [] for run in runs}, {}
+    for r in range(args.rounds):
+        for model_name, path in runs:
+            models[model_name].load_state_dict(initial[model_name])  # the same start every time
+            seconds, efficiency[path] = run_epoch(models[model_name], paths[path], model_name == "hf", args.batches)
+            times[(model_name, path)].append(seconds)
+            print(f"round {r + 1}: {model_name:4s} model, {path:10s} path {seconds:6.1f} s "
+                  f"(padding efficiency {efficiency[path]:.1%})", flush=True)
+
+    def ratio(slow, fast):  # median of per-round ratios: > 1 means `fast` is faster
+        return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
+
+    print("\nmedian run: " + ", ".join(f"{m} model on {p}: {statistics.median(times[(m, p)]):.1f} s"
+                                         for m, p in runs))
+    print("padding efficiency: " + ", ".join(f"{p} {e:.1%}" for p, e in efficiency.items()))
+    print(f"ours (model + path) vs HF model on group_by_length, the strongest peer: "
+          f"{ratio(('hf', 'group'), ('ours', 'ours')):.2f}x")
+    print(f"  data path alone (our model, ours vs transformers' group_by_length): "
+          f"{ratio(('ours', 'group'), ('ours', 'ours')):.2f}x")
+    print(f"  model alone (on group_by_length): {ratio(('hf', 'group'), ('ours', 'group')):.2f}x; "
+          f"on random order: {ratio(('hf', 'random'), ('ours', 'random')):.2f}x")
+    print(f"ours vs HF model in random order (the Trainer's default): {ratio(('hf', 'random'), ('ours', 'ours')):.2f}x")
+    if args.weak:
+        print(f"ours vs our model padded to max_length in random order (weaker baseline): "
+              f"{ratio(('ours', 'max_length'), ('ours', 'ours')):.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
-
 from common import alternate, default_data, machine, median_ratio, model_config
+
 from encoder import checkpoint, load_model
 from encoder.hf import to_bert
 from encoder.tasks.classification import EncoderForSequenceClassification
@@ -118,6 +119,10 @@ def long_texts(count: int, tokenizer, seed: int = 0) -> list[str]:
     return out
 
 
+def labels_of(predictor, batch: list[str]) -> list[str]:
+    return [r["label"] for r in predictor.predict(batch)]
+
+
 def backends(args) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -129,7 +134,7 @@ def backends(args) -> None:
             "ours, ONNX int8": load_model(args.backends, batch_size=args.batch_size, backend="onnx", int8=True)}
     tokenizer = ours["ours, PyTorch fp32"].tokenizer
     longer = long_texts(2000, tokenizer)
-    runs = {name: (lambda p=p: lambda batch: [r["label"] for r in p.predict(batch)])() for name, p in ours.items()}
+    runs = {name: functools.partial(labels_of, p) for name, p in ours.items()}
     if args.hf:
         classify = pipeline("text-classification", model=args.hf, device="cpu")
         runs["transformers pipeline"] = lambda batch: [r["label"] for r in classify(batch, batch_size=args.batch_size,

@@ -122,11 +122,11 @@ def table() -> None:
     for name in names:
         rs = [r for r in records if r["recipe"] == name]
         acc = [100 * r["test_acc"] for r in rs]
-        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        spread = f"± {statistics.stdev(acc):4.2f}" if len(acc) > 1 else "(1 run)"
         val = statistics.mean(100 * r["best_val_acc"] for r in rs if r["best_val_acc"] is not None)
         walls = [r["wall_s"] / 60 for r in rs if r["wall_s"]]
         wall = f"{statistics.mean(walls):9.1f}" if walls else f"{'-':>9s}"
-        print(f"{name:28s} {rs[0]['params']:>10,d} {len(rs):>5d} {statistics.mean(acc):>14.2f} ± {sd:4.2f}  "
+        print(f"{name:28s} {rs[0]['params']:>10,d} {len(rs):>5d} {statistics.mean(acc):>14.2f} {spread:7s}"
               f"{val:>12.2f} {wall}")
 
 

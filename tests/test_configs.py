@@ -144,13 +144,14 @@ def _claim(path: str, start, queue) -> None:
 def test_processes_claiming_a_run_directory_at_once_get_different_ones(tmp_path):
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
+    # fork: the children start at once (spawned ones would each import this module's Lightning first)
+    context = multiprocessing.get_context("fork")
     start, queue = context.Event(), context.Queue()
     workers = [context.Process(target=_claim, args=(str(tmp_path / "twin"), start, queue)) for _ in range(8)]
     for w in workers:
         w.start()
     start.set()  # all at once
-    claimed = sorted(queue.get(timeout=60) for _ in workers)
+    claimed = sorted(queue.get(timeout=300) for _ in workers)
     for w in workers:
         w.join(timeout=60)
     assert len(set(claimed)) == 8 and all(Path(c).is_dir() for c in claimed)
