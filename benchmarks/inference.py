@@ -59,7 +59,7 @@ def against_hf(args) -> None:
     from transformers import PreTrainedTokenizerFast
 
     dm = default_data()
-    texts = list(dm.load_raw()["test"]["text"])
+    texts = list(dm.raw["test"]["text"])
     torch.manual_seed(0)
     model = EncoderForSequenceClassification(model_config(args.size, dm.tokenizer.get_vocab_size(), num_labels=2)).eval()
     with tempfile.TemporaryDirectory() as tmp:

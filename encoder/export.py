@@ -59,7 +59,12 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
+                root = logging.getLogger()  # its advice to pre-process is for static (calibrated) quantization
+                root.addFilter(advice := _NotForUs("Please consider to run pre-processing before quantization"))
+                try:
+                    quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
+                finally:
+                    root.removeFilter(advice)
             extra = ("model.onnx",) * onnx + ("model.int8.onnx",) * int8
             checkpoint.write_export(saved, tmp, extra_files=extra)
         _apply_umask(tmp)
@@ -110,15 +115,21 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
 
 
 class _NotForUs(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:  # we export no torchvision operator
-        return not record.getMessage().startswith("torchvision is not installed")
+    """Drops the log records that start with `prefix`."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 @contextlib.contextmanager
 def _quiet_exporter():
     """torch's exporter reports things that do not concern this graph; each is dropped by its own text."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    registration.addFilter(drop := _NotForUs())
+    registration.addFilter(drop := _NotForUs("torchvision is not installed"))  # we export no torchvision op
     try:
         with warnings.catch_warnings():
             # both inputs share the batch and seq axes: the exporter says it keeps one name for each

@@ -217,10 +217,11 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_pytorch(run, tmp_path):
         torch.testing.assert_close(torch.from_numpy(embeddings), expected_emb, atol=1e-4, rtol=0)
 
 
-def test_predict_runs_the_onnx_graph_and_its_int8_version(run, tmp_path):
+def test_predict_runs_the_onnx_graph_and_its_int8_version(run, tmp_path, caplog):
     from encoder.export import export
 
     out = export(run["best"], tmp_path / "export", onnx=True, int8=True)
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # advice for static quantization
     assert {"model.onnx", "model.int8.onnx"} <= set(json.loads((out / "config.json").read_text())["sha256"])
     texts = TEXTS + ["a film that soars", "a film that sinks"] * 10
     torch_probs = encoder.load_model(out).probabilities(texts)
