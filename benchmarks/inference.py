@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from common import alternate, default_data, machine, median_ratio, model_config
+from tokenizers import Tokenizer
 
 from encoder import checkpoint, load_model
 from encoder.hf import to_bert
@@ -110,6 +111,8 @@ def long_texts(count: int, tokenizer, seed: int = 0) -> list[str]:
 
     with open(rotten_tomatoes_critics()["train"], encoding="utf-8") as f:
         snippets = [r["text"] for r in csv.DictReader(f)]
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())
+    tokenizer.no_truncation()  # a predictor's tokenizer cuts at its max_length: count every token
     rng, out = random.Random(seed), []
     while len(out) < count:
         text = ""
@@ -133,7 +136,7 @@ def backends(args) -> None:
             "ours, ONNX fp32": load_model(args.backends, batch_size=args.batch_size, backend="onnx"),
             "ours, ONNX int8": load_model(args.backends, batch_size=args.batch_size, backend="onnx", int8=True)}
     tokenizer = ours["ours, PyTorch fp32"].tokenizer
-    longer = long_texts(2000, tokenizer)
+    longer = long_texts(args.long, tokenizer)
     runs = {name: functools.partial(labels_of, p) for name, p in ours.items()}
     if args.hf:
         classify = pipeline("text-classification", model=args.hf, device="cpu")
@@ -167,6 +170,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models", nargs="+", help="trained checkpoints or exports to time against each other")
     parser.add_argument("--backends", help="an export made with --onnx --int8: every way we serve it")
+    parser.add_argument("--long", type=int, default=2000, help="with --backends: how many long texts")
     parser.add_argument("--hf", help="with --backends: the same model exported with --format hf")
     args = parser.parse_args()
     backends(args) if args.backends else trained_models(args) if args.models else against_hf(args)
