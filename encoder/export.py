@@ -59,12 +59,9 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                root = logging.getLogger()  # its advice to pre-process is for static (calibrated) quantization
-                root.addFilter(advice := _NotForUs("Please consider to run pre-processing before quantization"))
-                try:
+                # its advice to pre-process is for static (calibrated) quantization
+                with _dropped(logging.getLogger(), "Please consider to run pre-processing before quantization"):
                     quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
-                finally:
-                    root.removeFilter(advice)
             extra = ("model.onnx",) * onnx + ("model.int8.onnx",) * int8
             checkpoint.write_export(saved, tmp, extra_files=extra)
         _apply_umask(tmp)
@@ -126,18 +123,24 @@ class _NotForUs(logging.Filter):
 
 
 @contextlib.contextmanager
+def _dropped(logger: logging.Logger, prefix: str):
+    """`logger` without its records that start with `prefix`, for the duration."""
+    logger.addFilter(drop := _NotForUs(prefix))
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
 def _quiet_exporter():
     """torch's exporter reports things that do not concern this graph; each is dropped by its own text."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    registration.addFilter(drop := _NotForUs("torchvision is not installed"))  # we export no torchvision op
-    try:
-        with warnings.catch_warnings():
-            # both inputs share the batch and seq axes: the exporter says it keeps one name for each
-            warnings.filterwarnings("ignore", message=r"# The axis name: \w+ will not be used")
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-            yield
-    finally:
-        registration.removeFilter(drop)
+    with _dropped(registration, "torchvision is not installed"), warnings.catch_warnings():  # no torchvision op
+        # both inputs share the batch and seq axes: the exporter says it keeps one name for each
+        warnings.filterwarnings("ignore", message=r"# The axis name: \w+ will not be used")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
