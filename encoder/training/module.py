@@ -178,7 +178,7 @@ class EncoderModule(L.LightningModule):
             (no_decay if p.ndim < 2 or "bias" in name.rsplit(".", 1)[-1] else decay).append(p)
         groups = [{"params": decay, "weight_decay": o.weight_decay, "name": "decay"},
                   {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-        fused = o.fused if o.fused is not None else self.device.type == "cuda"
+        fused = o.fused if o.fused is not None else self.device.type in ("cpu", "cuda")
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_ratio * total)
