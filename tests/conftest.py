@@ -13,6 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for `import train`
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject runs the suite on every core (-n auto): a thread per worker
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # the subprocesses a test starts (train.py, DDP ranks, CLIs), too
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:
