@@ -60,7 +60,7 @@ def against_hf(args) -> None:
     from transformers import PreTrainedTokenizerFast
 
     dm = default_data()
-    texts = list(dm.raw["test"]["text"])
+    texts = list(dm.raw["test"]["text"])[: args.texts or None]
     torch.manual_seed(0)
     model = EncoderForSequenceClassification(model_config(args.size, dm.tokenizer.get_vocab_size(), num_labels=2)).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--size", default="small")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--texts", type=int, default=0, help="against HF: the first N test texts only (0: all)")
     parser.add_argument("--models", nargs="+", help="trained checkpoints or exports to time against each other")
     parser.add_argument("--backends", help="an export made with --onnx --int8: every way we serve it")
     parser.add_argument("--long", type=int, default=2000, help="with --backends: how many long texts")
