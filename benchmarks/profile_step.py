@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from common import default_data, machine, model_config, random_batches
+from common import alternate, default_data, machine, median_ratio, model_config, random_batches
 from encoder.model import AttentionConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
@@ -52,26 +51,17 @@ def main() -> None:
                                                 attention=AttentionConfig(num_heads=model.cfg.attention.num_heads,
                                                                           dropout=0.0))).train()
     no_dropout.load_state_dict(model.state_dict())
-    times = {"dropout 0.1": [], "no dropout": []}
-    for _ in range(3):
-        for name, m in (("dropout 0.1", model), ("no dropout", no_dropout)):
-            start = time.perf_counter()
-            steps(m, batches)
-            times[name].append(time.perf_counter() - start)
+    times = alternate({"dropout 0.1": lambda: steps(model, batches), "no dropout": lambda: steps(no_dropout, batches)},
+                      3, warmup=0)
     with_d, without = statistics.median(times["dropout 0.1"]), statistics.median(times["no dropout"])
     print(f"\nstep time with dropout 0.1: {with_d / args.steps * 1e3:.0f} ms, without: "
           f"{without / args.steps * 1e3:.0f} ms (dropout costs {with_d / without - 1:.0%})")
     # the optimizer: plain AdamW (a loop over the parameters) vs the fused kernel, alternating
-    times = {False: [], True: []}
-    for _ in range(5):
-        for fused in times:
-            start = time.perf_counter()
-            steps(model, batches, fused=fused)
-            times[fused].append(time.perf_counter() - start)
-    plain, fused = statistics.median(times[False]), statistics.median(times[True])
+    times = alternate({"plain": lambda: steps(model, batches), "fused": lambda: steps(model, batches, fused=True)},
+                      5, warmup=0)
+    plain, fused = statistics.median(times["plain"]), statistics.median(times["fused"])
     print(f"step time with plain AdamW: {plain / args.steps * 1e3:.0f} ms, fused: {fused / args.steps * 1e3:.0f} ms "
-          f"({statistics.median(p / f for p, f in zip(times[False], times[True])):.2f}x)")
-
+          f"({median_ratio(times, 'plain', 'fused'):.2f}x)")
 
 if __name__ == "__main__":
     main()

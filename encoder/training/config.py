@@ -56,7 +56,8 @@ class OptimConfig:
     warmup_steps: Optional[int] = None
     schedule: str = "linear"
     min_lr_ratio: float = 0.0
-    fused: Optional[bool] = None  # None: the fused kernel on CPU and CUDA (4x faster a step on CPU), the plain one elsewhere
+    # None: the fused kernel on CPU and CUDA (on CPU the optimizer step is 4x, a training step ~1.09x faster)
+    fused: Optional[bool] = None
 
     def __post_init__(self):
         check_choice(self.schedule, SCHEDULES, "optim.schedule")
