@@ -54,12 +54,31 @@ _LONG_WORD = re.compile(r"\S{%d,}" % (MAX_WORD_CHARS + 1))
 
 def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8192,
                     min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
+    """The same texts and settings give the same tokenizer, byte for byte (see `_continuing_pieces`)."""
     tok, trainer_cls = _build(kind, lowercase)
     extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()} if kind == "bpe" else {}
+    texts = [_LONG_WORD.sub(" ", t) for t in texts]
+    pieces = _continuing_pieces(tok, texts) if kind == "wordpiece" else []
     trainer = trainer_cls(vocab_size=vocab_size, min_frequency=min_frequency,
-                          special_tokens=SPECIAL_TOKENS, show_progress=False, **extra)
-    tok.train_from_iterator((_LONG_WORD.sub(" ", t) for t in texts), trainer=trainer)
+                          special_tokens=SPECIAL_TOKENS + pieces, show_progress=False, **extra)
+    tok.train_from_iterator(texts, trainer=trainer)
+    if pieces:  # they were listed to fix their ids; as tokens they are ordinary word pieces
+        saved = json.loads(tok.to_str())
+        saved["added_tokens"] = [t for t in saved["added_tokens"] if t["content"] in SPECIAL_TOKENS]
+        tok = Tokenizer.from_str(json.dumps(saved))
     return finalize(tok)
+
+
+def _continuing_pieces(tok: Tokenizer, texts: list[str]) -> list[str]:
+    """`##c` for every character c the normalised texts hold, sorted. The WordPiece trainer numbers these
+    pieces in the iteration order of a hash map, which changes from process to process, and breaks ties
+    between equally frequent merges by those numbers: trained twice on the same texts, it gave vocabularies
+    of different sizes with thousands of ids apart (tokenizers #1794). Listed up front, they are numbered
+    in this order, and training is deterministic."""
+    characters = set()
+    for c in set().union(*map(set, texts)) if texts else ():
+        characters.update(tok.normalizer.normalize_str(c))
+    return sorted(f"##{c}" for c in characters if not c.isspace())
 
 
 def finalize(tok: Tokenizer) -> Tokenizer:
@@ -111,7 +130,8 @@ def get_tokenizer(cfg: TokenizerConfig, texts_fn, data_fingerprint: str, cache_d
         return load_tokenizer(cfg.path)
     settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
                 "lowercase": cfg.lowercase}
-    cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(settings, data_fingerprint)}.json"
+    # "deterministic": tokenizers cached before training was made deterministic are not reused
+    cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(settings, data_fingerprint, 'deterministic')}.json"
     if cached.exists():
         return load_tokenizer(cached)
     tok = train_tokenizer(texts_fn(), **settings)
