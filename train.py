@@ -102,7 +102,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 def build_data(cfg: DictConfig, checked: Checked):
     """The prepared datamodule (vocabulary and labels known), and the pretrained encoder to start from."""
     tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
-    init = pretrained.load(checked.model.init_from, cfg.paths.cache_dir) if checked.model.init_from else None
+    m = checked.model
+    init = pretrained.load(m.init_from, cfg.paths.cache_dir, m.init_layers) if m.init_from else None
     if init is not None:  # its tokenizer, never a retrained one
         pretrained.check_matches(init, OmegaConf.to_container(cfg.model, resolve=True))
         if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():

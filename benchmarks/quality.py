@@ -6,11 +6,14 @@ TF-IDF (1-2 grams, sublinear tf) + logistic regression on the same split.
     python benchmarks/quality.py run small --seeds 42 1 2         # python train.py per seed; results appended
     python benchmarks/quality.py run small_distilled --teacher outputs/.../best-....ckpt
     python benchmarks/quality.py run small --set model.dropout=0.2 --name small_dropout0.2   # a variant
+    python benchmarks/quality.py ood                              # out-of-domain accuracy of runs that lack it
     python benchmarks/quality.py table                            # mean ± sd of everything recorded
 
 Each run is `python train.py <recipe> seed=S` in its own directory under outputs/quality/; its metrics
-(test accuracy of the best-validation checkpoint, best validation accuracy), parameters and wall time go
-to benchmarks/results/quality.jsonl, one line per run, so the table can be rebuilt and extended.
+(test accuracy of the best-validation checkpoint, best validation accuracy, and its accuracy out of domain:
+`train=false` on data=vader_polarity, tweets, product reviews and editorials no recipe trains on), parameters
+and wall time go to benchmarks/results/quality.jsonl, one line per run, so the table can be rebuilt and
+extended. A seed recorded again replaces its earlier line in the table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     "small_before": ["model.pooling=cls", "model.attention.dropout=0.1"],  # the default until 0.2
     "tiny": ["model=tiny"],
     "minilm_teacher": ["experiment=minilm_rotten_tomatoes"],
+    "minilm_l3_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "distill.teacher={teacher}"],
+    "minilm_l3": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3"],
     "small_distilled": ["distill.teacher={teacher}"],
     "small_distilled_corpus": ["distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],
     "tiny_distilled": ["model=tiny", "distill.teacher={teacher}"],
@@ -39,7 +44,12 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
 }
 
 
+OOD_DATA = "vader_polarity"  # configs/data/vader_polarity.yaml
+
+
 def run(name: str, overrides: list[str], seeds: list[int], teacher: str | None) -> None:
+    if teacher is not None:  # recorded relative to the repository (results files hold no machine's paths)
+        teacher = os.path.relpath(Path(teacher).resolve(), ROOT)
     overrides = [o.format(teacher=teacher) for o in overrides]
     if any("None" in o for o in overrides):
         raise SystemExit(f"recipe {name} needs --teacher PATH")
@@ -55,12 +65,38 @@ def run(name: str, overrides: list[str], seeds: list[int], teacher: str | None) 
             raise SystemExit(f"{name} seed {seed} failed:\n{done.stderr[-3000:]}")
         metrics = json.loads((out / "metrics.json").read_text())["metrics"]
         record = {"recipe": name, "seed": seed, "overrides": overrides, "test_acc": metrics["test/acc"],
-                  "best_val_acc": metrics.get("best_val/acc"), "wall_s": round(wall, 1), "params": parameters(out),
+                  "best_val_acc": metrics.get("best_val/acc"), "ood_acc": out_of_domain(out),
+                  "wall_s": round(wall, 1), "params": parameters(out),
                   "run_dir": str(out.relative_to(ROOT)), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
         with open(RESULTS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"{name} seed {seed}: test acc {record['test_acc']:.4f} (best val {record['best_val_acc']:.4f}), "
-              f"{wall / 60:.1f} min", flush=True)
+        print(f"{name} seed {seed}: test acc {record['test_acc']:.4f} (best val {record['best_val_acc']:.4f}, "
+              f"out of domain {record['ood_acc']:.4f}), {wall / 60:.1f} min", flush=True)
+
+
+def out_of_domain(run_dir: Path) -> float:
+    """Test accuracy of a run's best-validation checkpoint on the out-of-domain set (`train=false`)."""
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    out = run_dir / f"ood-{OOD_DATA}"
+    if not (out / "metrics.json").exists():
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), "train=false", f"ckpt_path={best}",
+                               f"data={OOD_DATA}", f"hydra.run.dir={out}", "callbacks.progress_bar.refresh_rate=0"],
+                              cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"out-of-domain evaluation of {best} failed:\n{done.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text())["metrics"]["test/acc"]
+
+
+def fill_out_of_domain() -> None:
+    """Evaluate out of domain every recorded run whose directory is here and that lacks the number."""
+    lines = RESULTS.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        record = json.loads(line) if line.strip() else None
+        if record and record.get("ood_acc") is None and record.get("run_dir") and (ROOT / record["run_dir"]).is_dir():
+            record["ood_acc"] = out_of_domain(ROOT / record["run_dir"])
+            lines[i] = json.dumps(record)
+            print(f"{record['recipe']} seed {record['seed']}: out of domain {record['ood_acc']:.4f}", flush=True)
+    RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def parameters(run_dir: Path) -> int:
@@ -84,14 +120,15 @@ def baselines() -> None:
     from sklearn.linear_model import LogisticRegression
 
     sys.path.insert(0, str(ROOT))
-    from encoder.training.data.sources import rotten_tomatoes_critics
+    from encoder.training.data.sources import SOURCES, rotten_tomatoes_critics
 
     splits = {}
-    for split, path in rotten_tomatoes_critics().items():
+    for split, path in [*rotten_tomatoes_critics().items(), ("ood", SOURCES[OOD_DATA]()["test"])]:
         with open(path, encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         splits[split] = ([r["text"] for r in rows], [r["label"] for r in rows])
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["validation"], splits["test"]
+    ood_x, ood_y = splits["ood"]
     majority = max(set(train_y), key=train_y.count)
     fits = []  # (validation accuracy, model, vectorizer, settings) over min_df and C, chosen on validation
     for min_df in (1, 2):
@@ -104,35 +141,44 @@ def baselines() -> None:
     x_train, x_val, x_test = tfidf.transform(train_x), tfidf.transform(val_x), tfidf.transform(test_x)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a", encoding="utf-8") as f:
-        for name, acc, val in (("majority", sum(y == majority for y in test_y) / len(test_y),
-                                sum(y == majority for y in val_y) / len(val_y)),
-                               ("tfidf_logreg", best.score(x_test, test_y), best.score(x_val, val_y))):
-            f.write(json.dumps({"recipe": name, "seed": None, "test_acc": acc, "best_val_acc": val,
+        for name, acc, val, ood in (("majority", sum(y == majority for y in test_y) / len(test_y),
+                                     sum(y == majority for y in val_y) / len(val_y),
+                                     sum(y == majority for y in ood_y) / len(ood_y)),
+                                    ("tfidf_logreg", best.score(x_test, test_y), best.score(x_val, val_y),
+                                     best.score(tfidf.transform(ood_x), ood_y))):
+            f.write(json.dumps({"recipe": name, "seed": None, "test_acc": acc, "best_val_acc": val, "ood_acc": ood,
                                 "params": x_train.shape[1] + 1 if name != "majority" else 0, "wall_s": None,
                                 "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                                 "overrides": [settings] if name != "majority" else []}) + "\n")
-            print(f"{name}: test acc {acc:.4f} (validation {val:.4f})")
+            print(f"{name}: test acc {acc:.4f} (validation {val:.4f}, out of domain {ood:.4f})")
 
 
 def table() -> None:
     records = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    latest = {(r["recipe"], r["seed"]): r for r in records}  # a seed run again replaces its earlier line
     names = list(dict.fromkeys(r["recipe"] for r in records))
     print(f"{'recipe':28s} {'params':>10s} {'seeds':>5s} {'test acc (mean ± sd)':>22s} {'best val acc':>13s} "
-          f"{'wall min':>9s}")
+          f"{'out of domain':>22s} {'wall min':>9s}")
     for name in names:
-        rs = [r for r in records if r["recipe"] == name]
-        acc = [100 * r["test_acc"] for r in rs]
-        spread = f"± {statistics.stdev(acc):4.2f}" if len(acc) > 1 else "(1 run)"
+        rs = [r for (recipe, _), r in latest.items() if recipe == name]
         val = statistics.mean(100 * r["best_val_acc"] for r in rs if r["best_val_acc"] is not None)
         walls = [r["wall_s"] / 60 for r in rs if r["wall_s"]]
         wall = f"{statistics.mean(walls):9.1f}" if walls else f"{'-':>9s}"
-        print(f"{name:28s} {rs[0]['params']:>10,d} {len(rs):>5d} {statistics.mean(acc):>14.2f} {spread:7s}"
-              f"{val:>12.2f} {wall}")
+        print(f"{name:28s} {rs[0]['params']:>10,d} {len(rs):>5d} {spread([r['test_acc'] for r in rs]):>22s}"
+              f"{val:>14.2f} {spread([r.get('ood_acc') for r in rs]):>22s} {wall}")
+
+
+def spread(values: list) -> str:
+    """mean ± sd in percent (or '(1 run)', or '-' when none was measured)."""
+    values = [100 * v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.2f} " + (f"± {statistics.stdev(values):4.2f}" if len(values) > 1 else "(1 run)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "baselines", "table"])
+    parser.add_argument("command", choices=["run", "baselines", "ood", "table"])
     parser.add_argument("recipe", nargs="?", choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--teacher", help="the teacher checkpoint or export of the *_distilled recipes")
@@ -145,6 +191,8 @@ def main() -> None:
         run(args.name or args.recipe, RECIPES[args.recipe] + args.set, args.seeds, args.teacher)
     elif args.command == "baselines":
         baselines()
+    elif args.command == "ood":
+        fill_out_of_domain()
     else:
         table()
 

@@ -38,7 +38,7 @@ from encoder.model import ModelConfig
 
 EXPORT_FORMAT = "encoder-export-v1"
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-RUN_SWITCHES = ("unpad", "compile", "init_from")  # stored with the architecture before 0.2: not architecture
+RUN_SWITCHES = ("unpad", "compile", "init_from", "init_layers")  # stored with the architecture before 0.2: not architecture
 
 
 @dataclass

@@ -122,3 +122,56 @@ def test_init_from_our_own_export(tmp_path):
     assert Tokenizer.from_str(hp["tokenizer_json"]).get_vocab() == Tokenizer.from_file(str(source.tokenizer_path)).get_vocab()
     # the second run trained a model that started from every exported encoder tensor
     assert source.state and all(torch.equal(WeightsAtStart.seen[k], v) for k, v in source.state.items())
+
+
+def test_a_student_made_of_its_teachers_layers(tmp_path):
+    # a tiny 2-layer teacher, exported; the student keeps its embeddings and layer 1 only
+    import train
+
+    from encoder.export import export
+
+    teacher_overrides = TINY + ["model.num_layers=2", "model.pooling=mean"]
+    train.train(compose(teacher_overrides, tmp_path / "teacher"))
+    folder = export(tmp_path / "teacher" / "checkpoints" / "last.ckpt", tmp_path / "export")
+    teacher = pretrained.load(str(folder))
+    student = pretrained.load(str(folder), layers=[1])
+    assert student.arch["num_layers"] == 1
+    assert set(student.state) == {k for k in teacher.state if not k.startswith("encoder.layers.0.")} - \
+        {k for k in teacher.state if k.startswith("encoder.layers.1.")} | \
+        {k.replace("layers.1.", "layers.0.") for k in teacher.state if k.startswith("encoder.layers.1.")}
+    for name, value in student.state.items():
+        source = name.replace("encoder.layers.0.", "encoder.layers.1.")
+        assert torch.equal(value, teacher.state[source]), name
+
+    # before any training, the student computes what the teacher computes without its layer 0
+    t = encoder.load_model(folder).model.eval()
+    cfg = ModelConfig.from_dict({**vars(t.cfg), "attention": vars(t.cfg.attention), "num_layers": 1})
+    s = EncoderForSequenceClassification(cfg).eval()
+    pretrained.apply(student, s)
+    del t.encoder.layers[0]
+    ids = torch.tensor([[2, 40, 41, 42, 3, 0], [2, 50, 3, 0, 0, 0]])
+    mask = ids == 0
+    with torch.no_grad():
+        torch.testing.assert_close(s.encoder(ids, mask)[~mask], t.encoder(ids, mask)[~mask])
+
+    # through train.py: one override picks the layers, and the run starts from exactly them
+    train.train(compose(TINY + ["model.num_layers=1", "model.pooling=mean", f"model.init_from={folder}",
+                                "model.init_layers=[1]", "trainer.limit_train_batches=1", START], tmp_path / "student"))
+    for name, value in student.state.items():
+        assert torch.equal(WeightsAtStart.seen[name], value), name
+    best = next((tmp_path / "student" / "checkpoints").glob("best-*.ckpt"))
+    assert encoder.load_model(best).predict(["a gorgeous, witty movie"])[0]["label"] in ("rotten", "fresh")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.init_layers=[0]"], "model.init_layers picks layers of a pretrained encoder: set model.init_from"),
+    (["model.init_from=all-MiniLM-L6-v2", "model.init_layers=[0,0]"], "must list distinct layer indices"),
+    (["model.init_from=all-MiniLM-L6-v2", "model.init_layers=[]"], "must list distinct layer indices"),
+    (["model=minilm_l3", "model.init_layers=[0,1]"], "keeps 2 layers but model.num_layers=3; set model.num_layers=2"),
+    (["model=minilm_l3", "model.init_layers=[0,1,6]"], r"names layer 6, but .* has 6 layers \(0..5\)"),
+])
+def test_bad_layer_choices_are_refused_in_one_line(overrides, message, tmp_path):
+    import train
+
+    with pytest.raises(ConfigError, match=message):
+        train.train(compose(TINY + overrides, tmp_path))

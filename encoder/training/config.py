@@ -42,6 +42,23 @@ class ModelNode(ModelConfig):
     unpad: bool = True  # run everything but attention on real tokens only (same function, faster)
     compile: bool = False  # torch.compile the model for training (measure first: see README)
     init_from: Optional[str] = None  # start from a pretrained encoder: a known name, a folder or a .ckpt
+    # which of init_from's layers to keep, in order (a student made of its teacher's layers, as DistilBERT
+    # is); null: all of them. num_layers must be the number kept.
+    init_layers: Optional[List[int]] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.init_layers is None:
+            return
+        layers = list(self.init_layers)
+        if not self.init_from:
+            raise ConfigError("model.init_layers picks layers of a pretrained encoder: set model.init_from too "
+                              "(or drop model.init_layers)")
+        if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+            raise ConfigError(f"model.init_layers={layers} must list distinct layer indices >= 0, e.g. [0,1,2]")
+        if len(layers) != self.num_layers:
+            raise ConfigError(f"model.init_layers={layers} keeps {len(layers)} layers but model.num_layers="
+                              f"{self.num_layers}; set model.num_layers={len(layers)}")
 
 
 @dataclass

