@@ -32,7 +32,7 @@ from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
 from encoder.training.console import quiet
-from encoder.training.launch import help_text, newest_unfinished, preflight, trainer_error
+from encoder.training.launch import discard_failed_start, help_text, newest_unfinished, preflight, trainer_error
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.module import EncoderModule
 
@@ -72,11 +72,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_resumable(ckpt_path: str, module: EncoderModule) -> None:
+def check_resumable(ckpt_path: str, saved: checkpoint.Saved, module: EncoderModule) -> None:
     """A resumed run must build the model the checkpoint holds: one line naming the first difference."""
     hp = module.hparams
     ours = checkpoint.Saved(hp.task, hp.model, hp.tokenizer_json, hp.label_names, hp.max_length, {})
-    difference = checkpoint.first_difference(ours, checkpoint.read_checkpoint(ckpt_path))
+    difference = checkpoint.first_difference(ours, saved)
     if difference:
         what, here, there = difference
         raise ConfigError(f"{ckpt_path} was trained with {what}={there!r}, this run has {what}={here!r}; resume "
@@ -99,11 +99,14 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         raise trainer_error(e, overrides) from None
 
 
-def build_data(cfg: DictConfig, checked: Checked):
-    """The prepared datamodule (vocabulary and labels known), and the pretrained encoder to start from."""
+def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | None = None):
+    """The prepared datamodule (vocabulary and labels known), and the pretrained encoder to start from.
+    `resumed`: the checkpoint a run continues in its own directory, whose tokenizer it keeps (never retrained)."""
     tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    if resumed is not None:
+        tokenizer_cfg["path"] = str(pretrained.cached_tokenizer(resumed.tokenizer_json, cfg.paths.cache_dir))
     m = checked.model
-    init = pretrained.load(m.init_from, cfg.paths.cache_dir, m.init_layers) if m.init_from else None
+    init = pretrained.load(m.init_from, cfg.paths.cache_dir, m.init_layers) if m.init_from and not resumed else None
     if init is not None:  # its tokenizer, never a retrained one
         pretrained.check_matches(init, OmegaConf.to_container(cfg.model, resolve=True))
         if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():
@@ -233,12 +236,14 @@ def train(cfg: DictConfig) -> dict:
         raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
                           f"(to continue that run, pass ckpt_path=...)")
     remove_stale_temp_files(run_dir / "checkpoints")
+    saved = checkpoint.read_for_resume(ckpt_path) if ckpt_path else None  # damaged or edited: refused here
     trainer = build_trainer(cfg)  # before the data: Lightning checks its arguments here
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, init = build_data(cfg, checked)
+    # continuing in its own directory, the run's config was checked against its record (launch.py)
+    datamodule, init = build_data(cfg, checked, saved if continuing else None)
     module = build_module(checked, datamodule, init, resuming=bool(ckpt_path))
     if ckpt_path:
-        check_resumable(ckpt_path, module)
+        check_resumable(ckpt_path, saved, module)
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return finish(cfg, trainer, module, datamodule)
@@ -278,6 +283,9 @@ def main(cfg: DictConfig) -> float:
         with ddp_ranks_run_this_job_only():
             return train(cfg)["objective"]
     except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+        if HydraConfig.get().mode == RunMode.RUN:
+            logging.shutdown()  # train.log closed before its folder may go
+            discard_failed_start(Path(cfg.paths.output_dir), HydraConfig.get().output_subdir)
         raise SystemExit(f"error: {e}") from None
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)

@@ -153,9 +153,40 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+DIGESTS = ("weights_sha256", "checkpoint_sha256")
+
+
 def stamp(checkpoint: dict) -> None:
-    """Called as a checkpoint is written (EncoderModule.on_save_checkpoint): record the weights' digest."""
+    """Called as a checkpoint is written (EncoderModule.on_save_checkpoint, after everything else is in it):
+    record the weights' digest, and one of everything a reader or a resume uses (hyper-parameters, optimizer
+    and scheduler state, loops, RNG)."""
     checkpoint["weights_sha256"] = weights_digest(_model_weights(checkpoint["state_dict"]))
+    checkpoint["checkpoint_sha256"] = content_digest(checkpoint)
+
+
+def content_digest(checkpoint: dict) -> str:
+    """sha256 over a checkpoint's whole content but its digests: tensors by their bytes, anything else by
+    its repr, dict keys sorted, so the same content read back gives the same digest."""
+    digest = hashlib.sha256()
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, dict):
+            for key in sorted(node, key=str):
+                if not (path == "" and key in DIGESTS):
+                    walk(node[key], f"{path}/{key}")
+        elif isinstance(node, (list, tuple)):
+            digest.update(f"{path}:{type(node).__name__}:{len(node)};".encode())
+            for i, item in enumerate(node):
+                walk(item, f"{path}/{i}")
+        elif isinstance(node, torch.Tensor):
+            tensor = node.detach().cpu().contiguous()
+            digest.update(f"{path}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(f"{path}={node!r};".encode())
+
+    walk(checkpoint, "")
+    return digest.hexdigest()
 
 
 def _model_weights(state_dict: dict) -> dict[str, torch.Tensor]:
@@ -163,7 +194,24 @@ def _model_weights(state_dict: dict) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Saved:
+    return _saved(load_checkpoint(path), path)
+
+
+def read_for_resume(path: str | os.PathLike) -> Saved:
+    """`read_checkpoint`, and the optimizer state a resume would continue from must be finite."""
     ckpt = load_checkpoint(path)
+    saved = _saved(ckpt, path)
+    for i, optimizer in enumerate(ckpt.get("optimizer_states") or []):
+        for param, state in (optimizer.get("state") or {}).items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                    raise CheckpointError(f"{path}: its optimizer state is not finite ({name} of parameter {param}); "
+                                          f"resuming would spread it into the weights: resume an earlier checkpoint "
+                                          f"or start a new run")
+    return saved
+
+
+def _saved(ckpt: dict, path: str | os.PathLike) -> Saved:
     hp = ckpt["hyper_parameters"]
     missing = [k for k in ("model", "tokenizer_json", "max_length") if k not in hp]
     if missing:
@@ -174,6 +222,11 @@ def read_checkpoint(path: str | os.PathLike) -> Saved:
     if recorded is not None and weights_digest(state) != recorded:
         raise CheckpointError(f"{path}: its weights do not match the digest recorded when it was written (the file "
                               f"was damaged or modified); use another checkpoint (e.g. last.ckpt or best-*.ckpt)")
+    recorded = ckpt.get("checkpoint_sha256")  # checkpoints written before 0.3 have none
+    if recorded is not None and content_digest(ckpt) != recorded:
+        raise CheckpointError(f"{path}: its hyper-parameters or training state (optimizer, schedule, loops) do not "
+                              f"match the digest recorded when it was written (the file was damaged or modified); "
+                              f"use another checkpoint (e.g. last.ckpt or best-*.ckpt)")
     # older checkpoints record the task next to the hyperparameters, the oldest not at all
     task = hp.get("task") or ckpt.get("task") or "classification"
     return Saved(task, hp["model"], hp["tokenizer_json"], hp.get("label_names"), hp["max_length"], state)

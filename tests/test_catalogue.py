@@ -183,6 +183,45 @@ def test_a_checkpoint_with_flipped_weight_bytes_is_refused_everywhere(earlier, t
     assert expected in one_line(lambda: train.train(compose([*TINY, f"model.init_from={damaged}"], tmp_path / "init")))
 
 
+def flip_optimizer_bytes(source, target):
+    """A copy of `source` with bytes flipped inside an AdamW moment (exp_avg) of the optimizer state."""
+    state = torch.load(source, weights_only=True)["optimizer_states"][0]["state"]
+    moment = next(s["exp_avg"] for s in state.values() if s["exp_avg"].numel() > 64 and (s["exp_avg"] != 0).all())
+    data = bytearray(source.read_bytes())
+    at = data.find(moment.numpy().tobytes()[:64])
+    assert at > 0
+    for i in range(at + 3, at + 64, 4):  # the high byte of each float32: huge values
+        data[i] ^= 0x7F
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_flipped_optimizer_bytes_or_edited_hyper_parameters_are_refused(earlier, tmp_path):
+    import train
+
+    damaged = flip_optimizer_bytes(earlier / "checkpoints" / "last.ckpt", tmp_path / "damaged.ckpt")
+    assert "training state (optimizer, schedule, loops) do not match the digest" in one_line(
+        lambda: train.train(compose([*TINY, f"ckpt_path={damaged}"], tmp_path / "resume")))
+    assert not (tmp_path / "resume" / "checkpoints").exists()  # refused before training wrote anything
+    # what serving reads: label names reversed, max_length changed, each refused
+    for edit in (lambda hp: hp.update(label_names=hp["label_names"][::-1]), lambda hp: hp.update(max_length=8)):
+        ckpt = torch.load(earlier / "checkpoints" / "last.ckpt", weights_only=True)
+        edit(ckpt["hyper_parameters"])
+        torch.save(ckpt, tmp_path / "edited.ckpt")
+        assert "hyper-parameters or training state" in one_line(lambda: encoder.load_model(tmp_path / "edited.ckpt"))
+
+
+def test_a_resume_refuses_optimizer_state_that_is_not_finite(earlier, tmp_path):
+    import train
+
+    ckpt = torch.load(earlier / "checkpoints" / "last.ckpt", weights_only=True)
+    next(iter(ckpt["optimizer_states"][0]["state"].values()))["exp_avg"][0] = float("inf")
+    checkpoint.stamp(ckpt)  # a consistent file whose training state diverged
+    torch.save(ckpt, tmp_path / "inf.ckpt")
+    assert "its optimizer state is not finite (exp_avg of parameter" in one_line(
+        lambda: train.train(compose([*TINY, f"ckpt_path={tmp_path / 'inf.ckpt'}"], tmp_path / "resume")))
+
+
 def test_predictions_are_never_nan_without_an_error(earlier):
     predictor = encoder.load_model(earlier / "checkpoints" / "last.ckpt")
     with torch.no_grad():

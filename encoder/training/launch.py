@@ -6,11 +6,19 @@ train.py calls `preflight(sys.argv[1:])` and runs Hydra with the arguments it re
 plus, when a run is resumed, the run directory of its checkpoint (the run continues there: one set of
 checkpoints, one TensorBoard curve) and a `.hydra/resume-<time>` folder for this start's config, so the
 first start's record is kept.
+
+A checkpoint inside a run directory knows its run: resuming it (`ckpt_path=` or `resume=auto`) takes that
+run's overrides (from its newest record) and applies the ones given now on top. What a resume cannot
+honour exactly (the model, data, tokenizer, optimizer, seed, batch size, ...) is refused in one line
+before any data is read; the schedule may be extended (said in one line); how a run is watched and
+logged may change freely.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +31,15 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from encoder.errors import ConfigError
 from encoder.training.config import unknown_key, unused_dir, validate
 
+# On resume: keys that may change freely (how a run is watched, logged and evaluated at the end), and keys
+# that extend or shorten the schedule (said in one line). Any other change is refused.
+FREE_ON_RESUME = ("logger", "callbacks.progress_bar", "callbacks.model_summary", "callbacks.tensorboard_visuals",
+                  "callbacks.lr_monitor", "callbacks.graceful_shutdown", "callbacks.last_checkpoint.every_n_train_steps",
+                  "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+                  "data.num_workers", "data.pin_memory", "data.persistent_workers", "test", "predictions",
+                  "ckpt_path", "resume", "paths", "hydra")
+SCHEDULE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
+            "callbacks.early_stopping")
 HYDRA_OWN_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i",
                    "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
 
@@ -78,7 +95,91 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> list[str]:
         cfg = compose(config_dir, config_name, variant)
         validate(cfg)
         build_trainer_alone(cfg, variant)
-    return args if multirun or cfg.hydra.mode == "MULTIRUN" else args + run_directory(cfg, overrides)
+    if multirun or cfg.hydra.mode == "MULTIRUN":
+        return args
+    resumed = resumed_run(config_dir, config_name, cfg, overrides)
+    if resumed is not None:
+        flags = [a for a in args if a.startswith("-")]
+        args, overrides = flags + resumed, resumed
+        cfg = compose(config_dir, config_name, overrides)
+    return args + run_directory(cfg, overrides)
+
+
+def resumed_run(config_dir: str, config_name: str, cfg: DictConfig, given: list[str]) -> list[str] | None:
+    """The overrides a resume runs with: those of the checkpoint's run (its newest record), then the ones
+    given now, then `ckpt_path`. None when this start resumes nothing, or a checkpoint outside any run."""
+    if not cfg.train or not (cfg.ckpt_path or cfg.resume == "auto"):
+        return None
+    ckpt = cfg.ckpt_path
+    if not ckpt:
+        HydraConfig.instance().set_config(cfg)  # `name` is ${hydra:runtime.choices.data} by default
+        ckpt = str(newest_unfinished(Path("outputs") / cfg.name))
+    elif not Path(ckpt).is_file():
+        return None  # train.py names it
+    record = newest_record(Path(ckpt))
+    if record is None:
+        return None
+    import yaml
+
+    kept = [o for o in yaml.safe_load((record / "overrides.yaml").read_text(encoding="utf-8")) or []
+            if _key(o) not in ("ckpt_path", "resume") and not _key(o).startswith("hydra.")]
+    mine = [o for o in given if _key(o) not in ("ckpt_path", "resume")]
+    merged = [o for o in kept if _key(o) not in {_key(m) for m in mine}] + mine + [f"ckpt_path={ckpt}"]
+    resumed = compose(config_dir, config_name, merged)
+    validate(resumed)
+    check_honoured(OmegaConf.load(record / "config.yaml"), resumed, ckpt, record)
+    return merged
+
+
+def newest_record(ckpt: Path) -> Path | None:
+    """The newest `.hydra` record (the first start's, or a resume's) of the run a checkpoint belongs to."""
+    ckpt = ckpt.resolve()
+    if ckpt.parent.name != "checkpoints":
+        return None
+    hydra = ckpt.parents[1] / ".hydra"
+    records = [hydra, *sorted(hydra.glob("resume-*"))]
+    records = [r for r in records if (r / "config.yaml").is_file() and (r / "overrides.yaml").is_file()]
+    return records[-1] if records else None
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_honoured(before: DictConfig, now: DictConfig, ckpt: str, record: Path) -> None:
+    """Refuse, in one line, a change a resume cannot honour exactly; say which schedule keys changed."""
+    old, new = _flat(before), _flat(now)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")
+                     and not _under(k, FREE_ON_RESUME))
+    refused = [k for k in changed if not _under(k, SCHEDULE)]
+    if refused:
+        key = refused[0]
+        raise ConfigError(f"{ckpt} continues a run trained with {key}={old.get(key, '<absent>')} (its record: "
+                          f"{record / 'config.yaml'}); a resume cannot honour {key}={new.get(key, '<absent>')}: drop "
+                          f"that override, or start a new run without ckpt_path/resume")
+    for key in changed:
+        print(f"note: resuming with {key}={new.get(key, '<absent>')} (the run had {old.get(key, '<absent>')}); "
+              f"the learning-rate schedule follows the new length")
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _flat(cfg: DictConfig) -> dict:
+    """Every leaf of a composed config (unresolved: interpolations as written), by dotted key."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    out: dict = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+
+    walk({k: v for k, v in container.items() if k != "hydra"}, "")
+    return out
 
 
 def run_directory(cfg: DictConfig, overrides: list[str]) -> list[str]:
@@ -101,6 +202,22 @@ def run_directory(cfg: DictConfig, overrides: list[str]) -> list[str]:
         raise ConfigError(f"hydra.run.dir={given} already holds a run, which a new run would overwrite; pick a new "
                           f"directory (to continue that run: ckpt_path={given}/checkpoints/last.ckpt)")
     return extra
+
+
+def discard_failed_start(run_dir: Path, record: str) -> None:
+    """After a start that failed before training (a data, checkpoint or logger error): remove what Hydra made
+    for it, so failed tries leave nothing behind. A resume's own record (`.hydra/resume-<time>`) goes; a new
+    run's directory goes only while it holds nothing but Hydra's record, its log and empty folders."""
+    if record != ".hydra":
+        shutil.rmtree(run_dir / record, ignore_errors=True)
+        return
+    if not run_dir.is_dir():
+        return
+    leftovers = [p for p in run_dir.rglob("*") if p.is_file() and p.parts[len(run_dir.parts)] not in (".hydra", "train.log")]
+    if not leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # outputs/<name>/, if this was its only run
+            run_dir.parent.rmdir()
 
 
 def newest_unfinished(experiment: Path, exclude: Path | None = None) -> Path:

@@ -153,10 +153,10 @@ class EncoderModule(L.LightningModule):
 
     # ---- exact resume: dropout's random state travels with the checkpoint ----------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        stamp(checkpoint)  # the weights' digest, which every reader checks
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        stamp(checkpoint)  # digests of the weights and of everything else, which every reader checks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng")
