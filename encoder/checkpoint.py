@@ -124,14 +124,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         # mmap (zip checkpoints only): reading the hyperparameters of a large checkpoint loads little
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        # torch names the global it refused ("Unsupported global: GLOBAL x.y"); other unpickling errors are damage
-        refused = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        # torch names the global it refused ("Unsupported global: GLOBAL x.y", or "Trying to load unsupported
+        # GLOBAL x.y whose module x is blocked"): the file asks to run code. Other unpickling errors are damage.
+        refused = next((line.strip() for line in str(e).splitlines() if "unsupported global" in line.lower()), None)
+        operand = next((line.strip() for line in str(e).splitlines() if "Unsupported operand" in line), None)
+        if operand is not None:
+            raise CheckpointError(f"{path} is not a checkpoint encoder can read safely: its pickle uses an instruction "
+                                  f"a weights-only read refuses ({operand.lower()}), so nothing in it ran; it is "
+                                  f"damaged or was not written by encoder's train.py") from None
         if refused is None:
             raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): it does not "
                                   f"unpickle") from None
-        raise CheckpointError(f"refusing to load {path}: it needs arbitrary Python objects to unpickle, which "
-                              f"could run code ({refused.split('. ')[0]}); only load checkpoints written by "
-                              f"encoder") from None
+        what = refused[refused.find("GLOBAL "):].split(" whose ")[0].split(" was not ")[0].rstrip(".")
+        raise CheckpointError(f"refusing to load {path}: the file asks to run code as it is read ({what}), which "
+                              f"was refused; only load checkpoints written by encoder") from None
     except Exception as e:  # noqa: BLE001 - damaged bytes make the unpickler raise anything (IndexError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from None

@@ -130,6 +130,19 @@ class OnnxModel(torch.nn.Module):
         return torch.from_numpy(self._outputs(input_ids, padding_mask)[1])
 
 
+def check_device(device: str | torch.device) -> None:
+    """A device torch knows and this machine has, or one ValueError line."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows; use cpu, cuda, cuda:1 or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        build = f" (this torch {torch.__version__} was built without CUDA)" if kind == "cuda" and not torch.version.cuda else ""
+        raise ValueError(f"device={device!r}: no {kind} device is available here{build}; use cpu")
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64, backend: str = "torch",
                int8: bool = False) -> Predictor:
     """The `Predictor` of a `.ckpt` written by `python train.py` or of a folder written by
@@ -140,6 +153,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 6
     if int8 and backend != "onnx":
         raise ValueError("int8 runs through onnxruntime: backend='onnx' (predict --backend onnx --int8) on an export "
                          "made with --onnx --int8")
+    check_device(device)
     saved = checkpoint.read(path)
     if backend == "onnx":
         from encoder import tasks  # (the task modules import this one)

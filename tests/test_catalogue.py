@@ -113,6 +113,10 @@ def test_a_signal_during_validation_or_the_test_stops_with_every_step_saved(tmp_
     assert stop.value.signum == signal.SIGTERM and stop.value.step == step
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
     assert not (tmp_path / "metrics.json").exists()  # the run did not carry on as if nothing happened
+    # and it resumes: the interrupted validation (or test) runs again, then the run finishes
+    metrics = train.train(compose([*TINY, "~callbacks.tensorboard_visuals", "trainer.max_epochs=2",
+                                   f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"], tmp_path))
+    assert "val/acc" in metrics and (tmp_path / "metrics.json").exists()
 
 
 def test_stale_temporary_checkpoints_of_dead_processes_are_removed(earlier, tmp_path):
@@ -390,3 +394,10 @@ def test_the_readme_override_for_step_checkpoints_works_as_written(tmp_path, rt_
     train.train(compose([*TINY, "callbacks.last_checkpoint.every_n_train_steps=3", "~callbacks.tensorboard_visuals"],
                         tmp_path))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+@pytest.mark.parametrize("device, text", [("nonsense", "is not a device torch knows"),
+                                          ("cuda" if not torch.cuda.is_available() else "mps", "is available here")])
+def test_a_device_this_machine_lacks_is_one_line(earlier, device, text):
+    done = cli("encoder.predict", earlier / "checkpoints" / "last.ckpt", "a text", "--device", device)
+    assert_one_error_line(done, 2, text)

@@ -136,11 +136,31 @@ def test_predict_cli_missing_checkpoint_is_one_line_error(tmp_path):
                                                "pass the path of a .ckpt file (train.py prints it as 'best checkpoint')"]
 
 
-def test_load_model_refuses_pickles_that_need_arbitrary_globals(tmp_path):
-    bad = tmp_path / "evil.ckpt"
-    torch.save({"hyper_parameters": {"x": torch.optim.SGD}, "state_dict": {}}, bad)
-    with pytest.raises(ValueError, match="refusing to load .*evil.ckpt: it needs arbitrary Python objects"):
-        encoder.load_model(bad)
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, "zip"])
+def test_load_model_refuses_pickles_that_ask_to_run_code(tmp_path, protocol, monkeypatch):
+    # torch words the refusal two ways ("Unsupported global: GLOBAL ..." and "Trying to load unsupported
+    # GLOBAL ... whose module ... is blocked"); older pickle protocols stop at an instruction before that
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    for name, content in (("class", {"hyper_parameters": {"x": torch.optim.SGD}, "state_dict": {}}),
+                          ("system", {"hyper_parameters": {}, "state_dict": RunsCode()})):
+        bad = tmp_path / f"{name}.ckpt"
+        if protocol == "zip":
+            torch.save(content, bad)
+        else:
+            bad.write_bytes(pickle.dumps(content, protocol=protocol))
+        with pytest.raises(ValueError) as error:
+            encoder.load_model(bad)
+        message = str(error.value)
+        assert ("asks to run code as it is read (GLOBAL " in message and "was refused" in message) or \
+            ("a weights-only read refuses" in message and "nothing in it ran" in message), message
+        assert "\n" not in message and not (tmp_path / "pwned").exists()
 
 
 def test_a_second_run_into_the_same_directory_is_refused(run):
