@@ -206,3 +206,34 @@ def test_tokenizer_training_is_deterministic_byte_for_byte(rt_files):
     # the pieces listed to fix their ids are word pieces, not special tokens: "##s" in a text is not one token
     assert [t.content for t in first.get_added_tokens_decoder().values()] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert "##s" in first.get_vocab() and "##s" not in first.encode("a ##s b").tokens
+
+
+def test_integer_labels_match_label_names_that_are_numbers_by_value(tmp_path):
+    # a model trained on stars "1","2","4","5" evaluated on a file whose stars are read as integers: 4 is "4"
+    # (position 2), not position 4; a star it never learned is refused rather than read as a position
+    stars = [1, 2, 4, 5] * 6
+    rows = [(f"{text} {i}", star) for i, ((text, _), star) in enumerate(zip(SENTENCES, stars))]
+    names = ["1", "2", "4", "5"]
+    dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "t.csv", rows)}, label_names=names)
+    dm.setup()
+    by_text = {text: star for text, star in rows}
+    ids = tokenized_labels(dm)
+    assert ids and all(names[label] == str(by_text[text]) for text, label in ids)
+    from encoder.errors import LabelSetError
+
+    with pytest.raises(LabelSetError):
+        module(tmp_path, data_files={"train": write_csv(tmp_path / "u.csv", rows)}, label_names=["1", "2", "4"]).setup()
+
+
+def tokenized_labels(dm):
+    """(text, label id) of the training examples, texts read back from the raw split by position."""
+    raw = dm.raw["train"]
+    return list(zip(raw["text"], dm.datasets["train"]["labels"]))
+
+
+@pytest.mark.parametrize("header", [("text", "text", "label"), ("text", "label", "label")])
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, header):
+    rows = [("x", text, label) if header[1] == "text" else (text, label, "pos") for text, label in SENTENCES]
+    path = write_csv(tmp_path / "t.csv", rows, header=header)
+    with pytest.raises(DataError, match=f"names the column '{header[1]}' twice in its header"):
+        module(tmp_path, data_files={"train": path}).setup()

@@ -47,9 +47,14 @@ def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, kind: str):
             for value in ds.unique(column):
                 mapping[value]  # raises a DataError naming the first value that is not a number
         return [column], mapping  # one target, named after its column
-    names = _label_names(raw.get("train") or next(iter(raw.values())), column, kind, cfg.label_names)
+    first = raw.get("train") or next(iter(raw.values()))
+    names = _label_names(first, column, kind, cfg.label_names)
     mapping = {name: i for i, name in enumerate(names)}
-    mapping.update({i: i for i in range(len(names))})  # integer labels (ClassLabel or plain ints)
+    if all(n.lstrip("-").isdigit() for n in names) and not _class_label(first, column, kind):
+        # names that are numbers (stars 1-5, a checkpoint trained on them): an integer label means its value
+        mapping.update({int(n): i for i, n in enumerate(names)})
+    else:  # integer labels are positions: a ClassLabel's, or in the order data.label_names gives
+        mapping.update({i: i for i in range(len(names))})
     for split, ds in raw.items():
         if kind == "word":
             _check_words(ds, split, cfg.text_column, column)
@@ -64,10 +69,15 @@ def _values(ds: Dataset, column: str, kind: str) -> list:
     return ds.unique(column)
 
 
-def _label_names(train: Dataset, column: str, kind: str, given: list[str] | None) -> list[str]:
-    feature = train.features[column]
+def _class_label(ds: Dataset, column: str, kind: str) -> ClassLabel | None:
+    feature = ds.features[column]
     feature = getattr(feature, "feature", feature) if kind == "word" else feature  # List(ClassLabel)
-    if isinstance(feature, ClassLabel):
+    return feature if isinstance(feature, ClassLabel) else None
+
+
+def _label_names(train: Dataset, column: str, kind: str, given: list[str] | None) -> list[str]:
+    feature = _class_label(train, column, kind)
+    if feature is not None:
         return list(feature.names)
     if given:
         return list(given)

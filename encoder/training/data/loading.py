@@ -83,6 +83,8 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
                             f"cache ({datasets.config.HF_DATASETS_CACHE}); load it once with a network, or point "
                             f"at local files: data=local_files data.data_files.train=...") from None
         raise load_error(e, describe(cfg), cfg.path) from None
+    if cfg.path == "csv":
+        _refuse_duplicate_headers(raw, describe(cfg))
     out = _pick_splits(raw, cfg)
     if "validation" not in out and "train" in out:
         if len(out["train"]) < 2:  # one example for each of train and validation, at least
@@ -99,6 +101,17 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
     for split, ds in out.items():
         _check_columns(ds, split, cfg, labelled)
     return out
+
+
+def _refuse_duplicate_headers(raw: DatasetDict, where: str) -> None:
+    """pandas reads a csv header `text,text,label` as columns `text` and `text.1`: training would silently read
+    the first. Refuse a header that names a column twice."""
+    for split, ds in raw.items():
+        for column in ds.column_names:
+            base, dot, number = column.rpartition(".")
+            if dot and number.isdigit() and base in ds.column_names:
+                raise DataError(f"the {split} file of {where} names the column {base!r} twice in its header (the "
+                                f"second was read as {column!r}); give every column its own name")
 
 
 def _pick_splits(raw: DatasetDict, cfg: DataConfig) -> dict[str, Dataset]:
