@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -166,7 +167,8 @@ def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
     metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
     if trainer.is_global_zero:  # for sweep summaries and scripts
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        written = {"metrics": metrics, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
+        finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}  # JSON has no NaN: null
+        written = {"metrics": finite, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(written, indent=2))
         print(f"run directory:   {cfg.paths.output_dir}")
         for logger in trainer.loggers:
@@ -183,8 +185,9 @@ def where(logger) -> str:
 
 
 def evaluate(cfg: DictConfig, checked: Checked) -> dict:
-    """train=false: the task's test metrics of `ckpt_path` on this data's test split, without training. The
-    checkpoint brings its tokenizer, labels and max_length; data labels outside its label set are refused."""
+    """train=false: the task's test metrics of `ckpt_path` (a .ckpt or an export folder) on this data's test
+    split, without training. The checkpoint brings its tokenizer, labels and max_length; data labels outside
+    its label set are refused."""
     if not cfg.ckpt_path:
         raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=...")
     saved = checkpoint.read(cfg.ckpt_path)
@@ -201,15 +204,18 @@ def evaluate(cfg: DictConfig, checked: Checked) -> dict:
     except LabelSetError as e:
         raise ConfigError(f"the {e.split} split has labels {', '.join(e.outside)} that {cfg.ckpt_path} was not "
                           f"trained on (its labels: {e.names}); evaluate it on data with those labels") from None
-    module = EncoderModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True, distill=None)
+    # a .ckpt or an export folder: the model as `checkpoint.read` checked it
+    module = EncoderModule.create(saved.task, saved.config, saved.tokenizer_json, saved.max_length,
+                                  label_names=saved.label_names)
+    module.model.load_state_dict(saved.state)
     results = trainer.test(module, datamodule=datamodule)[0]
     metrics = {k: float(v) for k, v in results.items()}
     if cfg.predictions:
-        write_predictions(cfg, datamodule)
+        print(f"predictions:     {write_predictions(cfg, datamodule)}")
     return record(cfg, trainer, metrics)
 
 
-def write_predictions(cfg: DictConfig, datamodule) -> None:
+def write_predictions(cfg: DictConfig, datamodule) -> Path:
     """<run dir>/predictions.jsonl: each test text, its gold label and the prediction (as predict gives it)."""
     from encoder.predictor import load_model
 
@@ -219,9 +225,11 @@ def write_predictions(cfg: DictConfig, datamodule) -> None:
         texts = list(zip(texts, raw[datamodule.cfg.text_pair_column]))
     rows = load_model(cfg.ckpt_path).predict([t if t is not None else "" for t in texts])
     gold = raw[datamodule.cfg.label_column] if datamodule.cfg.label_column in raw.column_names else [None] * len(rows)
-    with open(Path(cfg.paths.output_dir) / "predictions.jsonl", "w", encoding="utf-8") as f:
+    path = Path(cfg.paths.output_dir) / "predictions.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
         for text, label, row in zip(texts, gold, rows):
             f.write(json.dumps({"text": text, "gold": label, **row}, ensure_ascii=False) + "\n")
+    return path
 
 
 def train(cfg: DictConfig) -> dict:

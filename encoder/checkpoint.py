@@ -38,6 +38,7 @@ from encoder.model import ModelConfig
 
 EXPORT_FORMAT = "encoder-export-v1"
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+OPTIONAL_EXPORT_FILES = ("model.onnx", "model.int8.onnx")  # export --onnx [--int8]: listed in the manifest too
 RUN_SWITCHES = ("unpad", "compile", "init_from", "init_layers")  # stored with the architecture before 0.2: not architecture
 
 
@@ -276,6 +277,16 @@ def read_export(folder: Path) -> Saved:
 
     config = _export_config(folder)
     manifest = config.get("sha256") if isinstance(config.get("sha256"), dict) else {}
+    absent = [name for name in manifest if name != "config" and not (folder / name).is_file()]
+    if absent:
+        raise CheckpointError(f"{folder}: {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} listed in "
+                              f"config.json but missing; copy the whole export folder, or re-export it")
+    unlisted = [name for name in ("config", *EXPORT_FILES[1:], *OPTIONAL_EXPORT_FILES)
+                if name not in manifest and (name == "config" or (folder / name).is_file())]
+    if unlisted:
+        raise CheckpointError(f"{folder}: {', '.join(unlisted)} {'is' if len(unlisted) == 1 else 'are'} not in "
+                              f"config.json's sha256 manifest (edited, or added after the export), so "
+                              f"{'it' if len(unlisted) == 1 else 'they'} cannot be checked; re-export the model")
     changed = [name for name, expected in manifest.items()
                if (_config_digest(config) if name == "config" else sha256(folder / name)) != expected]
     if changed or "model.safetensors" not in manifest:

@@ -334,6 +334,13 @@ EXPORT_BREAKS = {
     "weights of another shape": lambda f: edit_json(f / "config.json", lambda c: (
         c["model"].update(embed_dim=32), c["sha256"].update(config=checkpoint._config_digest(c)))),
     "no tokenizer.json": lambda f: (f / "tokenizer.json").unlink(),
+    # the manifest lists every file the format has: an entry deleted (with the config digest redone to match)
+    # no longer disables that file's check, and a foreign model.onnx beside it is not trusted
+    "tokenizer.json unlisted": lambda f: edit_json(f / "config.json", lambda c: (
+        c["sha256"].pop("tokenizer.json"), c["sha256"].update(config=checkpoint._config_digest(c)))),
+    "model.onnx added": lambda f: (f / "model.onnx").write_bytes(b"not listed"),
+    "listed file missing": lambda f: edit_json(f / "config.json", lambda c: (
+        c["sha256"].update({"model.onnx": "0" * 64}), c["sha256"].update(config=checkpoint._config_digest(c)))),
 }
 
 
@@ -343,8 +350,13 @@ def test_broken_exports_get_one_line(earlier, tmp_path, brk):
 
     folder = export(earlier / "checkpoints" / "last.ckpt", tmp_path / "export")
     EXPORT_BREAKS[brk](folder)
-    assert str(folder) in one_line(lambda: encoder.load_model(folder))
-    if brk == "weights of another shape":  # and through the command line
+    message = one_line(lambda: encoder.load_model(folder))
+    assert str(folder) in message
+    if brk.endswith(("unlisted", "added")):
+        assert "not in config.json's sha256 manifest" in message
+    if brk == "listed file missing":
+        assert "model.onnx is listed in config.json but missing" in message
+    if brk in ("weights of another shape", "listed file missing"):  # and through the command line
         assert_one_error_line(cli("encoder.predict", folder, "a text"), 2, str(folder))
 
 

@@ -115,18 +115,29 @@ def test_the_task_metric_sets_checkpoints_early_stopping_and_the_sweep_direction
     assert compose(["hparams_search=optuna"], tmp_path).hydra.sweeper.direction == "maximize"
 
 
-def test_sweep_summary_puts_the_best_first_in_the_objectives_direction(tmp_path):
+def test_sweep_summary_puts_the_best_first_in_the_objectives_direction(tmp_path, capsys):
     from encoder.training.sweep import collect
 
-    for job, (value, direction) in enumerate([(0.5, "min"), (0.2, "min"), (float("nan"), "min"), (0.9, "min")]):
+    for job, (value, direction) in enumerate([(0.5, "min"), (0.2, "min"), (None, "min"), (0.9, "min")]):
         (tmp_path / str(job)).mkdir()
         (tmp_path / str(job) / "metrics.json").write_text(json.dumps(
-            {"metrics": {"objective": value}, "overrides": [], "direction": direction}))
+            {"metrics": {"objective": value}, "overrides": ["model=tiny", f"seed={job}"], "direction": direction},
+            allow_nan=False))  # what train.py writes: strict JSON, null for no value
     assert [r["job"] for r in collect(tmp_path)] == ["1", "0", "3", "2"]  # lowest loss first, no value last
     for job in range(4):
         path = tmp_path / str(job) / "metrics.json"
         path.write_text(path.read_text().replace('"min"', '"max"'))
     assert [r["job"] for r in collect(tmp_path)] == ["3", "0", "1", "2"]
+    # the table: what every job shares once, each row what is its own
+    from omegaconf import OmegaConf
+
+    from encoder.training.sweep import SweepSummary
+
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    out = capsys.readouterr().out.splitlines()
+    assert "every job: model=tiny" in out
+    rows = [line for line in out if line.lstrip()[:1].isdigit()]
+    assert len(rows) == 4 and all(row.endswith(f"seed={row.split()[0]}") and "model=tiny" not in row for row in rows)
 
 
 def test_run_directories_are_never_reused(tmp_path):

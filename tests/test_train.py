@@ -308,7 +308,7 @@ def test_figures_fit_their_labels():
                     (label.get_text(), extent, (width, height))
 
 
-def test_train_false_evaluates_a_checkpoint_on_other_data(run, tmp_path):
+def test_train_false_evaluates_a_checkpoint_on_other_data(run, tmp_path, capsys):
     import train
 
     rows = [("a gorgeous, witty, seductive movie", "fresh"), ("dull and lifeless", "rotten"), ("a joy", "fresh")]
@@ -319,12 +319,20 @@ def test_train_false_evaluates_a_checkpoint_on_other_data(run, tmp_path):
     out = tmp_path / "eval"
     metrics = train.train(compose([*common, "predictions=true"], out))
     assert set(metrics) >= {"test/acc", "test/f1", "test/loss"} and not list(out.glob("checkpoints/*"))
-    assert json.loads((out / "metrics.json").read_text())["metrics"]["test/acc"] == metrics["test/acc"]
+    written = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert written["metrics"]["test/acc"] == metrics["test/acc"] and written["metrics"]["objective"] is None
+    assert f"predictions:     {out / 'predictions.jsonl'}" in capsys.readouterr().out
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [(r["text"], r["gold"]) for r in lines] == rows and all(r["label"] in ("rotten", "fresh") for r in lines)
     assert sum(r["label"] == r["gold"] for r in lines) / 3 == pytest.approx(metrics["test/acc"])
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert "test/confusion_matrix" in events.Tags()["images"] and "test/acc" in events.Tags()["scalars"]
+    # an export folder evaluates the same
+    from encoder.export import export
+
+    folder = export(run["best"], tmp_path / "export")
+    again = train.train(compose([*common[:1], f"ckpt_path={folder}", *common[2:]], tmp_path / "eval-export"))
+    assert again["test/acc"] == metrics["test/acc"]
     # a label the checkpoint never learned is refused in one line; so is train=false without a checkpoint
     new.write_text("review,verdict\ngood,fresh\nso-so,meh\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"^the test split has labels 'meh' that .* was not trained on \(its labels: "

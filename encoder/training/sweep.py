@@ -24,8 +24,8 @@ def collect(sweep_dir: Path) -> list[dict]:
         rows.append({"job": metrics_file.parent.name, **json.loads(metrics_file.read_text(encoding="utf-8"))})
 
     def rank(row: dict) -> float:
-        value = row["metrics"].get("objective", float("nan"))
-        if value != value:  # NaN: no objective
+        value = row["metrics"].get("objective")
+        if value is None or value != value:  # no objective (null in metrics.json)
             return float("inf")
         return value if row.get("direction") == "min" else -value
 
@@ -40,8 +40,15 @@ class SweepSummary(Callback):
             return
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
         keys = [k for k in ("objective", "test/acc", "test/f1", "val/loss") if k in rows[0]["metrics"]]
+        shared = [o for o in rows[0]["overrides"] if all(o in r["overrides"] for r in rows)] if len(rows) > 1 else []
         print(f"\nsweep summary ({len(rows)} jobs, best first; {sweep_dir / 'summary.json'}):")
+        if shared:
+            print(f"every job: {' '.join(shared)}")
         print("job  " + "  ".join(f"{k:>9s}" for k in keys) + "  overrides")
         for r in rows:
-            values = "  ".join(f"{r['metrics'].get(k, float('nan')):9.4f}" for k in keys)
-            print(f"{r['job']:>3s}  {values}  {' '.join(r['overrides'])}")
+            values = "  ".join(f"{_number(r['metrics'].get(k)):9.4f}" for k in keys)
+            print(f"{r['job']:>3s}  {values}  {' '.join(o for o in r['overrides'] if o not in shared)}")
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else value
