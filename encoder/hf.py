@@ -192,7 +192,16 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
                           f"(model_type bert, absolute positions) can be imported")
     if config.get("hidden_act") not in ACTIVATIONS:
         raise ConfigError(f"{folder} uses activation {config.get('hidden_act')!r}; supported: {list(ACTIVATIONS)}")
-    tensors = load_file(folder / "model.safetensors")
+    try:
+        tensors = load_file(folder / "model.safetensors")
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError...: a damaged or truncated file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model.init_from={folder}: model.safetensors is not a readable safetensors file "
+                          f"({first}); the folder is damaged or incomplete: copy or download it again") from None
+    broken = next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise ConfigError(f"model.init_from={folder}: its tensor {broken} holds values that are not finite (inf or "
+                          f"NaN); the file is damaged: training from it would fail whatever the learning rate")
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     layers = config["num_hidden_layers"]
     state = {ours: tensors[theirs] for ours, theirs in _pairs(layers, prefix)}

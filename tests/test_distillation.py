@@ -104,7 +104,10 @@ def test_no_evaluation_text_reaches_training_through_extra_text(teacher, tmp_pat
     new = [f"an entirely new sentence about film number {i}" for i in range(30)]
     extra = tmp_path / "extra.csv"
     with open(extra, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("text",), *[(t,) for t in held_out + new], ("",), (f"  {held_out[0]}  ",)])
+        # evaluation texts as they are, and variants that read the same: spacing, case, spaces before punctuation
+        variants = [f"  {held_out[0]}  ", held_out[1].upper(), "  ".join(held_out[2].split()),
+                    held_out[3].replace(",", " ,").replace(".", " .")]
+        csv.writer(f).writerows([("text",), *[(t,) for t in held_out + new], ("",), *[(v,) for v in variants]])
     dm = TextDataModule(source="rotten_tomatoes_critics", label_names=["rotten", "fresh"], max_length=64,
                         tokenizer={"vocab_size": 500}, cache_dir=str(tmp_path / "cache"),
                         max_train_samples=200, distill={"teacher": str(teacher), "extra_text": str(extra)})

@@ -106,6 +106,29 @@ def test_an_export_round_trips_into_model_init_from(tmp_path, tokenizer):
     assert not back.state["encoder.embeddings.segments.weight"].any()
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "model.safetensors is not a readable safetensors file"),
+    ("inf weight", "its tensor bert.encoder.layer.0.output.dense.weight holds values that are not finite"),
+])
+def test_a_damaged_hf_folder_is_refused_in_one_line_through_init_from(tmp_path, tokenizer, damage, message):
+    from safetensors.torch import load_file, save_file
+
+    from encoder.training import pretrained
+
+    out = export(saved_model(tmp_path, tokenizer, "classification", pooling="cls", pooler=True), tmp_path / "hf",
+                 format="hf")
+    weights = out / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        tensors = load_file(weights)
+        tensors["bert.encoder.layer.0.output.dense.weight"][0, 0] = float("inf")
+        save_file(tensors, weights)
+    with pytest.raises(ConfigError, match=message) as error:
+        pretrained.load(str(out))
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("arch,message", [
     ({"norm_first": True}, "model.norm_first=True has no equivalent in transformers' BERT (BERT is post-LN)"),
     ({"positions": "sinusoidal"}, "model.positions='sinusoidal' has no equivalent"),

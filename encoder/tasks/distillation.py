@@ -112,7 +112,7 @@ class Distilled(Task):
         columns = [c for c in (data.text_column, data.text_pair_column, data.label_column) if c]
         out = {split: _label(ds.select_columns(columns), predictor, data, digest) for split, ds in raw.items()}
         if self.extra_text:
-            extra = _extra_texts(self.extra_text, self.extra_text_column, data, raw, cache_dir)
+            extra = _extra_texts(self.extra_text, self.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
             extra = _label(extra, predictor, data, digest)
             out["train"] = _concatenate(out["train"], extra, data)
             log.info("distillation: %d extra texts labelled by the teacher join %d training examples",
@@ -142,8 +142,10 @@ def _label(ds, predictor, data, digest: str):
                   new_fingerprint=fingerprint(ds._fingerprint, digest, "teacher-v1"))
 
 
-def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path):
-    """Unlabelled texts from an offline source or files, without any text of the evaluation splits."""
+def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path, tokenizer):
+    """Unlabelled texts from an offline source or files, without any text of the evaluation splits: compared
+    as `tokenizer` reads them (normalised and split into words), so that case, accent and spacing variants of
+    an evaluation text are dropped too."""
     from datasets import load_dataset
 
     from encoder.training.data.loading import load_error
@@ -165,12 +167,25 @@ def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path):
     if column not in extra.column_names:
         raise DataError(f"distill.extra_text_column={column!r} is not a column of {source}; "
                         f"its columns are {extra.column_names}")
-    held_out = {t.strip() for split in ("validation", "test") if split in raw for t in raw[split][data.text_column]}
-    kept = extra.filter(lambda b: [bool(t and t.strip()) and t.strip() not in held_out for t in b[column]],
+    read = _reading(tokenizer)
+    held_out = {read(t) for split in ("validation", "test") if split in raw for t in raw[split][data.text_column]}
+    kept = extra.filter(lambda b: [bool(t and t.strip()) and read(t) not in held_out for t in b[column]],
                         batched=True, desc="dropping evaluation and empty texts")
     log.info("distill.extra_text: %d of %d texts kept (evaluation and empty texts removed)", len(kept), len(extra))
     return kept.select_columns([column]).rename_column(column, data.text_column) if column != data.text_column \
         else kept.select_columns([column])
+
+
+def _reading(tokenizer):
+    """text -> its words as `tokenizer` sees them (after its normaliser and pre-tokenizer), case folded."""
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+
+    def read(text) -> str:
+        text = normalizer.normalize_str(text or "") if normalizer else (text or "")
+        words = [w for w, _ in pre_tokenizer.pre_tokenize_str(text)] if pre_tokenizer else text.split()
+        return " ".join(w.strip() for w in words if w.strip()).casefold()
+
+    return read
 
 
 def _concatenate(train, extra, data):
