@@ -34,6 +34,7 @@ from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
 from encoder.training.console import quiet
 from encoder.training.launch import discard_failed_start, help_text, newest_unfinished, preflight, trainer_error
+from encoder.training.loggers import build_loggers, where
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.module import EncoderModule
 
@@ -87,12 +88,7 @@ def check_resumable(ckpt_path: str, saved: checkpoint.Saved, module: EncoderModu
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with its callbacks and loggers; an argument Lightning refuses is one ConfigError line."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    try:
-        loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
-    except InstantiationException as e:  # W&B or MLflow without their package, mostly
-        cause = e.__cause__ or e
-        raise ConfigError(f"logger: {(str(cause).strip().splitlines() or [type(cause).__name__])[0]} (the extras "
-                          f"install them: pip install 'encoder[wandb]' or 'encoder[mlflow]')") from None
+    loggers = build_loggers(cfg.logger)
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except InstantiationException as e:
@@ -175,13 +171,6 @@ def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
             print(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
         print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     return metrics
-
-
-def where(logger) -> str:
-    """Where a logger's records are, as a user opens them."""
-    if isinstance(logger, TensorBoardLogger):
-        return f"tensorboard --logdir {logger.log_dir}"
-    return str(getattr(logger, "log_dir", None) or logger.save_dir)
 
 
 def evaluate(cfg: DictConfig, checked: Checked) -> dict:

@@ -81,6 +81,7 @@ class TensorBoardVisuals(L.Callback):
         self.projector_samples = projector_samples
         self.histograms, self.histogram_every_n_steps = histograms, histogram_every_n_steps
         self.confusion: MulticlassConfusionMatrix | None = None
+        self._warned = False
 
     @staticmethod
     def _writer(trainer: L.Trainer):
@@ -88,7 +89,8 @@ class TensorBoardVisuals(L.Callback):
         return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers) and not self._warned:
+            self._warned = True  # setup runs for fit and again for test: one warning is enough
             log.warning("TensorBoardVisuals needs a TensorBoardLogger; it logs nothing in this run")
 
     def _due(self, trainer: L.Trainer) -> bool:
