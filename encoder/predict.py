@@ -1,25 +1,43 @@
-"""Command line: python -m encoder.predict PATH "text" ... [--file texts.txt] -> one JSON line per text.
+"""Command line: python -m encoder.predict PATH "text" ... [--file FILE] -> predictions.
 
 PATH is a checkpoint (.ckpt) or an export folder (python -m encoder.export).
+
+--file reads plain text (one text per line), or a table: .csv, .tsv, .jsonl or .parquet, whose text is
+in --text-column (default `text`; --text-pair-column for pairs). A table's other columns are kept
+beside the prediction (a prediction field that a column already names is called `predicted_<field>`).
+Output: JSON lines on stdout, or --output FILE (.jsonl or .csv; in csv a dict field such as `probs`
+becomes one column per key). Texts are predicted in blocks, with a progress bar on a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
 
 from encoder.errors import CheckpointError, ConfigError
 from encoder.predictor import load_model
 
+TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
+BLOCK = 8192  # texts predicted at a time: memory stays bounded, batches inside a block are sorted by length
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m encoder.predict", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m encoder.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .ckpt written by train.py, or a folder from encoder.export")
     parser.add_argument("texts", nargs="*", help="texts to classify")
-    parser.add_argument("--file", help="a UTF-8 file with one text per line ('-' for standard input); "
-                                       "blank lines separate texts and are not predicted")
+    parser.add_argument("--file", help="one text per line ('-' for standard input; blank lines are skipped), or a "
+                                       "table: .csv, .tsv, .jsonl, .parquet")
+    parser.add_argument("--text-column", default="text", help="a table's text column (default: text)")
+    parser.add_argument("--text-pair-column", help="a table's second text column (models trained on pairs)")
+    parser.add_argument("--output", help="write here instead of stdout: .jsonl or .csv")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--embed", action="store_true", help="print sentence embeddings instead of labels")
@@ -29,26 +47,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", action="store_true",
                         help="each text is a pair 'first<TAB>second' (models trained with data.text_pair_column)")
     args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
-    texts = list(args.texts) + (read_lines(parser, args.file) if args.file else [])
-    if not texts:
-        parser.exit(2, "error: give texts as arguments or --file texts.txt (blank lines are skipped)\n")
-    inputs = [tuple(t.split("\t", 1)) if args.pairs and "\t" in t else t for t in texts]
+    if args.output and Path(args.output).suffix not in (".jsonl", ".csv"):
+        parser.exit(2, f"error: --output {args.output} must end in .jsonl or .csv\n")
+    if args.output and Path(args.output).exists():
+        parser.exit(2, f"error: --output {args.output} exists; choose a new file (nothing is overwritten)\n")
+    rows = read_rows(parser, args)
+    if not rows:
+        parser.exit(2, "error: give texts as arguments or --file FILE (blank lines are skipped)\n")
     try:
         predictor = load_model(args.checkpoint, device=args.device, batch_size=args.batch_size, backend=args.backend,
                                int8=args.int8)
-        if args.embed:
-            rows = [{"text": t, "embedding": v} for t, v in zip(texts, predictor.embed(inputs).tolist())]
-        else:
-            rows = [{"text": t, **r} for t, r in zip(texts, predictor.predict(inputs))]
     except (CheckpointError, ConfigError, ValueError, TypeError) as e:
         parser.exit(2, f"error: {e}\n")
     try:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
-        sys.stdout.flush()
+        with open_output(args.output) as write:
+            for block in progress(rows, len(rows)):
+                inputs = [inputs_of(r, args) for r in block]
+                if args.embed:
+                    results = [{"embedding": v} for v in predictor.embed(inputs).tolist()]
+                else:
+                    results = predictor.predict(inputs)
+                for row, result in zip(block, results):
+                    write(merged(row, result))
+    except (CheckpointError, ConfigError, ValueError, TypeError) as e:
+        parser.exit(2, f"error: {e}\n")
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
     return 0
+
+
+def read_rows(parser: argparse.ArgumentParser, args) -> list[dict]:
+    """Every input as a row: {"text": ...} for arguments and plain lines, a table's rows as they are."""
+    rows = [{"text": t} for t in args.texts]
+    if args.file and Path(args.file).suffix.lower() in TABLES:
+        rows += read_table(parser, args.file, args.text_column, args.text_pair_column)
+    elif args.file:
+        rows += [{"text": t} for t in read_lines(parser, args.file)]
+    return rows
+
+
+def inputs_of(row: dict, args):
+    if args.text_pair_column and args.file and args.text_pair_column in row:
+        return (row[args.text_column] or "", row[args.text_pair_column] or "")
+    text = row.get(args.text_column, row.get("text"))
+    text = "" if text is None else text
+    return tuple(text.split("\t", 1)) if args.pairs and isinstance(text, str) and "\t" in text else text
 
 
 def read_lines(parser: argparse.ArgumentParser, path: str) -> list[str]:
@@ -60,6 +103,88 @@ def read_lines(parser: argparse.ArgumentParser, path: str) -> list[str]:
         parser.exit(2, f"error: cannot read --file {path}: {e.strerror}\n")
     except UnicodeDecodeError as e:
         parser.exit(2, f"error: --file {path} is not valid UTF-8 (byte {e.start}); re-encode it, e.g. iconv -t utf-8\n")
+
+
+def read_table(parser: argparse.ArgumentParser, path: str, column: str, pair_column: str | None) -> list[dict]:
+    """A csv/tsv/jsonl/parquet file's rows, after checking its text column(s) exist."""
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet  # only for parquet files: serving itself never needs pyarrow
+
+            rows = pyarrow.parquet.read_table(path).to_pylist()
+        elif suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            if not all(isinstance(r, dict) for r in rows):
+                parser.exit(2, f"error: --file {path}: every line must be one JSON object\n")
+        else:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                header = next(reader, [])
+                duplicated = sorted({h for h in header if header.count(h) > 1})
+                if duplicated:
+                    parser.exit(2, f"error: --file {path} names the column {duplicated[0]!r} twice in its header; "
+                                   f"give every column its own name\n")
+                rows = [dict(zip(header, values)) for values in reader if values]
+    except OSError as e:
+        parser.exit(2, f"error: cannot read --file {path}: {e.strerror or e}\n")
+    except UnicodeDecodeError as e:
+        parser.exit(2, f"error: --file {path} is not valid UTF-8 (byte {e.start}); re-encode it, e.g. iconv -t utf-8\n")
+    except (ValueError, csv.Error) as e:  # a line that is not JSON, a damaged parquet file, a broken csv
+        parser.exit(2, f"error: --file {path} cannot be read as {suffix[1:]}: {str(e).splitlines()[0]}\n")
+    columns = list(rows[0]) if rows else []
+    for option, name in (("--text-column", column), ("--text-pair-column", pair_column)):
+        if name is not None and rows and name not in columns:
+            parser.exit(2, f"error: --file {path} has no column {name!r} ({option}); its columns are {columns}\n")
+    return rows
+
+
+def merged(row: dict, result: dict) -> dict:
+    """The input row, then the prediction's fields (renamed `predicted_<field>` where a column has the name)."""
+    return {**row, **{(f"predicted_{k}" if k in row and k != "text" else k): v for k, v in result.items()}}
+
+
+def progress(rows: list, total: int) -> Iterator[list]:
+    """`rows` in blocks, with a progress bar on stderr when it is a terminal."""
+    with tqdm(total=total, unit="text", disable=None, file=sys.stderr) as bar:
+        for start in range(0, total, BLOCK):
+            block = rows[start : start + BLOCK]
+            yield block
+            bar.update(len(block))
+
+
+class open_output:
+    """A context manager giving write(row): JSON lines to stdout or a .jsonl file, or csv rows (whose header
+    is the first row's keys, dict fields spread into `<field>.<key>` columns, lists as JSON)."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def __enter__(self):
+        self.handle = open(self.path, "x", newline="", encoding="utf-8") if self.path else sys.stdout
+        self.csv = None
+        return self.write
+
+    def write(self, row: dict) -> None:
+        if self.path and self.path.endswith(".csv"):
+            flat = {}
+            for k, v in row.items():
+                if isinstance(v, dict):
+                    flat.update({f"{k}.{sub}": x for sub, x in v.items()})
+                else:
+                    flat[k] = json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v
+            if self.csv is None:
+                self.csv = csv.DictWriter(self.handle, fieldnames=list(flat), extrasaction="ignore")
+                self.csv.writeheader()
+            self.csv.writerow(flat)
+        else:
+            self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def __exit__(self, *exc) -> None:
+        self.handle.flush()
+        if self.path:
+            self.handle.close()
 
 
 if __name__ == "__main__":

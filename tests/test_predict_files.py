@@ -1,0 +1,91 @@
+"""python -m encoder.predict on a user's own files: csv, tsv, jsonl and parquet tables with a text column of
+any name, their other columns kept, JSON lines or csv out; mistakes in one line."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, compose
+
+REVIEWS = [("r1", "a gorgeous, witty, seductive movie", 5), ("r2", "dull and lifeless", 1), ("r3", "", 3),
+           ("r4", "a joy to watch, from the first scene to the last", 4)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, rt_files):
+    import train
+
+    out = tmp_path_factory.mktemp("model")
+    train.train(compose(TINY, out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def predict(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "encoder.predict", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def write_table(path):
+    rows = [{"id": i, "review": t, "stars": s} for i, t, s in REVIEWS]
+    if path.suffix in (".csv", ".tsv"):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "review", "stars"], delimiter="\t" if path.suffix == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        import pyarrow
+        import pyarrow.parquet
+
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_a_table_is_predicted_with_its_columns_kept(model, tmp_path, suffix):
+    import encoder
+
+    table = write_table(tmp_path / f"reviews{suffix}")
+    done = predict(model, "--file", table, "--text-column", "review")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    expected = encoder.load_model(model).predict([t for _, t, _ in REVIEWS])
+    assert [r["id"] for r in rows] == [i for i, _, _ in REVIEWS]
+    assert [str(r["stars"]) for r in rows] == [str(s) for _, _, s in REVIEWS]  # csv reads strings, others numbers
+    for row, want in zip(rows, expected):
+        assert row["label"] == want["label"] and row["probs"] == pytest.approx(want["probs"], abs=1e-6)
+
+
+def test_csv_out_spreads_probabilities_into_columns_and_never_overwrites(model, tmp_path):
+    table = write_table(tmp_path / "reviews.csv")
+    out = tmp_path / "predicted.csv"
+    assert predict(model, "--file", table, "--text-column", "review", "--output", out).returncode == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert list(rows[0]) == ["id", "review", "stars", "label", "score", "probs.rotten", "probs.fresh"]
+    assert all(abs(float(r["probs.rotten"]) + float(r["probs.fresh"]) - 1) < 1e-5 for r in rows)
+    again = predict(model, "--file", table, "--text-column", "review", "--output", out)
+    assert again.returncode == 2 and "exists; choose a new file" in again.stderr
+
+
+def test_a_column_named_like_a_prediction_field_is_kept(model, tmp_path):
+    table = tmp_path / "gold.csv"
+    table.write_text("text,label\ngreat,fresh\nawful,rotten\n", encoding="utf-8")
+    rows = [json.loads(line) for line in predict(model, "--file", table).stdout.splitlines()]
+    assert [r["label"] for r in rows] == ["fresh", "rotten"]  # the gold label, as written
+    assert all(r["predicted_label"] in ("rotten", "fresh") for r in rows)
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("id,review\n1,good\n", ["--text-column", "text"], "has no column 'text' (--text-column); its columns are ['id', 'review']"),
+    ("text,text\na,b\n", [], "names the column 'text' twice in its header"),
+])
+def test_table_mistakes_are_one_line(model, tmp_path, content, args, message):
+    table = tmp_path / "t.csv"
+    table.write_text(content, encoding="utf-8")
+    done = predict(model, "--file", table, *args)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert message in done.stderr
