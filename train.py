@@ -285,7 +285,7 @@ def main(cfg: DictConfig) -> float:
             discard_failed_start(Path(cfg.paths.output_dir), HydraConfig.get().output_subdir)
         raise SystemExit(f"error: {e}") from None
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        print(f"\ninterrupted: {e}", file=sys.stderr)  # on a line of its own, not after the progress bar
         raise SystemExit(128 + e.signum) from None
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one: stop at once
         print("interrupted: stopped by SIGINT at once; the checkpoints on disk are the last ones written",

@@ -67,10 +67,11 @@ def check_expressible(cfg: ModelConfig, task: str | None) -> None:
     for key, fine, why in UNEXPRESSIBLE:
         if not fine(cfg):
             value = getattr(cfg.attention, key.rsplit(".", 1)[1]) if ".attention." in key else getattr(cfg, key[6:])
-            raise ConfigError(f"{key}={value!r} has no equivalent in transformers' BERT ({why}); export with the "
+            value = str(value).lower() if isinstance(value, bool) else repr(value)  # as it is typed: true, not True
+            raise ConfigError(f"{key}={value} has no equivalent in transformers' BERT ({why}); export with the "
                               f"default --format encoder instead")
     if ARCHITECTURES[task][1] and (cfg.pooling != "cls" or not cfg.pooler):
-        raise ConfigError(f"model.pooling={cfg.pooling}, model.pooler={cfg.pooler}: transformers' "
+        raise ConfigError(f"model.pooling={cfg.pooling}, model.pooler={str(cfg.pooler).lower()}: transformers' "
                           f"BertForSequenceClassification classifies BERT's pooled [CLS] (model.pooling=cls "
                           f"model.pooler=true); export the encoder for embeddings with --format sentence-transformers")
 

@@ -130,12 +130,12 @@ def test_a_damaged_hf_folder_is_refused_in_one_line_through_init_from(tmp_path, 
 
 
 @pytest.mark.parametrize("arch,message", [
-    ({"norm_first": True}, "model.norm_first=True has no equivalent in transformers' BERT (BERT is post-LN)"),
+    ({"norm_first": True}, "model.norm_first=true has no equivalent in transformers' BERT (BERT is post-LN)"),
     ({"positions": "sinusoidal"}, "model.positions='sinusoidal' has no equivalent"),
-    ({"attention": {"num_heads": 4, "add_bias_kv": True}}, "model.attention.add_bias_kv=True has no equivalent"),
-    ({"attention": {"num_heads": 4, "add_zero_attn": True}}, "model.attention.add_zero_attn=True"),
-    ({"attention": {"num_heads": 4, "bias": False}}, "model.attention.bias=False"),
-    ({"pooling": "mean"}, "model.pooling=mean, model.pooler=False: transformers' BertForSequenceClassification"),
+    ({"attention": {"num_heads": 4, "add_bias_kv": True}}, "model.attention.add_bias_kv=true has no equivalent"),
+    ({"attention": {"num_heads": 4, "add_zero_attn": True}}, "model.attention.add_zero_attn=true"),
+    ({"attention": {"num_heads": 4, "bias": False}}, "model.attention.bias=false"),
+    ({"pooling": "mean"}, "model.pooling=mean, model.pooler=false: transformers' BertForSequenceClassification"),
 ])
 def test_what_bert_cannot_express_is_refused_in_one_line(tmp_path, tokenizer, arch, message):
     ours = saved_model(tmp_path, tokenizer, "classification", **arch)

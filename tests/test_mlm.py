@@ -20,7 +20,8 @@ from encoder.training.config import validate
 from encoder.errors import ConfigError
 
 START = "+callbacks.start._target_=conftest.WeightsAtStart"  # records the weights training starts from
-MLM = ["task=mlm", "data=rotten_tomatoes_corpus", *TINY, "trainer.max_epochs=2", "trainer.limit_val_batches=4"]
+MLM = ["task=mlm", "data=rotten_tomatoes_corpus", *TINY, "callbacks=default", "trainer.max_epochs=2",
+       "trainer.limit_val_batches=4"]  # callbacks=default: the projector (trainer=debug leaves figures out)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ def run(tmp_path_factory, rt_files):
     import train
 
     out = tmp_path_factory.mktemp("run")
-    visuals = ["callbacks.tensorboard_visuals.histograms=true", "callbacks.tensorboard_visuals.histogram_every_n_steps=4"]
+    visuals = ["callbacks=default",  # trainer=debug leaves the figures out
+               "callbacks.tensorboard_visuals.histograms=true", "callbacks.tensorboard_visuals.histogram_every_n_steps=4"]
     metrics = train.train(compose(TINY + visuals, out))
     best = next((out / "checkpoints").glob("best-*.ckpt"))
     return {"dir": out, "metrics": metrics, "best": best}
@@ -340,3 +341,14 @@ def test_train_false_evaluates_a_checkpoint_on_other_data(run, tmp_path, capsys)
         train.train(compose(common, tmp_path / "eval2"))
     with pytest.raises(ConfigError, match="train=false evaluates a checkpoint: pass ckpt_path"):
         train.train(compose(["train=false"], tmp_path / "eval3"))
+
+
+def test_small_data_logs_several_training_points_per_epoch(tmp_path, rt_files):
+    # 160 examples, 10 batches an epoch: log_every_n_steps=20 (the default) alone would log no train/loss at all
+    import train
+
+    train.train(compose([*TINY, "data.max_train_samples=160", "trainer.limit_train_batches=null",
+                         "trainer.log_every_n_steps=20", "trainer.max_epochs=2"], tmp_path))
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert len(steps) >= 10 and max(steps) <= 20  # at least 5 points in each of the 2 epochs of 10 steps

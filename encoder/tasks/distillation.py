@@ -111,6 +111,9 @@ class Distilled(Task):
         digest = _weights_digest(Path(self.teacher))
         columns = [c for c in (data.text_column, data.text_pair_column, data.label_column) if c]
         out = {split: _label(ds.select_columns(columns), predictor, data, digest) for split, ds in raw.items()}
+        cached = next((f["filename"] for ds in out.values() for f in ds.cache_files), "memory")
+        log.info("distillation: teacher %s (weights %s), its outputs cached in %s (reused while the teacher and "
+                 "the data are unchanged)", self.teacher, digest, Path(cached).parent)
         if self.extra_text:
             extra = _extra_texts(self.extra_text, self.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
             extra = _label(extra, predictor, data, digest)

@@ -115,3 +115,19 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class LogPointsPerEpoch(L.Callback):
+    """At least `at_least` logged training points per epoch, whatever the data size: on 300 examples (10
+    batches) `trainer.log_every_n_steps=20` would log no `train/loss` at all. Lowers log_every_n_steps for
+    this run when the epoch is too short for it; never raises it."""
+
+    def __init__(self, at_least: int = 5):
+        self.at_least = at_least
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.num_training_batches == float("inf"):  # an iterable of unknown length: nothing to fit
+            return
+        steps = int(trainer.num_training_batches) // max(1, trainer.accumulate_grad_batches)
+        if 0 < trainer.log_every_n_steps and steps // trainer.log_every_n_steps < self.at_least:
+            trainer.log_every_n_steps = max(1, steps // self.at_least)

@@ -34,7 +34,7 @@ from encoder.training.config import unknown_key, unused_dir, validate
 # On resume: keys that may change freely (how a run is watched, logged and evaluated at the end), and keys
 # that extend or shorten the schedule (said in one line). Any other change is refused.
 FREE_ON_RESUME = ("logger", "callbacks.progress_bar", "callbacks.model_summary", "callbacks.tensorboard_visuals",
-                  "callbacks.lr_monitor", "callbacks.graceful_shutdown", "callbacks.last_checkpoint.every_n_train_steps",
+                  "callbacks.lr_monitor", "callbacks.log_points", "callbacks.graceful_shutdown", "callbacks.last_checkpoint.every_n_train_steps",
                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
                   "data.num_workers", "data.pin_memory", "data.persistent_workers", "test", "predictions",
                   "ckpt_path", "resume", "paths", "hydra")
