@@ -32,7 +32,7 @@ from encoder.errors import CheckpointError, ConfigError, DataError, LabelSetErro
 from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
-from encoder.training.console import quiet
+from encoder.training.console import quiet, say
 from encoder.training.launch import discard_failed_start, help_text, newest_unfinished, preflight, trainer_error
 from encoder.training.loggers import build_loggers, where
 from encoder.training.data.datamodule import TextDataModule
@@ -148,7 +148,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodul
         metrics.update({k: float(v) for k, v in results[0].items()})
     metrics = record(cfg, trainer, metrics)
     if trainer.is_global_zero:
-        print(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
+        say(f"best checkpoint: {best or '(none: checkpointing disabled)'}")
     return metrics
 
 
@@ -166,10 +166,10 @@ def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
         finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}  # JSON has no NaN: null
         written = {"metrics": finite, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(written, indent=2))
-        print(f"run directory:   {cfg.paths.output_dir}")
+        say(f"run directory:   {cfg.paths.output_dir}")
         for logger in trainer.loggers:
-            print(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
-        print("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+            say(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
+        say("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     return metrics
 
 
@@ -200,7 +200,7 @@ def evaluate(cfg: DictConfig, checked: Checked) -> dict:
     results = trainer.test(module, datamodule=datamodule)[0]
     metrics = {k: float(v) for k, v in results.items()}
     if cfg.predictions:
-        print(f"predictions:     {write_predictions(cfg, datamodule)}")
+        say(f"predictions:     {write_predictions(cfg, datamodule)}")
     return record(cfg, trainer, metrics)
 
 
@@ -280,12 +280,13 @@ def main(cfg: DictConfig) -> float:
         with ddp_ranks_run_this_job_only():
             return train(cfg)["objective"]
     except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+        say(f"error: {e}", error=True)  # (in train.log too, unless the failed start's folder goes below)
         if HydraConfig.get().mode == RunMode.RUN:
             logging.shutdown()  # train.log closed before its folder may go
             discard_failed_start(Path(cfg.paths.output_dir), HydraConfig.get().output_subdir)
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(1) from None
     except Interrupted as e:
-        print(f"\ninterrupted: {e}", file=sys.stderr)  # on a line of its own, not after the progress bar
+        say(f"\ninterrupted: {e}", error=True)  # on a line of its own, not after the progress bar
         raise SystemExit(128 + e.signum) from None
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one: stop at once
         print("interrupted: stopped by SIGINT at once; the checkpoints on disk are the last ones written",

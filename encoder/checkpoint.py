@@ -311,6 +311,12 @@ def _export_config(folder: Path) -> dict:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({e}); re-export the model") from None
+    if isinstance(config, dict) and config.get("model_type") == "bert":  # our --format hf / sentence-transformers
+        kind = (config.get("architectures") or ["BertModel"])[0]
+        raise CheckpointError(f"{folder} is a Hugging Face {kind} folder, not an encoder export: run it with "
+                              f"transformers ({'SentenceTransformer(folder).encode' if kind == 'BertModel' else 'pipeline'}"
+                              f"), train from it with model.init_from={folder}, or predict with the export of the "
+                              f"default format (python -m encoder.export CKPT DIR)")
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{folder / 'config.json'} is not an encoder export (format {found!r})")

@@ -57,7 +57,7 @@ def test_text_classification_pipeline_gives_our_probabilities(tmp_path, tokenize
         assert t == pytest.approx(e["probs"], abs=1e-5)
 
 
-def test_sentence_transformers_encode_gives_our_embeddings(tmp_path, tokenizer):
+def test_sentence_transformers_encode_gives_our_embeddings(tmp_path, tokenizer, capfd, caplog):
     from sentence_transformers import SentenceTransformer
 
     for pooling in ("mean", "cls"):  # the default (mean pooling, no pooler) exports for embeddings
@@ -66,6 +66,8 @@ def test_sentence_transformers_encode_gives_our_embeddings(tmp_path, tokenizer):
         out = export(ours, tmp_path / pooling / "st", format="sentence-transformers")
         vectors = SentenceTransformer(str(out), device="cpu").encode(TEXTS, convert_to_tensor=True, batch_size=5)
         torch.testing.assert_close(vectors.cpu(), encoder.load_model(ours).embed(TEXTS), atol=1e-5, rtol=0)
+        said = capfd.readouterr()
+        assert "MISSING" not in said.out + said.err + caplog.text  # no pooler reported missing: BertModel builds none
 
 
 def test_token_classification_and_fill_mask_match_ours(tmp_path, tokenizer):
@@ -154,3 +156,14 @@ def test_bert_config_rejects_what_it_cannot_express():
 
     with pytest.raises(ConfigError, match="model.norm_first"):
         bert_config_dict(cfg)
+
+
+@pytest.mark.parametrize("fmt, kind", [("hf", "BertForSequenceClassification"), ("sentence-transformers", "BertModel")])
+def test_predict_on_a_hugging_face_folder_says_what_to_use(tmp_path, tokenizer, fmt, kind):
+    from encoder.errors import CheckpointError
+
+    out = export(saved_model(tmp_path, tokenizer, "classification", pooling="cls", pooler=True), tmp_path / fmt,
+                 format=fmt)
+    with pytest.raises(CheckpointError, match=f"is a Hugging Face {kind} folder, not an encoder export: run it with "
+                                              f"transformers .* model.init_from="):
+        encoder.load_model(out)

@@ -142,6 +142,7 @@ def test_real_signal_to_train_py_saves_a_resumable_checkpoint(signum, code, tmp_
     message = stderr.strip().splitlines()[-1]
     assert message.startswith(f"interrupted: stopped by {signal.Signals(signum).name} after step ")
     assert "resume with: python train.py ckpt_path=" in message
+    assert "interrupted: stopped by" in (out / "train.log").read_text()  # the log keeps how the run ended
     step = int(message.split("after step ")[1].split(";")[0])
     last = out / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == step > 0

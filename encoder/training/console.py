@@ -1,9 +1,11 @@
 """What a run prints: Lightning's and PyTorch's messages that tell our users nothing are dropped, each by
-its own text (never a blanket filter), so every other warning still shows."""
+its own text (never a blanket filter), so every other warning still shows; what a run ends with is said on
+the console and kept in its train.log."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 # Lightning's info lines (lightning.pytorch.utilities.rank_zero) that carry no information here:
@@ -27,3 +29,13 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # a new run never starts in a folder with checkpoints (train.py refuses it); a resumed one does on purpose
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+def say(text: str, error: bool = False) -> None:
+    """Print `text` (to stderr if `error`) and keep it in the run's train.log too: Hydra's log file otherwise
+    holds only the logged lines (data loading), not the summary, the interruption or the error a run ended on."""
+    print(text, file=sys.stderr if error else sys.stdout)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("encoder", logging.ERROR if error else logging.INFO, __file__, 0,
+                                           text.strip(), None, None))
