@@ -130,9 +130,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         refused = next((line.strip() for line in str(e).splitlines() if "unsupported global" in line.lower()), None)
         operand = next((line.strip() for line in str(e).splitlines() if "Unsupported operand" in line), None)
         if operand is not None:
-            raise CheckpointError(f"{path} is not a checkpoint encoder can read safely: its pickle uses an instruction "
-                                  f"a weights-only read refuses ({operand.lower()}), so nothing in it ran; it is "
-                                  f"damaged or was not written by encoder's train.py") from None
+            raise CheckpointError(f"{path} is not a readable checkpoint (damaged, or not written by encoder's "
+                                  f"train.py): its pickle uses an instruction a weights-only read refuses "
+                                  f"({operand.lower()}), so nothing in it ran") from None
         if refused is None:
             raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): it does not "
                                   f"unpickle") from None

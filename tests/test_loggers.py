@@ -67,6 +67,6 @@ def test_an_unreachable_mlflow_server_is_one_line_in_seconds(tmp_path, rt_files)
 def test_visuals_without_tensorboard_say_so_once(tmp_path, rt_files, caplog):
     import train
 
-    train.train(compose([*TINY, "logger=csv"], tmp_path))
+    train.train(compose([*TINY, "logger=csv", "callbacks.tensorboard_visuals.enabled=true"], tmp_path))
     said = [r for r in caplog.records if "TensorBoardVisuals needs a TensorBoardLogger" in r.getMessage()]
     assert len(said) == 1  # fit and test both set it up

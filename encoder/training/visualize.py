@@ -76,7 +76,9 @@ def confusion_figure(matrix: torch.Tensor, label_names: list[str], title: str) -
 
 class TensorBoardVisuals(L.Callback):
     def __init__(self, num_sentences: int = 3, max_tokens: int = 24, projector_samples: int = 256,
-                 every_n_epochs: int = 1, histograms: bool = False, histogram_every_n_steps: int = 100):
+                 every_n_epochs: int = 1, histograms: bool = False, histogram_every_n_steps: int = 100,
+                 enabled: bool = True):
+        self.enabled = enabled  # false: draws nothing (trainer=debug, where seconds matter)
         self.num_sentences, self.max_tokens, self.every_n_epochs = num_sentences, max_tokens, every_n_epochs
         self.projector_samples = projector_samples
         self.histograms, self.histogram_every_n_steps = histograms, histogram_every_n_steps
@@ -89,12 +91,12 @@ class TensorBoardVisuals(L.Callback):
         return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers) and not self._warned:
+        if self.enabled and not self._warned and not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
             self._warned = True  # setup runs for fit and again for test: one warning is enough
             log.warning("TensorBoardVisuals needs a TensorBoardLogger; it logs nothing in this run")
 
     def _due(self, trainer: L.Trainer) -> bool:
-        return (not trainer.sanity_checking and self._writer(trainer) is not None
+        return (self.enabled and not trainer.sanity_checking and self._writer(trainer) is not None
                 and trainer.current_epoch % self.every_n_epochs == 0)
 
     # ---- confusion matrix: accumulated over the whole validation set (synced across ranks) ---
@@ -110,7 +112,7 @@ class TensorBoardVisuals(L.Callback):
     # ---- and over the test split, once (test/confusion_matrix) ---------------------------------
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         label_names = pl_module.hparams.get("label_names")
-        due = self._writer(trainer) is not None and label_names and pl_module.task.confusion_matrix
+        due = self.enabled and self._writer(trainer) is not None and label_names and pl_module.task.confusion_matrix
         self.confusion = MulticlassConfusionMatrix(len(label_names)).to(pl_module.device) if due else None
 
     on_test_batch_end = on_validation_batch_end
@@ -191,7 +193,8 @@ class TensorBoardVisuals(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         writer = self._writer(trainer)
         step = trainer.global_step
-        if not self.histograms or writer is None or not trainer.is_global_zero or step % self.histogram_every_n_steps:
+        if not (self.enabled and self.histograms) or writer is None or not trainer.is_global_zero \
+                or step % self.histogram_every_n_steps:
             return
         for name, p in pl_module.model.named_parameters():
             writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
