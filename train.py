@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -284,6 +285,12 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.RUN:
             logging.shutdown()  # train.log closed before its folder may go
             discard_failed_start(Path(cfg.paths.output_dir), HydraConfig.get().output_subdir)
+        raise SystemExit(1) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            raise
+        say(f"\nerror: {e.strerror} while writing the run's files; free space, or point the run (hydra.run.dir) and "
+            f"the cache (ENCODER_CACHE) at another disk; what was written before is kept", error=True)
         raise SystemExit(1) from None
     except Interrupted as e:
         say(f"\ninterrupted: {e}", error=True)  # on a line of its own, not after the progress bar

@@ -5,8 +5,9 @@
         architecture, weights and tokenizer, given the strongest setup a competent HF user runs: the same
         length-sorted batches and `torch.inference_mode()`. The weaker setup (input order, `no_grad`), what the
         HF examples do, is an extra row, labelled as such.
-    python benchmarks/inference.py --models teacher.ckpt student.ckpt [...]
-        trained models (checkpoints or exports) on the same texts in the same run: texts/s and test accuracy.
+    python benchmarks/inference.py --models teacher.ckpt student.ckpt int8:student_export/ [...]
+        trained models (checkpoints or exports; `int8:EXPORT` runs an export's int8 ONNX graph, made with
+        export --onnx --int8) on the same texts in the same run: texts/s, test accuracy, each against the first.
     python benchmarks/inference.py --backends EXPORT [--hf HF_EXPORT]
         one trained model through every way we serve it (PyTorch fp32, ONNX fp32, ONNX int8: an export made
         with --onnx --int8) and, given its --format hf export, the transformers pipeline and HF batched:
@@ -91,18 +92,20 @@ def trained_models(args) -> None:
     with open(rotten_tomatoes_critics()["test"], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     texts, gold = [r["text"] for r in rows], [r["label"] for r in rows]
-    models = {path: load_model(path, batch_size=args.batch_size) for path in args.models}
+    models = {path: load_model(path.removeprefix("int8:"), batch_size=args.batch_size,
+                               **({"backend": "onnx", "int8": True} if path.startswith("int8:") else {}))
+              for path in args.models}
     accuracy = {path: sum(p["label"] == y for p, y in zip(m.predict(texts), gold)) / len(texts)
                 for path, m in models.items()}
     times = alternate({path: (lambda m=m: m.predict(texts)) for path, m in models.items()}, args.rounds)
     print(f"machine: {machine()}; {len(texts)} test texts, batch={args.batch_size}, medians of {args.rounds} rounds")
     for path, t in times.items():
-        params = sum(p.numel() for p in models[path].model.parameters())
+        params = sum(p.numel() for p in models[path].model.parameters())  # (an ONNX graph shows none)
         print(f"{len(texts) / statistics.median(t):8.0f} texts/s  test acc {accuracy[path]:.4f}  {params:>11,d} params  "
               f"{path}")
-    if len(times) == 2:
-        first, second = times
-        print(f"\n{second} predicts {median_ratio(times, first, second):.2f}x as fast as {first}")
+    first, *others = times
+    for other in others:
+        print(f"{other} predicts {median_ratio(times, first, other):.2f}x as fast as {first}")
 
 
 def long_texts(count: int, tokenizer, seed: int = 0) -> list[str]:

@@ -136,7 +136,10 @@ def get_tokenizer(cfg: TokenizerConfig, texts_fn, data_fingerprint: str, cache_d
         return load_tokenizer(cached)
     tok = train_tokenizer(texts_fn(), **settings)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, cached)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tok.save(str(tmp))
+        os.replace(tmp, cached)
+    finally:
+        tmp.unlink(missing_ok=True)  # (a full disk: no partial file left behind)
     return tok

@@ -413,3 +413,19 @@ def test_the_readme_override_for_step_checkpoints_works_as_written(tmp_path, rt_
 def test_a_device_this_machine_lacks_is_one_line(earlier, device, text):
     done = cli("encoder.predict", earlier / "checkpoints" / "last.ckpt", "a text", "--device", device)
     assert_one_error_line(done, 2, text)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_files(tmp_path, rt_files):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")  # (CI and this project's machines run as root)
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, f"hydra.run.dir={disk / 'run'}"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 1, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: No space left on device while writing the run's files") and "Traceback" not in done.stderr
+        assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

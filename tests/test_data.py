@@ -237,3 +237,14 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, header):
     path = write_csv(tmp_path / "t.csv", rows, header=header)
     with pytest.raises(DataError, match=f"names the column '{header[1]}' twice in its header"):
         module(tmp_path, data_files={"train": path}).setup()
+
+
+def test_a_cache_folder_that_cannot_take_files_is_one_line(tmp_path):
+    # (a read-only file system raises the same OSError family; root ignores chmod, so a path under a file
+    # stands in for it here)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    files = {"train": write_csv(tmp_path / "t.csv", SENTENCES)}
+    with pytest.raises(DataError, match=r"^the cache folder .*a-file/cache cannot take files \(.*\); point "
+                                        r"ENCODER_CACHE \(or paths.cache_dir\) at a writable folder$"):
+        module(tmp_path, data_files=files, cache_dir=str(blocker / "cache")).setup()

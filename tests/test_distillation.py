@@ -3,6 +3,7 @@ own tokenizer, through train.py; the teacher's outputs are cached; wrong teacher
 in the extra text are kept out."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -148,3 +149,58 @@ def test_the_loss_mixes_the_teacher_term_and_the_gold_labels():
     expected = 0.5 * ((1 + 0 + 1) / 3) + 0.5 * ((0.25 + 1.0) / 2)
     assert math.isclose(step.loss.item(), expected, rel_tol=1e-6)
     assert isinstance(step, Step)
+
+
+def test_augmented_texts_are_seeded_varied_and_follow_the_rules():
+    texts = ["a gorgeous , witty , seductive movie", "dull and lifeless", "a joy to watch from start to end"]
+    first, again, other = (distillation.augment(texts, 20, seed) for seed in (0, 0, 1))
+    assert first == again and first != other and len(first) == 60
+    words = {w for t in texts for w in t.split()}
+    assert all(set(v.split()) <= words | {"[MASK]"} for v in first)  # masked, swapped or cut; nothing invented
+    assert any("[MASK]" in v for v in first) and any(len(v.split()) < 3 for v in first)  # masks and n-grams
+    assert len(set(first)) > 30
+
+
+def test_augmented_variants_are_labelled_by_the_teacher_and_cached(teacher, tmp_path, rt_files):
+    before = distillation.teacher_batches_run
+    dm = datamodule(tmp_path, teacher, augment=4)
+    dm.setup()
+    train = dm.datasets["train"]
+    variants = [i for i, y in enumerate(train["labels"]) if y == -100]
+    assert 200 * 3 < len(variants) <= 200 * 4  # 4 per text, less the empty ones
+    assert all(len(train[i]["teacher"]) == 2 for i in variants)  # the teacher's logits, no gold label
+    assert distillation.teacher_batches_run > before
+    seen = distillation.teacher_batches_run
+    again = datamodule(tmp_path, teacher, augment=4)
+    again.setup()
+    assert distillation.teacher_batches_run == seen  # the variants and their labels come from the cache
+    assert again.datasets["train"]["input_ids"] == train["input_ids"]
+
+
+def test_no_augmented_variant_reads_as_an_evaluation_text(teacher, tmp_path):
+    # "dull" is a test text; the training text "dull movie" yields it as a 1-gram (and "DULL" reads the same)
+    from datasets import Dataset
+
+    from encoder.training.config import DataConfig
+
+    raw = {"train": Dataset.from_dict({"text": ["dull movie"] * 10 + ["a joy to watch"] * 10}),
+           "test": Dataset.from_dict({"text": ["DULL"]})}
+    tokenizer = encoder.load_model(teacher).tokenizer
+    kept = distillation._variants(raw, DataConfig(), 30, 0, tmp_path, tokenizer)["text"]
+    everything = distillation.augment(raw["train"]["text"], 30, 0)
+    assert "dull" in everything  # the rules do produce it
+    assert kept and all(v.strip().lower() != "dull" for v in kept)
+    assert len(kept) == len([v for v in everything if v.strip() and v.lower() != "dull"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.augment=4"], "distill.augment needs distill.teacher"),
+    (["distill.teacher=t.ckpt", "distill.augment=-1"], "distill.augment=-1 must be a whole number of variants"),
+    (["distill.teacher=t.ckpt", "distill.augment=2", "data.text_pair_column=other"], "distill.augment varies single texts"),
+])
+def test_bad_augment_values_are_refused_in_one_line(overrides, message, tmp_path):
+    from encoder.training.config import validate
+
+    with pytest.raises(ConfigError, match=message) as error:
+        validate(compose([*TINY, *overrides], tmp_path))
+    assert "\n" not in str(error.value)

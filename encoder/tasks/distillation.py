@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
+import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +60,12 @@ class DistilledStep(Step):
 
 class Distilled(Task):
     def __init__(self, base: Task, teacher: str, temperature: float = 2.0, alpha: float = 0.5,
-                 extra_text: str | None = None, extra_text_column: str = "text", batch_size: int = 128):
+                 extra_text: str | None = None, extra_text_column: str = "text", batch_size: int = 128,
+                 augment: int = 0, augment_seed: int = 0):
         self.base = base
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         self.extra_text, self.extra_text_column, self.batch_size = extra_text, extra_text_column, batch_size
+        self.augment, self.augment_seed = augment, augment_seed
         for key in ("name", "labels", "masks_tokens", "monitor", "train_metric", "onnx", "confusion_matrix",
                     "model_class", "predictor_class", "example_input", "label_text"):
             setattr(self, key, getattr(base, key))  # what is saved and served is the base task's
@@ -120,6 +125,12 @@ class Distilled(Task):
             out["train"] = _concatenate(out["train"], extra, data)
             log.info("distillation: %d extra texts labelled by the teacher join %d training examples",
                      len(extra), len(raw["train"]))
+        if self.augment:
+            variants = _variants(raw, data, self.augment, self.augment_seed, cache_dir, predictor.tokenizer)
+            if variants is not None:
+                out["train"] = _concatenate(out["train"], _label(variants, predictor, data, digest), data)
+            log.info("distill.augment: %d variants of the training texts, labelled by the teacher, join them",
+                     len(variants or []))
         return out
 
 
@@ -177,6 +188,66 @@ def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path, tok
     log.info("distill.extra_text: %d of %d texts kept (evaluation and empty texts removed)", len(kept), len(extra))
     return kept.select_columns([column]).rename_column(column, data.text_column) if column != data.text_column \
         else kept.select_columns([column])
+
+
+# ---- augmentation (Tang et al. 2019, "Distilling task-specific knowledge from BERT into simple neural
+# networks"): rules that need no external resource, applied word by word -------------------------------
+P_MASK, P_SWAP, P_NGRAM = 0.1, 0.1, 0.25
+
+
+def augment(texts: list[str], n: int, seed: int) -> list[str]:
+    """`n` variants of each text: each word masked ([MASK]) with probability P_MASK, or with P_SWAP replaced by
+    a word of the same kind (one that follows the same word somewhere in `texts`, as Tang et al. replace by
+    part of speech), then with P_NGRAM only an n-gram of 1-5 words of the result kept. Deterministic for a seed."""
+    rng = random.Random(seed)
+    followers: dict[str, list[str]] = {}
+    for text in texts:
+        words = text.split()
+        for before, word in zip(["<s>", *words], words):
+            followers.setdefault(before.lower(), []).append(word)
+    out = []
+    for text in texts:
+        words = text.split()
+        for _ in range(n if words else 0):
+            new = []
+            for before, word in zip(["<s>", *words], words):
+                draw = rng.random()
+                if draw < P_MASK:
+                    new.append("[MASK]")
+                elif draw < P_MASK + P_SWAP:
+                    new.append(rng.choice(followers[before.lower()]))
+                else:
+                    new.append(word)
+            if rng.random() < P_NGRAM:
+                size = rng.randint(1, min(5, len(new)))
+                start = rng.randint(0, len(new) - size)
+                new = new[start : start + size]
+            out.append(" ".join(new))
+    return out
+
+
+def _variants(raw: dict, data, n: int, seed: int, cache_dir: Path, tokenizer):
+    """The variants of the training texts as a dataset, written once to the cache (so the teacher's labels of
+    them are cached too), without any that reads as an evaluation text or is empty."""
+    from datasets import load_dataset
+
+    from encoder.tokenizer import as_text, fingerprint
+
+    train = raw["train"]
+    path = Path(cache_dir) / "augmented" / f"{fingerprint(train._fingerprint, data.text_column, n, seed, 'v1')}.jsonl"
+    if not path.is_file():
+        read = _reading(tokenizer)
+        held_out = {read(t) for split in ("validation", "test") if split in raw for t in raw[split][data.text_column]}
+        variants = [v for v in augment([as_text(t) for t in train[data.text_column]], n, seed)
+                    if v.strip() and read(v) not in held_out]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text("".join(json.dumps({data.text_column: v}) + "\n" for v in variants), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return load_dataset("json", data_files=str(path), split="train") if path.stat().st_size else None
 
 
 def _reading(tokenizer):

@@ -162,6 +162,8 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the teacher term; 1 - alpha on the gold labels
     extra_text: Optional[str] = None  # unlabelled text the teacher labels: an offline source name or files
     extra_text_column: str = "text"
+    augment: int = 0  # N variants of each training text (masked words, swapped words, n-grams) the teacher labels
+    augment_seed: int = 0  # the variants' own seed: every training seed reuses them (and their cached labels)
     batch_size: int = 128  # teacher inference batch
 
     def __post_init__(self):
@@ -171,6 +173,10 @@ class DistillConfig:
             raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
         if self.extra_text and not self.teacher:
             raise ConfigError("distill.extra_text needs distill.teacher: only a teacher can label it")
+        if not isinstance(self.augment, int) or self.augment < 0:
+            raise ConfigError(f"distill.augment={self.augment!r} must be a whole number of variants per text (0: none)")
+        if self.augment and not self.teacher:
+            raise ConfigError("distill.augment needs distill.teacher: only a teacher can label the variants")
         if self.batch_size < 1:
             raise ConfigError(f"distill.batch_size={self.batch_size} must be a positive integer")
 
@@ -258,6 +264,8 @@ def validate(cfg: DictConfig) -> Checked:
     if task.masks_tokens and not data.mlm_probability:
         raise ConfigError(f"task={task.name} needs data.mlm_probability > 0 (0.15 as in BERT); "
                           f"configs/task/{task.name}.yaml sets it")
+    if checked.distill.augment and checked.data.text_pair_column:
+        raise ConfigError("distill.augment varies single texts; with data.text_pair_column set distill.augment=0")
     if checked.distill.teacher and task.labels not in ("class", "number"):
         raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
                           f"regression: their teachers give one output per text); drop distill.teacher")

@@ -11,6 +11,7 @@ nothing; the data config (`DataConfig`) says where the texts are and how they ar
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,19 @@ from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
 from encoder.training.data.sources import default_cache_dir
 
 log = logging.getLogger(__name__)
+
+
+def writable(cache_dir: Path) -> None:
+    """Data, tokenizers and tokenized data are cached in `cache_dir`: it must exist (or be creatable) and take
+    files, or the run fails later with an OSError deep in `datasets` or the tokenizer."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"the cache folder {cache_dir} cannot take files ({e.strerror or e}); point ENCODER_CACHE "
+                        f"(or paths.cache_dir) at a writable folder") from None
 
 
 class TextDataModule(L.LightningDataModule):
@@ -65,6 +79,7 @@ class TextDataModule(L.LightningDataModule):
             return  # idempotent: train.py sets up early to learn the vocabulary and labels
         if self.labelled and not self.cfg.label_column:
             raise DataError(f"task={self.task.name} needs labels; set data.label_column")
+        writable(self.cache_dir)
         raw = load_splits(self.cfg, self.cache_dir, self.seed, self.labelled)
         mapping = None
         if self.labelled:

@@ -100,12 +100,15 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
 
 
 def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)  # a half-written file never sits at `path`
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)  # a half-written file never sits at `path`
+    finally:
+        tmp.unlink(missing_ok=True)  # (a full disk: no partial file left behind)
 
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
