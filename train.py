@@ -234,7 +234,8 @@ def train(cfg: DictConfig) -> dict:
         raise ConfigError(f"{run_dir}/checkpoints already holds checkpoints; choose a new hydra.run.dir "
                           f"(to continue that run, pass ckpt_path=...)")
     remove_stale_temp_files(run_dir / "checkpoints")
-    saved = checkpoint.read_for_resume(ckpt_path) if ckpt_path else None  # damaged or edited: refused here
+    # damaged, edited, or trained with other optimizer settings: refused here, before any data is read
+    saved = checkpoint.read_for_resume(ckpt_path, vars(checked.optim)) if ckpt_path else None
     trainer = build_trainer(cfg)  # before the data: Lightning checks its arguments here
     L.seed_everything(cfg.seed, workers=True)
     # continuing in its own directory, the run's config was checked against its record (launch.py)

@@ -204,10 +204,18 @@ def read_checkpoint(path: str | os.PathLike) -> Saved:
     return _saved(load_checkpoint(path), path)
 
 
-def read_for_resume(path: str | os.PathLike) -> Saved:
-    """`read_checkpoint`, and the optimizer state a resume would continue from must be finite."""
+def read_for_resume(path: str | os.PathLike, optim: dict | None = None) -> Saved:
+    """`read_checkpoint`, and the optimizer state a resume would continue from must be finite; with `optim`
+    (this run's optimizer settings), the checkpoint must have trained with the same ones."""
     ckpt = load_checkpoint(path)
     saved = _saved(ckpt, path)
+    trained = ckpt["hyper_parameters"].get("optim")
+    if optim is not None and trained is not None:
+        key = next((k for k in sorted(optim) if k in trained and trained[k] != optim[k]), None)
+        if key is not None:
+            raise CheckpointError(f"{path} was trained with optim.{key}={trained[key]!r}; a resume cannot honour "
+                                  f"optim.{key}={optim[key]!r} (the optimizer state and schedule continue): resume "
+                                  f"with the run's settings, or start a new run without ckpt_path")
     for i, optimizer in enumerate(ckpt.get("optimizer_states") or []):
         for param, state in (optimizer.get("state") or {}).items():
             for name, value in state.items():

@@ -429,3 +429,19 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_files(tmp_path, rt_files)
         assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_read_only_cache_is_one_line(tmp_path, rt_files):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(cache)], capture_output=True).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300, env={**os.environ, "ENCODER_CACHE": str(cache)})
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert last.startswith(f"error: the cache folder {cache} cannot take files (Read-only file system)"), last
+        assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+    finally:
+        subprocess.run(["umount", str(cache)], check=False)

@@ -200,3 +200,19 @@ def test_checkpoint_writes_are_atomic(tmp_path):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": lambda: None}, path)  # fails mid-write
     assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no temporary file is left
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=1e-2", r"was trained with optim.lr=0.0005; a resume cannot honour optim.lr=0.01"),
+    ("seed=4", r"trained with seed=42; a resume cannot honour seed=4"),
+    ("data.batch_size=8", r"trained with data.batch_size=16; a resume cannot honour data.batch_size=8"),
+])
+def test_a_checkpoint_outside_its_run_refuses_what_a_resume_cannot_honour(straight, tmp_path, override, message):
+    # (inside its run directory, train.py refuses these before reading any data: tests/test_resume_as_printed.py)
+    from encoder.errors import CheckpointError, ConfigError
+
+    copy = tmp_path / "elsewhere.ckpt"
+    copy.write_bytes((straight / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises((CheckpointError, ConfigError), match=message) as error:
+        run(tmp_path / "other", override, "trainer.max_epochs=3", f"ckpt_path={copy}")
+    assert "\n" not in str(error.value)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from encoder import tasks
 from encoder.collate import Collator
-from encoder.errors import DataError
+from encoder.errors import ConfigError, DataError
 from encoder.tasks.distillation import taught
 from encoder.tokenizer import SPECIAL_TOKENS, TokenizerConfig, as_text, fingerprint, get_tokenizer
 from encoder.training.config import DataConfig
@@ -185,10 +185,18 @@ class TextDataModule(L.LightningDataModule):
     # position travels here too (restoring it twice is harmless: resume() is idempotent).
     def state_dict(self) -> dict:
         loader = self.trainer.train_dataloader if self.trainer else None
-        return loader.state_dict() if isinstance(loader, ResumableLoader) else {}
+        position = loader.state_dict() if isinstance(loader, ResumableLoader) else {}
+        # the data order a resume replays depends on these two: a resume with others would not be the same run
+        return {**position, "seed": self.seed, "batch_size": self.cfg.batch_size} if position else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume_at = state or None
+        for key, ours in (("seed", self.seed), ("batch_size", self.cfg.batch_size)):
+            if key in (state or {}) and state[key] != ours:
+                name = "seed" if key == "seed" else "data.batch_size"
+                raise ConfigError(f"the checkpoint was trained with {name}={state[key]}; a resume cannot honour "
+                                  f"{name}={ours} (the interrupted epoch's data order depends on it): resume with "
+                                  f"{name}={state[key]}, or start a new run without ckpt_path")
+        self._resume_at = {k: v for k, v in (state or {}).items() if k not in ("seed", "batch_size")} or None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
