@@ -8,6 +8,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and any(a in ("--help", "-h") for a in sys.argv[1:]):
+    # answered from the yaml files alone, before torch and Lightning are imported (seconds on a busy machine)
+    from encoder.training.help import help_text
+
+    print(help_text(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:]))
+    sys.exit(0)
+
 import contextlib
 import dataclasses
 import errno
@@ -15,8 +25,6 @@ import json
 import logging
 import math
 import os
-import sys
-from pathlib import Path
 
 import hydra
 import lightning as L
@@ -34,7 +42,7 @@ from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
 from encoder.training.console import quiet, say
-from encoder.training.launch import discard_failed_start, help_text, newest_unfinished, preflight, trainer_error
+from encoder.training.launch import discard_failed_start, newest_unfinished, preflight, trainer_error
 from encoder.training.loggers import build_loggers, where
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.module import EncoderModule
@@ -302,10 +310,7 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(130) from None
 
 
-if __name__ == "__main__":
-    if any(a in ("--help", "-h") for a in sys.argv[1:]):  # with each key's comment (Hydra's lists none)
-        print(help_text(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:]))
-        sys.exit(0)
+if __name__ == "__main__":  # (--help is answered at the top of this file)
     quiet()
     try:  # a mistake in the overrides: one line, before Hydra creates a run directory
         sys.argv[1:] = preflight(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:])

@@ -1,13 +1,24 @@
 """encoder: small transformer encoders, trained with Lightning + Hydra on Hugging Face datasets.
 
 Importing `encoder` gives the serving API (`load_model`, the model classes) without the training
-stack: Lightning, torchmetrics, datasets and matplotlib are imported by `encoder.training` only.
+stack: Lightning, torchmetrics, datasets and matplotlib are imported by `encoder.training` only. The
+names below that need torch are imported when first used (PEP 562), so that tools which need none of
+them (`python train.py --help`) start without torch.
 """
 
-from encoder.errors import CheckpointError, ConfigError, DataError
-from encoder.model import Encoder, EncoderLayer, ModelConfig
-from encoder.predictor import Predictor, load_model
+import importlib
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "Encoder", "EncoderLayer", "ModelConfig", "Predictor",
-           "load_model"]
+from encoder.errors import CheckpointError, ConfigError, DataError
+
+_LAZY = {"Encoder": "encoder.model", "EncoderLayer": "encoder.model", "ModelConfig": "encoder.model",
+         "Predictor": "encoder.predictor", "load_model": "encoder.predictor"}
+__all__ = ["CheckpointError", "ConfigError", "DataError", *_LAZY]
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'encoder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once: later uses are plain attribute reads
+    return value

@@ -18,6 +18,7 @@ RUNS = {  # the script's cheapest full run, and the line its README row quotes
     "inference": (["--rounds", "1", "--texts", "64"], rf"ours / hf sorted \(the strongest peer\): {RATIO}"),
     "profile_step": (["--steps", "1"], rf"step time with plain AdamW: \d+ ms, fused: \d+ ms \({RATIO}\)"),
     "data_prep": ([], r"full setup, warm cache: +(\d+) examples/s"),
+    "startup": (["--rounds", "1"], r"--help +median +(\d+\.\d+) s"),
 }
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,10 @@ def test_help_lists_config_groups_and_options():
     chosen = subprocess.run([sys.executable, "train.py", "--help", "task=mlm"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert "[mlm]" in chosen.stdout and "mlm_probability: 0.15   # of real, non-special tokens" in chosen.stdout
+    # answered from the yaml files: neither torch nor Lightning is imported (benchmarks/startup.py times it)
+    imported = subprocess.run([sys.executable, "-X", "importtime", "train.py", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120).stderr
+    assert "encoder.training.help" in imported and not re.search(r"\| +(torch|lightning|hydra)$", imported, re.M)
 
 
 def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
