@@ -39,7 +39,8 @@ from encoder.model import ModelConfig
 EXPORT_FORMAT = "encoder-export-v1"
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 OPTIONAL_EXPORT_FILES = ("model.onnx", "model.int8.onnx")  # export --onnx [--int8]: listed in the manifest too
-RUN_SWITCHES = ("unpad", "compile", "init_from", "init_layers")  # stored with the architecture before 0.2: not architecture
+# run switches, not architecture (stored with it before 0.2)
+RUN_SWITCHES = ("unpad", "compile", "init_from", "init_layers")
 
 
 @dataclass
@@ -321,10 +322,10 @@ def _export_config(folder: Path) -> dict:
         raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({e}); re-export the model") from None
     if isinstance(config, dict) and config.get("model_type") == "bert":  # our --format hf / sentence-transformers
         kind = (config.get("architectures") or ["BertModel"])[0]
+        runner = "SentenceTransformer(folder).encode" if kind == "BertModel" else "pipeline"
         raise CheckpointError(f"{folder} is a Hugging Face {kind} folder, not an encoder export: run it with "
-                              f"transformers ({'SentenceTransformer(folder).encode' if kind == 'BertModel' else 'pipeline'}"
-                              f"), train from it with model.init_from={folder}, or predict with the export of the "
-                              f"default format (python -m encoder.export CKPT DIR)")
+                              f"transformers ({runner}), train from it with model.init_from={folder}, or predict "
+                              f"with the export of the default format (python -m encoder.export CKPT DIR)")
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{folder / 'config.json'} is not an encoder export (format {found!r})")

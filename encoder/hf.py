@@ -161,8 +161,8 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> N
                          {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
         # a folder without BERT's pooler (the encoder alone, token tasks) tells BertModel not to build one, or
         # sentence-transformers would report its weights as MISSING (they are unused by its pooling anyway)
-        "sentence_bert_config.json": {"max_seq_length": saved.max_length, "do_lower_case": False,
-                                      **({} if ARCHITECTURES[task][1] else {"model_args": {"add_pooling_layer": False}})},
+        "sentence_bert_config.json": {"max_seq_length": saved.max_length, "do_lower_case": False, **(
+            {} if ARCHITECTURES[task][1] else {"model_args": {"add_pooling_layer": False}})},
         "1_Pooling/config.json": {"word_embedding_dimension": cfg.embed_dim,
                                   "pooling_mode_cls_token": cfg.pooling == "cls",
                                   "pooling_mode_mean_tokens": cfg.pooling == "mean",

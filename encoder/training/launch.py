@@ -35,8 +35,9 @@ from encoder.training.config import unknown_key, unused_dir, validate
 # On resume: keys that may change freely (how a run is watched, logged and evaluated at the end), and keys
 # that extend or shorten the schedule (said in one line). Any other change is refused.
 FREE_ON_RESUME = ("logger", "callbacks.progress_bar", "callbacks.model_summary", "callbacks.tensorboard_visuals",
-                  "callbacks.lr_monitor", "callbacks.log_points", "callbacks.graceful_shutdown", "callbacks.last_checkpoint.every_n_train_steps",
-                  "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+                  "callbacks.lr_monitor", "callbacks.log_points", "callbacks.graceful_shutdown",
+                  "callbacks.last_checkpoint.every_n_train_steps", "trainer.enable_progress_bar",
+                  "trainer.enable_model_summary", "trainer.log_every_n_steps",
                   "data.num_workers", "data.pin_memory", "data.persistent_workers", "test", "predictions",
                   "ckpt_path", "resume", "paths", "hydra")
 SCHEDULE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "trainer.min_steps",
@@ -158,7 +159,7 @@ def check_honoured(before: DictConfig, now: DictConfig, ckpt: str, record: Path)
                           f"that override, or start a new run without ckpt_path/resume")
     for key in changed:
         print(f"note: resuming with {key}={new.get(key, '<absent>')} (the run had {old.get(key, '<absent>')}); "
-              f"the learning-rate schedule follows the new length")
+              f"the learning-rate schedule follows the new length")  # (early stopping: the new patience)
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -212,7 +213,8 @@ def discard_failed_start(run_dir: Path, record: str) -> None:
         return
     if not run_dir.is_dir():
         return
-    leftovers = [p for p in run_dir.rglob("*") if p.is_file() and p.parts[len(run_dir.parts)] not in (".hydra", "train.log")]
+    leftovers = [p for p in run_dir.rglob("*")
+                 if p.is_file() and p.parts[len(run_dir.parts)] not in (".hydra", "train.log")]
     if not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # outputs/<name>/, if this was its only run
