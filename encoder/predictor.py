@@ -48,8 +48,12 @@ class Predictor:
     def _encode(self, texts: list) -> list:
         """Tokenized texts. A text is a string, or a (text, text_pair) tuple for models trained on pairs."""
         texts = checked_texts(texts, pairs=True)
-        if not self.model.cfg.type_vocab_size and any(isinstance(t, tuple) for t in texts):
-            raise ValueError("this model was trained on single texts; pass strings, not (text, text_pair) tuples")
+        if any(isinstance(t, tuple) for t in texts):
+            if not self.model.cfg.type_vocab_size:
+                raise ValueError("this model was trained on single texts; pass strings, not (text, text_pair) tuples")
+            if isinstance(self.model, OnnxModel):
+                raise ValueError("the ONNX graph reads single texts (segment 0 throughout); predict text pairs with "
+                                 "backend='torch'")
         return self.tokenizer.encode_batch(texts)
 
     def _batches(self, encodings: list):

@@ -352,3 +352,20 @@ def test_small_data_logs_several_training_points_per_epoch(tmp_path, rt_files):
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
     assert len(steps) >= 10 and max(steps) <= 20  # at least 5 points in each of the 2 epochs of 10 steps
+
+
+def test_a_model_with_segment_embeddings_exports_to_onnx_for_single_texts(tmp_path, rt_files):
+    # a student made of BERT/MiniLM layers keeps BERT's segment embeddings (type_vocab_size=2) though it reads
+    # single texts: its ONNX graph computes segment 0, as PyTorch does without token_type_ids
+    import train
+
+    from encoder.export import export
+
+    train.train(compose([*TINY, "model.type_vocab_size=2"], tmp_path / "run"))
+    out = export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "export", onnx=True)
+    texts = TEXTS + ["a film that soars", "a film that sinks"]
+    onnx = encoder.load_model(out, backend="onnx")
+    torch.testing.assert_close(onnx.probabilities(texts), encoder.load_model(out).probabilities(texts), atol=1e-4,
+                               rtol=0)
+    with pytest.raises(ValueError, match="the ONNX graph reads single texts"):
+        onnx.predict([("a film", "that soars")])
