@@ -140,7 +140,7 @@ def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderM
                                   on_nonfinite_loss=checked.task.on_nonfinite_loss, unpad=m.unpad, compile=m.compile,
                                   distill=distill_options(checked))
     if init is not None and not resuming:
-        pretrained.apply(init, module.model)
+        pretrained.apply(init, module.model, tokenizer_json)  # (a trimmed vocabulary: its embedding rows)
         log.info("encoder initialised from %s", init.folder)
     return module
 

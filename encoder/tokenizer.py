@@ -103,6 +103,28 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return finalize(Tokenizer.from_file(str(path)))
 
 
+def trim(tok: Tokenizer, texts: Iterable[str]) -> Tokenizer:
+    """`tok` with only the tokens `texts` use (and its special tokens), in their original order: a pretrained
+    encoder's embeddings are most of a small model's parameters, and a task's text uses a fraction of a
+    30k-token vocabulary. Text made of kept tokens reads as before; a word needing a dropped piece is [UNK]."""
+    saved = json.loads(tok.to_str())
+    if saved["model"]["type"] != "WordPiece":
+        raise ConfigError(f"tokenizer.trim_to_data trims WordPiece vocabularies (BERT's); this tokenizer is "
+                          f"{saved['model']['type']}")
+    probe = Tokenizer.from_str(tok.to_str())
+    probe.no_truncation()
+    used = {i for e in probe.encode_batch(list(texts)) for i in e.ids}
+    used |= {t["id"] for t in saved["added_tokens"]}
+    kept = sorted(used)  # the original order
+    old = {i: token for token, i in saved["model"]["vocab"].items()}
+    saved["model"]["vocab"] = {old[i]: new for new, i in enumerate(kept)}
+    new_id = {i: new for new, i in enumerate(kept)}
+    for added in saved["added_tokens"]:
+        added["id"] = new_id[added["id"]]
+    saved["post_processor"] = None  # finalize() rebuilds it with the new ids of [CLS] and [SEP]
+    return finalize(Tokenizer.from_str(json.dumps(saved)))
+
+
 def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -116,6 +138,7 @@ class TokenizerConfig:
     min_frequency: int = 2
     lowercase: bool = True
     path: str | None = None
+    trim_to_data: bool = False  # a loaded (pretrained) vocabulary cut to the tokens the training text uses
 
     def __post_init__(self):
         check_choice(self.kind, KINDS, "tokenizer.kind")
@@ -127,7 +150,7 @@ class TokenizerConfig:
 def get_tokenizer(cfg: TokenizerConfig, texts_fn, data_fingerprint: str, cache_dir: Path) -> Tokenizer:
     """Load `cfg.path` if given, else train on `texts_fn()` once and cache by data + settings."""
     if cfg.path:
-        return load_tokenizer(cfg.path)
+        return trim(load_tokenizer(cfg.path), texts_fn()) if cfg.trim_to_data else load_tokenizer(cfg.path)
     settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
                 "lowercase": cfg.lowercase}
     # "deterministic": tokenizers cached before training was made deterministic are not reused

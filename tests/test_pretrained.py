@@ -175,3 +175,32 @@ def test_bad_layer_choices_are_refused_in_one_line(overrides, message, tmp_path)
 
     with pytest.raises(ConfigError, match=message):
         train.train(compose(TINY + overrides, tmp_path))
+
+
+def test_a_trimmed_vocabulary_keeps_the_tokens_the_data_uses_and_their_embeddings(tmp_path):
+    import train
+
+    from encoder.export import export
+
+    train.train(compose(TINY, tmp_path / "teacher"))
+    folder = export(tmp_path / "teacher" / "checkpoints" / "last.ckpt", tmp_path / "export")
+    teacher = pretrained.load(str(folder))
+    full = Tokenizer.from_file(str(teacher.tokenizer_path))
+    train.train(compose(TINY + [f"model.init_from={folder}", "tokenizer.trim_to_data=true", "data.max_train_samples=32",
+                                "trainer.limit_train_batches=1", START], tmp_path / "student"))
+    trimmed = encoder.load_model(next((tmp_path / "student" / "checkpoints").glob("best-*.ckpt"))).tokenizer
+    assert 5 < trimmed.get_vocab_size() < full.get_vocab_size() / 2  # 32 texts use a fraction of the vocabulary
+    # text it covers reads the same; a word it lost is [UNK]; [CLS]/[SEP] frame every text as before
+    covered = " ".join(t for t, i in sorted(trimmed.get_vocab().items(), key=lambda kv: kv[1])
+                       if not t.startswith(("[", "##")))[:200]
+    assert trimmed.encode(covered).tokens == full.encode(covered).tokens
+    kept = trimmed.get_vocab()
+    lost = next(c for c in full.get_vocab() if len(c) == 1 and c.isalnum() and c not in kept and f"##{c}" not in kept)
+    assert full.encode(lost).tokens == ["[CLS]", lost, "[SEP]"] and trimmed.encode(lost).tokens == ["[CLS]", "[UNK]", "[SEP]"]
+    # each kept token starts from its pretrained embedding row
+    rows = WeightsAtStart.seen["encoder.embeddings.tokens.weight"]
+    vocab = full.get_vocab()
+    for token, i in trimmed.get_vocab().items():
+        assert torch.equal(rows[i], teacher.state["encoder.embeddings.tokens.weight"][vocab[token]]), token
+    with pytest.raises(ConfigError, match="tokenizer.trim_to_data cuts a loaded vocabulary"):
+        train.train(compose(TINY + ["tokenizer.trim_to_data=true"], tmp_path / "bad"))

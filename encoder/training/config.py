@@ -264,6 +264,9 @@ def validate(cfg: DictConfig) -> Checked:
     if task.masks_tokens and not data.mlm_probability:
         raise ConfigError(f"task={task.name} needs data.mlm_probability > 0 (0.15 as in BERT); "
                           f"configs/task/{task.name}.yaml sets it")
+    if checked.tokenizer.trim_to_data and not (checked.tokenizer.path or checked.model.init_from):
+        raise ConfigError("tokenizer.trim_to_data cuts a loaded vocabulary to the training text: set model.init_from "
+                          "or tokenizer.path (a trained tokenizer already fits its data)")
     if checked.distill.augment and checked.data.text_pair_column:
         raise ConfigError("distill.augment varies single texts; with data.text_pair_column set distill.augment=0")
     if checked.distill.teacher and task.labels not in ("class", "number"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 
 from encoder import checkpoint
 from encoder.errors import ConfigError
@@ -105,9 +106,12 @@ def check_matches(pretrained: Pretrained, model: dict) -> None:
                               f"model config, e.g. model=minilm_l6)")
 
 
-def apply(pretrained: Pretrained, model: torch.nn.Module) -> None:
-    """Load the encoder (and pooler, when both have one) into `model`; the task's head stays fresh."""
+def apply(pretrained: Pretrained, model: torch.nn.Module, tokenizer_json: str | None = None) -> None:
+    """Load the encoder (and pooler, when both have one) into `model`; the task's head stays fresh. With the
+    run's `tokenizer_json` a trimmed vocabulary (tokenizer.trim_to_data) takes its tokens' embedding rows."""
     state = dict(pretrained.state)
+    if tokenizer_json is not None:
+        state["encoder.embeddings.tokens.weight"] = token_rows(pretrained, tokenizer_json)
     if getattr(model, "pooler", None) is None:
         state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -116,3 +120,16 @@ def apply(pretrained: Pretrained, model: torch.nn.Module) -> None:
     if missing or unexpected:
         raise ConfigError(f"the weights in {pretrained.folder} do not fit the model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}); check model.* against that encoder")
+
+
+def token_rows(pretrained: Pretrained, tokenizer_json: str) -> torch.Tensor:
+    """The pretrained token embeddings of the run's vocabulary, row by row (a trimmed vocabulary keeps some
+    tokens of the pretrained one, renumbered in their original order; an untrimmed one is all of them)."""
+    ours = Tokenizer.from_str(tokenizer_json).get_vocab()
+    theirs = Tokenizer.from_file(str(pretrained.tokenizer_path)).get_vocab()
+    unknown = sorted(set(ours) - set(theirs))
+    if unknown:
+        raise ConfigError(f"the run's tokenizer has tokens {unknown[:3]} that {pretrained.folder} lacks; a trimmed "
+                          f"vocabulary must come from that encoder's own tokenizer")
+    rows = pretrained.state["encoder.embeddings.tokens.weight"]
+    return rows[torch.tensor([theirs[token] for token, _ in sorted(ours.items(), key=lambda kv: kv[1])])]
