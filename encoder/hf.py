@@ -17,6 +17,7 @@ import torch
 
 from encoder.errors import ConfigError
 from encoder.model import ModelConfig
+from encoder.tokenizer import finalize, load_tokenizer
 
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -182,8 +183,6 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     segment 0 throughout, a pair 0 then 1, as in BERT. The pooler is returned when the folder has one.
     """
     from safetensors.torch import load_file
-
-    from encoder.tokenizer import finalize, load_tokenizer
 
     folder = Path(folder)
     missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).is_file()]

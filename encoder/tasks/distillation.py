@@ -37,6 +37,7 @@ from encoder import checkpoint
 from encoder.errors import ConfigError, DataError
 from encoder.model import ModelConfig
 from encoder.tasks import Step, Task
+from encoder.tokenizer import as_text, fingerprint
 
 log = logging.getLogger(__name__)
 UNLABELLED = {"class": -100, "number": float("nan")}  # the gold label of an extra text
@@ -142,8 +143,6 @@ def _weights_digest(path: Path) -> str:
 
 def _label(ds, predictor, data, digest: str):
     """`ds` with the teacher's outputs per example (cached by `datasets`, keyed by data and teacher)."""
-    from encoder.tokenizer import as_text, fingerprint
-
     def run_teacher(batch: dict) -> dict:
         global teacher_batches_run
         teacher_batches_run += 1
@@ -229,9 +228,7 @@ def augment(texts: list[str], n: int, seed: int) -> list[str]:
 def _variants(raw: dict, data, n: int, seed: int, cache_dir: Path, tokenizer):
     """The variants of the training texts as a dataset, written once to the cache (so the teacher's labels of
     them are cached too), without any that reads as an evaluation text or is empty."""
-    from datasets import load_dataset
-
-    from encoder.tokenizer import as_text, fingerprint
+    from datasets import load_dataset  # (training only: tasks are core, which never imports datasets)
 
     train = raw["train"]
     path = Path(cache_dir) / "augmented" / f"{fingerprint(train._fingerprint, data.text_column, n, seed, 'v1')}.jsonl"
