@@ -18,6 +18,19 @@ if __name__ == "__main__" and any(a in ("--help", "-h") for a in sys.argv[1:]):
     print(help_text(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:]))
     sys.exit(0)
 
+if __name__ == "__main__":
+    # a mistake in the overrides: one line, before Hydra creates a run directory, and before Lightning is
+    # imported when the mistake is in the config itself (a misspelled key: benchmarks/startup.py)
+    from encoder.errors import ConfigError
+    from encoder.training.console import quiet
+    from encoder.training.launch import preflight
+
+    quiet()
+    try:
+        sys.argv[1:] = preflight(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
 import contextlib
 import dataclasses
 import errno
@@ -42,7 +55,7 @@ from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, resolved, validate
 from encoder.training.console import quiet, say
-from encoder.training.launch import discard_failed_start, newest_unfinished, preflight, trainer_error
+from encoder.training.launch import discard_failed_start, newest_unfinished, trainer_error
 from encoder.training.loggers import build_loggers, where
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.module import EncoderModule
@@ -173,7 +186,7 @@ def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
     if trainer.is_global_zero:  # for sweep summaries and scripts
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}  # JSON has no NaN: null
-        written = {"metrics": finite, "overrides": overrides, "direction": tasks.direction(cfg.objective)}
+        written = {"metrics": finite, "overrides": overrides, "direction": tasks.direction(cfg.objective, cfg.task.name)}
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(written, indent=2))
         say(f"run directory:   {cfg.paths.output_dir}")
         for logger in trainer.loggers:
@@ -310,10 +323,5 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(130) from None
 
 
-if __name__ == "__main__":  # (--help is answered at the top of this file)
-    quiet()
-    try:  # a mistake in the overrides: one line, before Hydra creates a run directory
-        sys.argv[1:] = preflight(str(Path(__file__).resolve().parent / "configs"), "train", sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+if __name__ == "__main__":  # (--help and the config's checks come first, at the top of this file)
     main()

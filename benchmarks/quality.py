@@ -5,6 +5,7 @@ TF-IDF (1-2 grams, sublinear tf) + logistic regression on the same split.
     python benchmarks/quality.py baselines                        # majority class, TF-IDF + logistic regression
     python benchmarks/quality.py run small --seeds 42 1 2         # python train.py per seed; results appended
     python benchmarks/quality.py run small_distilled --teacher outputs/.../best-....ckpt
+    python benchmarks/quality.py run small_from_embedding_distilled --init-from outputs/.../best-cosine....ckpt --teacher ...
     python benchmarks/quality.py run small --set model.dropout=0.2 --name small_dropout0.2   # a variant
     python benchmarks/quality.py ood                              # out-of-domain accuracy of runs that lack it
     python benchmarks/quality.py table                            # mean ± sd of everything recorded
@@ -41,18 +42,24 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     "small_distilled_corpus": ["distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],
     "tiny_distilled": ["model=tiny", "distill.teacher={teacher}"],
     "tiny_distilled_corpus": ["model=tiny", "distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],
+    "tiny_distilled_augment": ["model=tiny", "distill.teacher={teacher}", "distill.augment=4"],
+    "small_distilled_augment": ["distill.teacher={teacher}", "distill.augment=4"],
+    "small_cls_pooler": ["model.pooling=cls", "model.pooler=true"],  # exportable with --format hf (issue 20)
+    # from a `task=embedding` checkpoint (--init-from): the teacher's sentence embeddings learnt on unlabelled text
+    "small_from_embedding": ["model.init_from={init}"],
+    "small_from_embedding_distilled": ["model.init_from={init}", "distill.teacher={teacher}"],
 }
 
 
 OOD_DATA = "vader_polarity"  # configs/data/vader_polarity.yaml
 
 
-def run(name: str, overrides: list[str], seeds: list[int], teacher: str | None) -> None:
-    if teacher is not None:  # recorded relative to the repository (results files hold no machine's paths)
-        teacher = os.path.relpath(Path(teacher).resolve(), ROOT)
-    overrides = [o.format(teacher=teacher) for o in overrides]
+def run(name: str, overrides: list[str], seeds: list[int], teacher: str | None, init: str | None = None) -> None:
+    # recorded relative to the repository (results files hold no machine's paths)
+    teacher, init = (os.path.relpath(Path(p).resolve(), ROOT) if p else None for p in (teacher, init))
+    overrides = [o.format(teacher=teacher, init=init) for o in overrides]
     if any("None" in o for o in overrides):
-        raise SystemExit(f"recipe {name} needs --teacher PATH")
+        raise SystemExit(f"recipe {name} needs --teacher PATH (and --init-from PATH for *_from_embedding)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         out = ROOT / "outputs" / "quality" / name / f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -182,13 +189,14 @@ def main() -> None:
     parser.add_argument("recipe", nargs="?", choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--teacher", help="the teacher checkpoint or export of the *_distilled recipes")
+    parser.add_argument("--init-from", help="the task=embedding checkpoint of the *_from_embedding recipes")
     parser.add_argument("--set", nargs="*", default=[], help="more train.py overrides (a variant of the recipe)")
     parser.add_argument("--name", help="the name it is recorded under (default: the recipe's)")
     args = parser.parse_args()
     if args.command == "run":
         if not args.recipe:
             parser.error("run needs a recipe")
-        run(args.name or args.recipe, RECIPES[args.recipe] + args.set, args.seeds, args.teacher)
+        run(args.name or args.recipe, RECIPES[args.recipe] + args.set, args.seeds, args.teacher, args.init_from)
     elif args.command == "baselines":
         baselines()
     elif args.command == "ood":

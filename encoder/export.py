@@ -46,8 +46,9 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
     task, model = checkpoint.build(saved, source)
     # (a model with segment embeddings, BERT's or one trained on pairs, exports for single texts: segment 0)
     if onnx and not task.onnx:
-        raise ValueError(f"--onnx exports single-text {' and '.join(t for t in tasks.names() if tasks.get(t).onnx)} "
-                         f"models; this checkpoint is task={saved.task}")
+        able = [t for t in tasks.names() if tasks.get(t).onnx]
+        raise ValueError(f"--onnx exports single-text {', '.join(able[:-1])} and {able[-1]} models; this checkpoint "
+                         f"is task={saved.task}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`

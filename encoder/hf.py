@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from encoder import tasks
 from encoder.errors import ConfigError
 from encoder.model import ModelConfig
+from encoder.tasks import Task
 from encoder.tokenizer import finalize, load_tokenizer
 
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -55,11 +57,10 @@ UNEXPRESSIBLE = (
     ("model.attention.bias", lambda c: c.attention.bias, "BERT's q/k/v projections have biases"),
     ("model.activation", lambda c: c.activation in ACTIVATIONS, "BERT's activations are gelu, relu, silu"),
 )
-# task -> (transformers architecture, whether it carries BERT's pooler)
-ARCHITECTURES = {"classification": ("BertForSequenceClassification", True),
-                 "regression": ("BertForSequenceClassification", True),
-                 "token_classification": ("BertForTokenClassification", False),
-                 "mlm": ("BertForMaskedLM", False), None: ("BertModel", False)}
+def _task(name: str | None) -> Task | None:
+    """The task whose transformers class is written (its `hf_*` hooks); None for the encoder alone."""
+    task = tasks.get(name) if name is not None else None
+    return task if task is not None and task.hf_class is not None else None
 
 
 def check_expressible(cfg: ModelConfig, task: str | None) -> None:
@@ -71,9 +72,10 @@ def check_expressible(cfg: ModelConfig, task: str | None) -> None:
             value = str(value).lower() if isinstance(value, bool) else repr(value)  # as it is typed: true, not True
             raise ConfigError(f"{key}={value} has no equivalent in transformers' BERT ({why}); export with the "
                               f"default --format encoder instead")
-    if ARCHITECTURES[task][1] and (cfg.pooling != "cls" or not cfg.pooler):
+    head = _task(task)
+    if head is not None and head.hf_pooler and (cfg.pooling != "cls" or not cfg.pooler):
         raise ConfigError(f"model.pooling={cfg.pooling}, model.pooler={str(cfg.pooler).lower()}: transformers' "
-                          f"BertForSequenceClassification classifies BERT's pooled [CLS] (model.pooling=cls "
+                          f"{head.hf_class} classifies BERT's pooled [CLS] (model.pooling=cls "
                           f"model.pooler=true); export the encoder for embeddings with --format sentence-transformers")
 
 
@@ -81,8 +83,9 @@ def bert_config_dict(cfg: ModelConfig, task: str | None = "classification",
                      label_names: list[str] | None = None) -> dict:
     """config.json of the same architecture for `transformers` (`task` None: a BertModel)."""
     check_expressible(cfg, task)
+    head = _task(task)
     config = {
-        "model_type": "bert", "architectures": [ARCHITECTURES[task][0]],
+        "model_type": "bert", "architectures": [head.hf_class if head else "BertModel"],
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.attention.num_heads, "intermediate_size": cfg.ffn_dim,
         "hidden_act": ACTIVATIONS[cfg.activation], "hidden_dropout_prob": cfg.dropout,
@@ -90,12 +93,7 @@ def bert_config_dict(cfg: ModelConfig, task: str | None = "classification",
         "max_position_embeddings": cfg.max_positions, "type_vocab_size": max(1, cfg.type_vocab_size),
         "layer_norm_eps": cfg.layer_norm_eps, "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True,
     }
-    if task in ("classification", "regression", "token_classification") and label_names is not None:
-        config.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
-                      num_labels=len(label_names))
-        if task != "token_classification":
-            config["problem_type"] = "regression" if task == "regression" else "single_label_classification"
-    return config
+    return {**config, **(head.hf_config(label_names) if head else {})}
 
 
 def bert_config(cfg: ModelConfig):
@@ -106,8 +104,9 @@ def bert_config(cfg: ModelConfig):
 
 
 def bert_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, task: str | None) -> dict[str, torch.Tensor]:
-    """Our weights (a task model's state dict) under the names of `ARCHITECTURES[task]`."""
-    prefix = "" if task is None else "bert."
+    """Our weights (a task model's state dict) under the names of the task's transformers class."""
+    head = _task(task)
+    prefix = "" if head is None else "bert."
     out = {theirs: state[ours] for ours, theirs in _pairs(cfg.num_layers, prefix)}
     for ours, theirs in _qkv(cfg.num_layers, prefix):
         out.update(zip(theirs, state[ours].chunk(3)))
@@ -115,16 +114,8 @@ def bert_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, task: str 
     segments = state.get("encoder.embeddings.segments.weight")
     out[f"{prefix}embeddings.token_type_embeddings.weight"] = segments if segments is not None \
         else torch.zeros(1, cfg.embed_dim)
-    if task in ("classification", "regression"):
-        out.update({"bert.pooler.dense.weight": state["pooler.0.weight"], "bert.pooler.dense.bias": state["pooler.0.bias"]})
-    if task in ("classification", "regression", "token_classification"):
-        out.update({"classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]})
-    if task == "mlm":
-        out.update({"cls.predictions.transform.dense.weight": state["transform.0.weight"],
-                    "cls.predictions.transform.dense.bias": state["transform.0.bias"],
-                    "cls.predictions.transform.LayerNorm.weight": state["transform.2.weight"],
-                    "cls.predictions.transform.LayerNorm.bias": state["transform.2.bias"],
-                    "cls.predictions.bias": state["bias"]})
+    if head is not None:
+        out.update(head.hf_head(state))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -147,7 +138,10 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> N
     `encode` is our `embed`. `sentence_transformers_only`: the encoder alone (a BertModel)."""
     from safetensors.torch import save_file
 
-    cfg, task = saved.config, None if sentence_transformers_only else saved.task
+    # a task without a transformers class of its own (embedding: its projection is sentence-transformers'
+    # Dense) is written as the encoder alone
+    cfg = saved.config
+    task = None if sentence_transformers_only or _task(saved.task) is None else saved.task
     config = bert_config_dict(cfg, task, saved.label_names)
     save_file(bert_state_dict(saved.state, cfg, task), folder / "model.safetensors", metadata={"format": "pt"})
     specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
@@ -163,12 +157,21 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> N
         # a folder without BERT's pooler (the encoder alone, token tasks) tells BertModel not to build one, or
         # sentence-transformers would report its weights as MISSING (they are unused by its pooling anyway)
         "sentence_bert_config.json": {"max_seq_length": saved.max_length, "do_lower_case": False, **(
-            {} if ARCHITECTURES[task][1] else {"model_args": {"add_pooling_layer": False}})},
+            {} if task is not None and _task(task).hf_pooler else {"model_args": {"add_pooling_layer": False}})},
         "1_Pooling/config.json": {"word_embedding_dimension": cfg.embed_dim,
                                   "pooling_mode_cls_token": cfg.pooling == "cls",
                                   "pooling_mode_mean_tokens": cfg.pooling == "mean",
                                   "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False},
     }
+    dense = tasks.get(saved.task).sentence_dense(saved.state)
+    if dense is not None:  # (task=embedding: the pooled vector projected to the teacher's width)
+        files["modules.json"].append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        out_features, in_features = dense["linear.weight"].shape
+        files["2_Dense/config.json"] = {"in_features": in_features, "out_features": out_features, "bias": True,
+                                        "activation_function": "torch.nn.modules.linear.Identity"}
+        (folder / "2_Dense").mkdir()
+        save_file({k: v.contiguous() for k, v in dense.items()}, folder / "2_Dense" / "model.safetensors",
+                  metadata={"format": "pt"})
     (folder / "1_Pooling").mkdir()
     for name, content in files.items():
         (folder / name).write_text(json.dumps(content, indent=2), encoding="utf-8")

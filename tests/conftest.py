@@ -61,3 +61,19 @@ class WeightsAtStart(L.Callback):
 TINY = ["model=tiny", "trainer=debug", "data.max_train_samples=256", "data.max_eval_samples=64",
         "data.batch_size=16", "tokenizer.vocab_size=1000", "trainer.limit_train_batches=8",
         "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "~callbacks.model_summary"]
+
+
+class LastCheckpointSteps(L.Callback):
+    """A callback (`+callbacks.probe._target_=conftest.LastCheckpointSteps`) that reads, after each training
+    step, the global step stored in the run's checkpoints/last.ckpt (None while there is none)."""
+
+    seen: list = []
+
+    def on_train_start(self, trainer, module):
+        LastCheckpointSteps.seen = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        import torch
+
+        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        LastCheckpointSteps.seen.append(torch.load(path, weights_only=True)["global_step"] if path.is_file() else None)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import encoder
-from conftest import ROOT, TINY, compose
+from conftest import ROOT, TINY, LastCheckpointSteps, compose
 from encoder import checkpoint
 from encoder.errors import CheckpointError, ConfigError, DataError
 
@@ -403,8 +403,10 @@ def test_bad_data_files_get_one_line_naming_the_split_or_file(tmp_path, case):
 def test_the_readme_override_for_step_checkpoints_works_as_written(tmp_path, rt_files):
     import train
 
-    train.train(compose([*TINY, "callbacks.last_checkpoint.every_n_train_steps=3", "~callbacks.tensorboard_visuals"],
-                        tmp_path))
+    train.train(compose([*TINY, "callbacks.last_checkpoint.every_n_train_steps=3", "~callbacks.tensorboard_visuals",
+                         "+callbacks.probe._target_=conftest.LastCheckpointSteps"], tmp_path))
+    # read after each of the 8 steps (before that step's own save): last.ckpt is written at steps 3 and 6
+    assert LastCheckpointSteps.seen == [None, None, None, 3, 3, 3, 6, 6]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 

@@ -26,7 +26,8 @@ CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 
 @pytest.mark.parametrize("group,name", CHOICES)
 def test_every_config_composes_and_instantiates(group, name, tmp_path):
-    overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else [])
+    overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else []) \
+        + (["distill.teacher=all-MiniLM-L6-v2"] if (group, name) == ("task", "embedding") else [])
     cfg = compose(overrides, tmp_path)
     checked = validate(cfg)
     resolved(cfg)  # every interpolation resolves
@@ -118,6 +119,20 @@ def test_the_task_metric_sets_checkpoints_early_stopping_and_the_sweep_direction
     assert (loss.callbacks.model_checkpoint.mode, loss.callbacks.early_stopping.mode) == ("min", "min")
     assert loss.hydra.sweeper.direction == "minimize"
     assert compose(["hparams_search=optuna"], tmp_path).hydra.sweeper.direction == "maximize"
+    # each task says which of its metrics are better lower: the direction is never guessed from a name
+    for task, metric, mode in [("task=mlm", "val/perplexity", "min"), ("task=regression", "val/mse", "min"),
+                               ("task=regression", "val/spearman", "max"), ("task=embedding", "val/mse", "min"),
+                               ("task=embedding", "val/cosine", "max"), ("task=classification", "val/f1", "max")]:
+        cfg = compose([task, f"objective={metric}", "distill.teacher=all-MiniLM-L6-v2"], tmp_path)
+        assert cfg.callbacks.model_checkpoint.mode == cfg.callbacks.early_stopping.mode == mode, (task, metric)
+
+
+def test_a_task_that_says_a_metric_is_better_lower_gets_it_minimised(monkeypatch):
+    from encoder import tasks
+
+    assert tasks.direction("val/perplexity", "classification") == "max"  # not a metric classification minimises
+    monkeypatch.setattr(tasks.get("classification"), "minimised", ("loss", "perplexity"))
+    assert tasks.direction("val/perplexity", "classification") == "min"
 
 
 def test_sweep_summary_puts_the_best_first_in_the_objectives_direction(tmp_path, capsys):

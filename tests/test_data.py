@@ -1,9 +1,11 @@
 import csv
 import json
+import re
 
 import pytest
 
-from encoder.errors import DataError
+from conftest import compose
+from encoder.errors import ConfigError, DataError
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.data.sources import rotten_tomatoes_critics, split_of
 
@@ -163,6 +165,45 @@ def test_corpus_long_texts_are_chunked_not_truncated_and_empty_texts_dropped(tmp
     assert len(rows) == 2 + -(-len(tok.encode(words, add_special_tokens=False).ids) // 14)
     batch = next(iter(dm.train_dataloader()))
     assert batch["labels"].shape == batch["input_ids"].shape  # masked-LM labels, per token
+
+
+def test_packing_keeps_every_token_once_in_order_in_full_rows_with_sep_between_texts(tmp_path, caplog):
+    lines = [f"line {i} " + " ".join(f"word{(i * j) % 41}" for j in range(i % 23)) for i in range(2500)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n\n", encoding="utf-8")  # (an empty text is dropped, as for chunks)
+    caplog.set_level("INFO")
+    dm = module(tmp_path, path="text", data_files={"train": str(corpus), "validation": str(corpus)},
+                task="mlm", long_texts="truncate", packing=True, mlm_probability=0.15, max_length=32)
+    dm.setup()
+    rows, tok = dm.datasets["train"]["input_ids"], dm.tokenizer
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    assert all(r[0] == cls and r[-1] == sep for r in rows)
+    # datasets.map hands 1,000 texts at a time: each batch of texts is one stream, [SEP] between texts
+    streams = []
+    for start in range(0, len(lines), 1000):
+        encoded = [tok.encode(t, add_special_tokens=False).ids for t in lines[start : start + 1000]]
+        streams.append([t for i, ids in enumerate(encoded) for t in ([sep] if i else []) + ids])
+    assert [t for r in rows for t in r[1:-1]] == [t for s in streams for t in s]  # every token once, in order
+    short = [i for i, r in enumerate(rows) if len(r) < 32]
+    assert len(short) <= 3 and all(len(r) <= 32 for r in rows)  # full rows but a batch's last
+    assert "positions are real tokens" in caplog.text
+    # truncation is off under packing (long_texts=truncate would have cut each text), and the cache is keyed by it
+    unpacked = module(tmp_path, path="text", data_files={"train": str(corpus), "validation": str(corpus)},
+                      task="mlm", long_texts="chunk", packing=False, mlm_probability=0.15, max_length=32)
+    unpacked.setup()
+    assert len(unpacked.datasets["train"]) > 2 * len(rows)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.packing=true"], "data.packing=true joins texts into rows that belong to no one text, so "
+                            "task=classification"),
+    (["task=mlm", "data.text_pair_column=b", "data.long_texts=truncate"], "data.packing=true joins single texts"),
+])
+def test_packing_where_it_cannot_apply_is_refused_in_one_line(overrides, message, tmp_path):
+    from encoder.training.config import validate
+
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        validate(compose(overrides, tmp_path))
 
 
 def test_offline_a_hub_dataset_that_is_not_cached_is_named_at_once(tmp_path, monkeypatch, caplog):

@@ -3,6 +3,7 @@ its Trainer as written, and every one that can run offline on a small budget run
 with a few budget overrides appended; predict and export through their command lines), its placeholders
 (best.ckpt, my_model/, outputs/.../) filled with what the earlier commands produced."""
 
+import json
 import re
 import shlex
 import subprocess
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import encoder
 
 from conftest import ROOT, compose
 
@@ -69,6 +72,21 @@ def test_every_train_command_composes_checks_and_builds_its_trainer(args, tmp_pa
     from encoder.training.config import validate
 
     validate(cfg)
+    # each override is in the config as written: a group's choice, or a key's value (a sweep's first value)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    choices = cfg.hydra.runtime.choices
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete():
+            continue
+        if key in choices:
+            assert choices[key] == o.value(), (key, choices[key])
+        elif (ROOT / "configs" / key).is_dir():  # several configs of a group at once: logger=[tensorboard,csv]
+            assert set(o.value()) <= set(cfg[key]), (key, list(cfg[key]))
+        elif not o.is_sweep_override():
+            assert OmegaConf.select(cfg, key) == o.value(), (key, OmegaConf.select(cfg, key), o.value())
     if offline(args):  # no GPU here: the GPU lines are checked up to building their Trainer
         build_trainer_alone(cfg, overrides)
 
@@ -128,6 +146,17 @@ def test_the_offline_readme_commands_run_as_written(produced):
             done = subprocess.run([sys.executable, "-m", line.split()[-1], *filled], capture_output=True, text=True,
                                   cwd=ROOT, timeout=300)
             assert done.returncode == 0 and done.stdout.strip(), (args, done.stderr[-2000:])
+            if line.endswith("predict"):  # a JSON line per text, holding what its task predicts
+                rows = [json.loads(row) for row in done.stdout.splitlines()]
+                assert all({"label", "value", "tags", "masks", "embedding"} & set(row) for row in rows), rows[:2]
+                if len(filled) == 2 and "label" in rows[0]:  # MODEL "text": what load_model predicts for it
+                    assert rows[0]["label"] == encoder.load_model(filled[0]).predict([filled[1]])[0]["label"]
+            else:  # the folder it wrote loads: ours with load_model, the others as sentence-transformers reads them
+                folder = Path(filled[1])
+                if "--format" in args:
+                    assert (folder / "modules.json").is_file() and (folder / "model.safetensors").is_file()
+                else:
+                    assert encoder.load_model(folder).predict(["so dull"])[0]["label"] in ("rotten", "fresh")
     later = [a for a in TRAIN if runnable(a) and needs_earlier(a)]
     assert len(later) >= 4
     for i, args in enumerate(later):

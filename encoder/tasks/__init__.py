@@ -6,7 +6,7 @@ A task module holds everything that is specific to its task:
   the collator masks tokens for it (MLM);
 - `step`: forward, loss and what its metrics compare, for one batch;
 - its metrics (torchmetrics, imported only when training asks for them), the validation metric it
-  optimises (`monitor`, in the direction `direction(monitor)` gives) and how to read a label;
+  optimises (`monitor`; `minimised` names those better lower) and how to read a label;
 - its `Predictor` (how predictions are rendered for users) and what it can export (`onnx`).
 
 Everything else (train.py, the LightningModule, load_model, export, the config checks, the
@@ -30,12 +30,11 @@ from encoder.errors import ConfigError
 from encoder.model import ModelConfig
 
 LABEL_KINDS = ("class", "number", "word", None)  # what an example carries; None: raw text (MLM)
-MINIMISED = ("loss", "mse", "perplexity")  # metrics where lower is better
 
 
-def direction(metric: str) -> str:
-    """'min' for losses and errors (val/loss, val/mse, val/perplexity), 'max' for scores."""
-    return "min" if metric.rsplit("/", 1)[-1] in MINIMISED else "max"
+def direction(metric: str, task: str) -> str:
+    """'min' for a metric `task` says is better lower (`Task.minimised`: its loss, errors), 'max' for the others."""
+    return "min" if metric.rsplit("/", 1)[-1] in get(task).minimised else "max"
 
 
 @dataclass
@@ -54,12 +53,23 @@ class Task(ABC):
     labels: str | None = "class"
     masks_tokens: bool = False  # the collator masks tokens (data.mlm_probability > 0)
     monitor: str = "val/acc"  # what checkpoints, early stopping and sweeps follow by default
+    minimised: tuple[str, ...] = ("loss",)  # its metrics that are better lower (the others are maximised)
     train_metric: str = "acc"  # logged as train/<train_metric>
     onnx: bool = False  # python -m encoder.export --onnx can write its graph
     confusion_matrix: bool = False  # TensorBoard draws one per validation epoch
     carries: tuple[str, ...] = ()  # more columns its batches carry (distillation: the teacher's outputs)
+    needs_teacher: bool = False  # it learns from distill.teacher alone (embedding), which must be set
     model_class: type[nn.Module]
     predictor_class: type
+
+    def architecture(self, model: dict) -> dict:
+        """The configured architecture (a ModelConfig as a dict) with what this task fixes in it; saved with
+        the checkpoint (embedding: the head's width is the teacher's)."""
+        return model
+
+    def with_teacher(self, **distill) -> "Task":
+        """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields)."""
+        raise NotImplementedError(f"task={self.name} does not learn from a teacher by itself")
 
     def build_model(self, cfg: ModelConfig, unpad: bool = True) -> nn.Module:
         model = self.model_class(cfg)
@@ -92,6 +102,23 @@ class Task(ABC):
     def label_text(self, label, label_names: list[str] | None) -> str:
         """An example's label as text (TensorBoard's projector), '-' where there is none."""
         return "-"
+
+    # ---- what `--format hf` writes (encoder/hf.py): transformers' class for this task's model -----------
+    hf_class: str | None = None  # e.g. BertForSequenceClassification; None: the encoder alone (a BertModel)
+    hf_pooler: bool = False  # that class classifies BERT's pooled [CLS] (model.pooling=cls model.pooler=true)
+
+    def hf_config(self, label_names: list[str] | None) -> dict:
+        """What config.json says of the head (labels, problem_type)."""
+        return {}
+
+    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's weights (ours: `state`) under `hf_class`'s names."""
+        return {}
+
+    def sentence_dense(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Weights of a sentence-transformers Dense module after pooling (`linear.weight`, `linear.bias`), if
+        this task's sentence embedding has one."""
+        return None
 
 
 _TASKS: dict[str, Task] = {}

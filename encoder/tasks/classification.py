@@ -33,6 +33,20 @@ class EncoderForSequenceClassification(TaskModel):
         return self.head(self.embed(input_ids, padding_mask, token_type_ids))
 
 
+def labels_config(label_names: list[str] | None) -> dict:
+    """config.json's labels for a transformers classifier."""
+    if label_names is None:
+        return {}
+    return {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)},
+            "num_labels": len(label_names)}
+
+
+def sequence_classifier_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BERT's pooler and our classifier under BertForSequenceClassification's names."""
+    return {"bert.pooler.dense.weight": state["pooler.0.weight"], "bert.pooler.dense.bias": state["pooler.0.bias"],
+            "classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]}
+
+
 class ClassifierPredictor(Predictor):
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), num_labels] class probabilities."""
@@ -70,6 +84,14 @@ class Classification(Task):
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         return label_names[label]
+
+    hf_class, hf_pooler = "BertForSequenceClassification", True
+
+    def hf_config(self, label_names: list[str] | None) -> dict:
+        return {**labels_config(label_names), "problem_type": "single_label_classification"}
+
+    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return sequence_classifier_head(state)
 
 
 TASK = Classification()

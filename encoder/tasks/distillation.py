@@ -44,13 +44,26 @@ UNLABELLED = {"class": -100, "number": float("nan")}  # the gold label of an ext
 teacher_batches_run = 0  # how many batches the teacher has labelled in this process (tests read it)
 
 
-def taught(task: Task, distill: dict | None) -> Task:
-    """`task` itself, or `task` taught by `distill["teacher"]`."""
-    if not distill or not distill.get("teacher"):
-        return task
-    if task.labels not in UNLABELLED:
+def check_teaching(task: Task, distill: dict) -> None:
+    """The rules of teaching `task` with `distill` (DistillConfig's fields): one ConfigError line each."""
+    if task.needs_teacher and not distill.get("teacher"):
+        raise ConfigError(f"task={task.name} learns a teacher's outputs: set distill.teacher (e.g. all-MiniLM-L6-v2, a "
+                          f"sentence-transformers folder, or a .ckpt / export of ours)")
+    if task.needs_teacher and distill.get("augment"):
+        raise ConfigError(f"distill.augment varies labelled training texts for a task's teacher; task={task.name} "
+                          f"learns from any text: add more with distill.extra_text and set distill.augment=0")
+    if distill.get("teacher") and task.labels not in UNLABELLED and not task.needs_teacher:
         raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
                           f"regression: their teachers give one output per text); drop distill.teacher")
+
+
+def taught(task: Task, distill: dict | None) -> Task:
+    """`task` itself, or `task` taught by `distill["teacher"]`."""
+    check_teaching(task, distill or {})
+    if not distill or not distill.get("teacher"):
+        return task
+    if task.needs_teacher:  # a task that learns from a teacher by itself (embedding)
+        return task.with_teacher(**distill)
     return Distilled(task, **distill)
 
 
@@ -67,7 +80,7 @@ class Distilled(Task):
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         self.extra_text, self.extra_text_column, self.batch_size = extra_text, extra_text_column, batch_size
         self.augment, self.augment_seed = augment, augment_seed
-        for key in ("name", "labels", "masks_tokens", "monitor", "train_metric", "onnx", "confusion_matrix",
+        for key in ("name", "labels", "masks_tokens", "monitor", "minimised", "train_metric", "onnx", "confusion_matrix",
                     "model_class", "predictor_class", "example_input", "label_text"):
             setattr(self, key, getattr(base, key))  # what is saved and served is the base task's
         self.carries = ("teacher",)

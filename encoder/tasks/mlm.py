@@ -64,6 +64,7 @@ class MaskedLM(Task):
     labels = None
     masks_tokens = True
     monitor = "val/acc"
+    minimised = ("loss", "perplexity")
     train_metric = "acc"
     model_class = EncoderForMaskedLM
     predictor_class = MaskedLMPredictor
@@ -93,6 +94,15 @@ class MaskedLM(Task):
                 metric.update(step.predictions[None], step.targets[None])
             else:
                 metric.update(step.predictions, step.targets)
+
+    hf_class = "BertForMaskedLM"
+
+    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"cls.predictions.transform.dense.weight": state["transform.0.weight"],
+                "cls.predictions.transform.dense.bias": state["transform.0.bias"],
+                "cls.predictions.transform.LayerNorm.weight": state["transform.2.weight"],
+                "cls.predictions.transform.LayerNorm.bias": state["transform.2.bias"],
+                "cls.predictions.bias": state["bias"]}
 
 
 TASK = MaskedLM()

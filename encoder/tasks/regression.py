@@ -3,13 +3,14 @@ The model is the classifier's with one output; `label_names` is the one target's
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoder.model import ModelConfig
 from encoder.predictor import Predictor
 from encoder.tasks import Step, Task
-from encoder.tasks.classification import EncoderForSequenceClassification
+from encoder.tasks.classification import EncoderForSequenceClassification, labels_config, sequence_classifier_head
 
 
 class RegressorPredictor(Predictor):
@@ -22,6 +23,7 @@ class Regression(Task):
     name = "regression"
     labels = "number"
     monitor = "val/pearson"
+    minimised = ("loss", "mse")
     train_metric = "mse"
     onnx = True
     model_class = EncoderForSequenceClassification
@@ -40,6 +42,14 @@ class Regression(Task):
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         return f"{label:.3g}"
+
+    hf_class, hf_pooler = "BertForSequenceClassification", True
+
+    def hf_config(self, label_names: list[str] | None) -> dict:
+        return {**labels_config(label_names), "problem_type": "regression"}
+
+    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return sequence_classifier_head(state)
 
 
 TASK = Regression()

@@ -15,6 +15,7 @@ from encoder.collate import first_subtokens
 from encoder.model import ModelConfig, TaskModel, init_weights
 from encoder.predictor import Predictor, checked_texts, finite
 from encoder.tasks import Step, Task
+from encoder.tasks.classification import labels_config
 
 
 class EncoderForTokenClassification(TaskModel):
@@ -83,6 +84,14 @@ class TokenClassification(Task):
         if is_bio(label_names):
             metrics["entities"] = EntityF1(label_names)  # precision, recall, f1
         return metrics
+
+    hf_class = "BertForTokenClassification"
+
+    def hf_config(self, label_names: list[str] | None) -> dict:
+        return labels_config(label_names)
+
+    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]}
 
 
 TASK = TokenClassification()

@@ -15,8 +15,12 @@ task's metric into checkpoints, early stopping and sweeps). What happens before 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import importlib.metadata
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,9 +28,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from encoder import tasks
 from encoder.errors import ConfigError, check_choice
-from encoder.model import ModelConfig
+from encoder.model_config import ModelConfig
 from encoder.tokenizer import TokenizerConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -110,6 +113,7 @@ class DataConfig:
     val_fraction: float = 0.1
     max_length: int = 128
     long_texts: str = "truncate"
+    packing: bool = False  # texts joined by [SEP] into rows of exactly max_length (task=mlm's default)
     mlm_probability: float = 0.0
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -134,7 +138,9 @@ class DataConfig:
             raise ConfigError(f"data.mlm_probability={self.mlm_probability} must be in [0, 1) (BERT: 0.15)")
         if self.long_texts == "chunk" and self.text_pair_column:
             raise ConfigError("data.long_texts=chunk splits single texts; with data.text_pair_column use truncate")
-        if self.max_length < 2 + (self.long_texts == "chunk"):
+        if self.packing and self.text_pair_column:
+            raise ConfigError("data.packing=true joins single texts; with data.text_pair_column set data.packing=false")
+        if self.max_length < 2 + (self.long_texts == "chunk" or self.packing):
             raise ConfigError(f"data.max_length={self.max_length} must be at least 2 ([CLS] and [SEP])")
         for key in ("batch_size", "eval_batch_size", "pad_to_multiple_of"):
             if getattr(self, key) < 1:
@@ -148,8 +154,7 @@ class TaskConfig:
     name: str = "classification"
     on_nonfinite_loss: str = "stop"  # stop | skip
 
-    def __post_init__(self):
-        tasks.get(self.name)
+    def __post_init__(self):  # (the name is checked against the registry in validate(), which imports the tasks)
         check_choice(self.on_nonfinite_loss, NONFINITE, "task.on_nonfinite_loss")
 
 
@@ -184,7 +189,36 @@ class DistillConfig:
 def _trainer_schema() -> type:
     """configs/trainer/: `lightning.Trainer`'s own arguments, typed by its own annotations where OmegaConf
     can check them (int, float, bool, str, optional ones) and `Any` elsewhere. Lightning checks the rest
-    of the values when train.py builds the Trainer, before any data is loaded."""
+    of the values when train.py builds the Trainer, before any data is loaded.
+
+    Reading them means importing Lightning (seconds); they are read once per Lightning version and kept
+    in the cache (trainer-arguments-<version>.json), so a mistake in the overrides is answered before
+    Lightning is imported (benchmarks/startup.py)."""
+    simple = {"int": int, "float": float, "bool": bool, "str": str}
+    try:
+        version = importlib.metadata.version("lightning")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    cached = Path(os.environ.get("ENCODER_CACHE", Path.home() / ".cache" / "encoder")) / \
+        f"trainer-arguments-{version}.json"
+    try:
+        arguments = json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        arguments = _trainer_arguments()
+        with contextlib.suppress(OSError):  # a read-only cache: read them again next time
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(arguments), encoding="utf-8")
+            os.replace(tmp, cached)
+    fields = [("_target_", str, field(default="lightning.pytorch.Trainer"))]
+    for name, kind, optional, default in arguments:
+        hint = Any if kind is None else Optional[simple[kind]] if optional else simple[kind]
+        fields.append((name, hint, field(default=default)))
+    return dataclasses.make_dataclass("TrainerConfig", fields)
+
+
+def _trainer_arguments() -> list:
+    """[name, simple type name or None, optional, default] for each argument of `lightning.Trainer`."""
     import inspect
     import typing
 
@@ -192,17 +226,18 @@ def _trainer_schema() -> type:
 
     hints = typing.get_type_hints(L.Trainer.__init__)
     simple = (int, float, bool, str)
-    fields = [("_target_", str, field(default="lightning.pytorch.Trainer"))]
+    out = []
     for name, parameter in inspect.signature(L.Trainer.__init__).parameters.items():
         if name in ("self", "callbacks", "logger"):  # train.py passes those
             continue
         hint = hints.get(name, Any)
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        checkable = hint in simple or (typing.get_origin(hint) is typing.Union and len(options) == 1
-                                       and options[0] in simple and len(typing.get_args(hint)) == 2)
+        optional = typing.get_origin(hint) is typing.Union and len(options) == 1 and options[0] in simple \
+            and len(typing.get_args(hint)) == 2
+        kind = hint.__name__ if hint in simple else options[0].__name__ if optional else None
         default = parameter.default if isinstance(parameter.default, (*simple, type(None))) else None
-        fields.append((name, hint if checkable else Any, field(default=default)))
-    return dataclasses.make_dataclass("TrainerConfig", fields)
+        out.append([name, kind, optional, default])
+    return out
 
 
 TrainerConfig = _trainer_schema()
@@ -249,6 +284,9 @@ class Checked:
 
 def validate(cfg: DictConfig) -> Checked:
     """Every value rule, before data loading: one ConfigError line naming the key."""
+    from encoder import tasks  # (here, not above: a config is composed and its keys checked before torch loads)
+    from encoder.tasks.distillation import check_teaching
+
     _check_known_keys(cfg)
     checked = Checked(**{key: OmegaConf.to_object(cfg[key])
                          for key in ("model", "data", "tokenizer", "optim", "task", "distill")})
@@ -261,6 +299,9 @@ def validate(cfg: DictConfig) -> Checked:
     if data.max_length > model.max_positions:
         raise ConfigError(f"data.max_length={data.max_length} exceeds model.max_positions={model.max_positions}; "
                           f"lower data.max_length or raise model.max_positions")
+    if data.packing and (task.labels is not None or task.carries):
+        raise ConfigError(f"data.packing=true joins texts into rows that belong to no one text, so task={task.name} "
+                          f"(a label or a teacher's output per text) cannot use it; set data.packing=false")
     if task.masks_tokens and not data.mlm_probability:
         raise ConfigError(f"task={task.name} needs data.mlm_probability > 0 (0.15 as in BERT); "
                           f"configs/task/{task.name}.yaml sets it")
@@ -269,9 +310,7 @@ def validate(cfg: DictConfig) -> Checked:
                           "or tokenizer.path (a trained tokenizer already fits its data)")
     if checked.distill.augment and checked.data.text_pair_column:
         raise ConfigError("distill.augment varies single texts; with data.text_pair_column set distill.augment=0")
-    if checked.distill.teacher and task.labels not in ("class", "number"):
-        raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
-                          f"regression: their teachers give one output per text); drop distill.teacher")
+    check_teaching(task, dataclasses.asdict(checked.distill))  # (encoder/tasks/distillation.py: stated there once)
     if data.mlm_probability and not task.masks_tokens:
         raise ConfigError(f"data.mlm_probability={data.mlm_probability} masks tokens, which only task=mlm uses; "
                           f"set it to 0")
@@ -329,11 +368,17 @@ def unused_dir(path: str) -> str:
             n += 1
 
 
+def _tasks():
+    from encoder import tasks  # (when a resolver runs, after the config is checked: see validate)
+
+    return tasks
+
+
 RESOLVERS = {
     "unused_dir": (unused_dir, True),
-    "monitor": (lambda task: tasks.get(task).monitor, False),  # the task's metric: ${monitor:${task.name}}
-    "direction": (tasks.direction, False),  # min | max for a metric
-    "optuna_direction": (lambda metric: f"{tasks.direction(metric)}imize", False),  # minimize | maximize
+    "monitor": (lambda task: _tasks().get(task).monitor, False),  # the task's metric: ${monitor:${task.name}}
+    "direction": (lambda metric, task: _tasks().direction(metric, task), False),  # min | max: ${direction:m,task}
+    "optuna_direction": (lambda metric, task: f"{_tasks().direction(metric, task)}imize", False),  # minimize | ...
     "metric_name": (lambda metric: metric.rsplit("/", 1)[-1], False),  # val/acc -> acc (checkpoint names)
 }
 for _name, (_fn, _cache) in RESOLVERS.items():

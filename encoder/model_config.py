@@ -1,0 +1,89 @@
+"""The architecture's options, as plain values: what checkpoints store and the config schema checks.
+
+Kept apart from the model (encoder/model.py) and free of torch, so that composing and checking a config
+(`python train.py` with a mistake in it) is answered before torch is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from encoder.errors import ConfigError, check_choice
+
+ACTIVATIONS = ("gelu", "relu", "silu")  # encoder/model.py maps each to its torch module
+POSITIONS = ("learned", "sinusoidal")
+POOLINGS = ("cls", "mean")
+
+
+@dataclass
+class AttentionConfig:
+    """Passed straight to `nn.MultiheadAttention` (its own option names)."""
+
+    num_heads: int = 4
+    dropout: float = 0.1  # on the attention probabilities, as in BERT
+    bias: bool = True
+    add_bias_kv: bool = False
+    add_zero_attn: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Every architecture choice, as plain values: checkpoints store `dataclasses.asdict` of this."""
+
+    vocab_size: int = 8192
+    max_positions: int = 512
+    type_vocab_size: int = 0  # segment (token-type) embeddings: 2 for text pairs, 0 for none
+    embed_dim: int = 256
+    num_layers: int = 4
+    ffn_dim: int = 1024
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    dropout: float = 0.1  # embeddings and the output of each residual branch
+    activation: str = "gelu"
+    norm_first: bool = False  # False = post-LN (BERT), True = pre-LN (+ a final LayerNorm)
+    positions: str = "learned"
+    pooling: str = "cls"
+    pooler: bool = False  # BERT's dense + tanh on the pooled vector before the classifier
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    num_labels: int = 2
+    classifier_dropout: float = 0.1
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Build from a plain dict (a checkpoint's or an export's), rejecting unknown keys by name.
+        (Types are checked where configs are composed, by OmegaConf; see encoder/training/config.py.)"""
+        values = dict(values)
+        attention = values.pop("attention", None) or {}
+        for known, given in ((cls, values), (AttentionConfig, attention)):
+            names = [f.name for f in fields(known)]
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                prefix = "model." if known is cls else "model.attention."
+                raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys are {names}")
+        return cls(**values, attention=AttentionConfig(**attention))
+
+    def __post_init__(self):
+        positive = ("vocab_size", "max_positions", "embed_dim", "num_layers", "ffn_dim", "num_labels")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ConfigError(f"model.type_vocab_size={self.type_vocab_size!r} must be 0 (no segments) or more")
+        for key in positive:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{key}={value!r} must be a positive integer")
+        heads = self.attention.num_heads
+        if not isinstance(heads, int) or heads < 1:
+            raise ConfigError(f"model.attention.num_heads={heads!r} must be a positive integer")
+        if self.embed_dim % heads:
+            raise ConfigError(
+                f"model.embed_dim={self.embed_dim} is not divisible by model.attention.num_heads={heads}; "
+                f"pick num_heads from {[h for h in range(1, 33) if self.embed_dim % h == 0]}"
+            )
+        for key, value in (("dropout", self.dropout), ("attention.dropout", self.attention.dropout),
+                           ("classifier_dropout", self.classifier_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.{key}={value} must be in [0, 1)")
+        check_choice(self.activation, ACTIVATIONS, "model.activation")
+        check_choice(self.positions, POSITIONS, "model.positions")
+        check_choice(self.pooling, POOLINGS, "model.pooling")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary")
