@@ -194,10 +194,30 @@ def test_packing_keeps_every_token_once_in_order_in_full_rows_with_sep_between_t
     assert len(unpacked.datasets["train"]) > 2 * len(rows)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_tokenizing_in_two_processes_gives_the_same_ids(tmp_path, packing):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"text {i}: " + " ".join(f"w{(i * j) % 53}" for j in range(i % 31)) for i in range(3000)),
+                      encoding="utf-8")
+    settings = dict(path="text", data_files={"train": str(corpus), "validation": str(corpus)}, task="mlm",
+                    long_texts="chunk", packing=packing, mlm_probability=0.15)
+    one, two = module(tmp_path / "one", **settings), module(tmp_path / "two", **settings, num_proc=2)
+    one.setup(), two.setup()
+    rows, rows2 = one.datasets["train"]["input_ids"], two.datasets["train"]["input_ids"]
+    assert len(rows) > 1000 and len(two.datasets["train"].cache_files) == 2  # (two processes wrote it)
+    if not packing:
+        assert rows == rows2
+    else:  # each process packs its own share: every text's tokens in the same order, a short row more per share
+        sep = one.tokenizer.token_to_id("[SEP]")
+        assert [t for r in rows for t in r[1:] if t != sep] == [t for r in rows2 for t in r[1:] if t != sep]
+        assert len(rows) <= len(rows2) <= len(rows) + 2
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data.packing=true"], "data.packing=true joins texts into rows that belong to no one text, so "
                             "task=classification"),
     (["task=mlm", "data.text_pair_column=b", "data.long_texts=truncate"], "data.packing=true joins single texts"),
+    (["data.num_proc=0"], "data.num_proc=0 must be a positive number of processes"),
 ])
 def test_packing_where_it_cannot_apply_is_refused_in_one_line(overrides, message, tmp_path):
     from encoder.training.config import validate

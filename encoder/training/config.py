@@ -122,6 +122,7 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     num_workers: int = 0
+    num_proc: Optional[int] = None  # processes that tokenize (datasets.map); null: this one
     pin_memory: bool = False
     persistent_workers: bool = True
 
@@ -142,6 +143,8 @@ class DataConfig:
             raise ConfigError("data.packing=true joins single texts; with data.text_pair_column set data.packing=false")
         if self.max_length < 2 + (self.long_texts == "chunk" or self.packing):
             raise ConfigError(f"data.max_length={self.max_length} must be at least 2 ([CLS] and [SEP])")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ConfigError(f"data.num_proc={self.num_proc} must be a positive number of processes (null: this one)")
         for key in ("batch_size", "eval_batch_size", "pad_to_multiple_of"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer")

@@ -96,7 +96,7 @@ class TextDataModule(L.LightningDataModule):
         for split, ds in raw.items():
             self._warn_empty(ds, split)
             self.datasets[split] = ds.map(encode, batched=True, remove_columns=ds.column_names,
-                                          desc=f"tokenizing {split}",
+                                          desc=f"tokenizing {split}", num_proc=self._processes(ds),
                                           new_fingerprint=fingerprint(ds._fingerprint, settings))
         log.info("data: %s", {s: len(d) for s, d in self.datasets.items()})
         if self.cfg.packing:
@@ -122,16 +122,26 @@ class TextDataModule(L.LightningDataModule):
                                 f"check data.text_column")
         return out
 
+    def _processes(self, ds: Dataset) -> int | None:
+        """data.num_proc for `datasets.map`, or None (this process) for a split too small to share out."""
+        n = self.cfg.num_proc
+        return n if n and n > 1 and len(ds) >= 1000 * n else None
+
+    def _texts(self, ds: Dataset, column: str):
+        """A column's values, 1,000 rows at a time: memory stays flat in the corpus size."""
+        for batch in ds.select_columns([column]).iter(batch_size=1000):
+            yield from batch[column]
+
     def _warn_empty(self, ds: Dataset, split: str) -> None:
         missing = sum(t is None or (isinstance(t, (str, list)) and not t) or (isinstance(t, str) and not t.strip())
-                      for t in ds[self.cfg.text_column])
+                      for t in self._texts(ds, self.cfg.text_column))
         if missing:
             log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts", missing, split)
 
     def _tokenizer(self, train: Dataset):
         columns = [c for c in (self.cfg.text_column, self.cfg.text_pair_column) if c]
         as_line = (lambda words: " ".join(map(as_text, words))) if self.task.labels == "word" else as_text
-        tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in train[c]),
+        tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in self._texts(train, c)),
                                   train._fingerprint, self.cache_dir)
         if self.cfg.long_texts == "truncate" and not self.cfg.packing:  # (packing cuts long texts into rows itself)
             tokenizer.enable_truncation(self.cfg.max_length)
