@@ -48,6 +48,9 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     # from a `task=embedding` checkpoint (--init-from): the teacher's sentence embeddings learnt on unlabelled text
     "small_from_embedding": ["model.init_from={init}"],
     "small_from_embedding_distilled": ["model.init_from={init}", "distill.teacher={teacher}"],
+    "tiny_from_embedding_distilled": ["model=tiny", "model.init_from={init}", "distill.teacher={teacher}"],
+    "tiny_distilled_augment_corpus": ["model=tiny", "distill.teacher={teacher}", "distill.augment=4",
+                                      "distill.extra_text=rotten_tomatoes_corpus"],
 }
 
 
