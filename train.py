@@ -58,6 +58,7 @@ from encoder.training.console import quiet, say
 from encoder.training.launch import discard_failed_start, newest_unfinished, trainer_error
 from encoder.training.loggers import build_loggers, where
 from encoder.training.data.datamodule import TextDataModule
+from encoder.training.data.sources import PRETRAINED
 from encoder.training.module import EncoderModule
 
 log = logging.getLogger("encoder")
@@ -140,7 +141,12 @@ def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | No
 
 
 def distill_options(checked: Checked) -> dict | None:
-    return dataclasses.asdict(checked.distill) if checked.distill.teacher else None
+    if not checked.distill.teacher:
+        return None
+    options = dataclasses.asdict(checked.distill)
+    if options["teacher"] in PRETRAINED:  # a known name (task=embedding's teacher): its folder, fetched once
+        options["teacher"] = str(PRETRAINED[options["teacher"]]())
+    return options
 
 
 def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderModule:

@@ -2,6 +2,7 @@
 several cases. Every case ends in one clear line (exit status 1 or 2, one line on stderr, no traceback)
 and changes no file of an earlier run; cases that must succeed (max_steps, resume) succeed safely."""
 
+import contextlib
 import json
 import os
 import random
@@ -417,37 +418,36 @@ def test_a_device_this_machine_lacks_is_one_line(earlier, device, text):
     assert_one_error_line(done, 2, text)
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_partial_files(tmp_path, rt_files):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True)
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    """A small tmpfs mounted at `path` for the test's length. Mounting needs root: a developer's own account skips
+    the case; as root (CI) a failed mount fails it, so there it is always run."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
     if mounted.returncode and os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")  # a developer's own account; CI runs as root
-    assert mounted.returncode == 0, mounted.stderr  # as root the case is always run, never skipped
+        pytest.skip(f"mounting a tmpfs ({options}) needs root")
+    assert mounted.returncode == 0, mounted.stderr
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_files(tmp_path, rt_files):
+    with tmpfs(tmp_path / "disk", "size=3m") as disk:
         done = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, f"hydra.run.dir={disk / 'run'}"],
                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert done.returncode == 1, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: No space left on device while writing the run's files") and "Traceback" not in done.stderr
         assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_a_read_only_cache_is_one_line(tmp_path, rt_files):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(cache)], capture_output=True)
-    if mounted.returncode and os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")  # a developer's own account; CI runs as root
-    assert mounted.returncode == 0, mounted.stderr  # as root the case is always run, never skipped
-    try:
+    with tmpfs(tmp_path / "cache", "ro,size=1m") as cache:
         done = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY], capture_output=True, text=True,
                               cwd=tmp_path, timeout=300, env={**os.environ, "ENCODER_CACHE": str(cache)})
         last = done.stderr.strip().splitlines()[-1]
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert last.startswith(f"error: the cache folder {cache} cannot take files (Read-only file system)"), last
         assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
-    finally:
-        subprocess.run(["umount", str(cache)], check=False)

@@ -36,6 +36,7 @@ from torch import nn
 from encoder import checkpoint
 from encoder.errors import ConfigError, DataError
 from encoder.model import ModelConfig
+from encoder.predictor import load_model
 from encoder.tasks import Step, Task
 from encoder.tokenizer import as_text, fingerprint
 
@@ -119,8 +120,6 @@ class Distilled(Task):
     def prepare(self, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
         """`raw` splits with a `teacher` column (and extra text appended to train). `data`: the run's
         DataConfig."""
-        from encoder.predictor import load_model
-
         predictor = load_model(self.teacher, device="cuda" if torch.cuda.is_available() else "cpu",
                                batch_size=self.batch_size)
         if predictor.task != self.name or predictor.label_names != label_names:

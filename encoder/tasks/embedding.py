@@ -20,6 +20,7 @@ The teacher reads each raw text once, before training, with its own tokenizer; i
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -81,8 +82,8 @@ class Embedding(Task):
     needs_teacher = True  # configs: task=embedding without distill.teacher is refused
 
     def __init__(self, teacher: str | None = None, batch_size: int = 128, extra_text: str | None = None,
-                 extra_text_column: str = "text", cache_dir: str | None = None, **unused):
-        self.teacher, self.batch_size, self.cache_dir = teacher, batch_size, cache_dir
+                 extra_text_column: str = "text", **unused):
+        self.teacher, self.batch_size = teacher, batch_size
         self.extra_text, self.extra_text_column = extra_text, extra_text_column
 
     def with_teacher(self, **distill) -> "Embedding":
@@ -115,7 +116,7 @@ class Embedding(Task):
     # ---- data: the teacher's vectors, computed once and cached ------------------------------------
     def prepare(self, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
         predictor = self._teacher()
-        digest = _teacher_digest(self.teacher, self.cache_dir)
+        digest = _teacher_digest(Path(self.teacher))
         if self.extra_text:
             from datasets import concatenate_datasets  # (training only: tasks are core)
 
@@ -137,27 +138,24 @@ class Embedding(Task):
 
     @functools.cache
     def _teacher(self) -> Predictor:
-        return embedder(self.teacher, self.batch_size, self.cache_dir)
+        return embedder(self.teacher, self.batch_size)
 
 
-def embedder(teacher: str, batch_size: int = 128, cache_dir: str | None = None) -> Predictor:
-    """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors), or a BERT-style folder, a
-    sentence-transformers folder or a known name (its last layer pooled as its 1_Pooling config says; mean
-    pooling, as all-MiniLM-L6-v2, when it says nothing)."""
-    from encoder.training.data.sources import PRETRAINED  # (a known name is fetched once, into the cache)
-
+def embedder(teacher: str, batch_size: int = 128) -> Predictor:
+    """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors), or a BERT-style or
+    sentence-transformers folder (its last layer pooled as its 1_Pooling config says; mean pooling, as
+    all-MiniLM-L6-v2, when it says nothing). A known name arrives here as its folder (train.py resolves it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(PRETRAINED[teacher](cache_dir)) if teacher in PRETRAINED else Path(teacher)
+    path = Path(teacher)
     if not path.exists():
-        raise ConfigError(f"distill.teacher={teacher} is neither a file, a folder nor a known name {sorted(PRETRAINED)}")
+        raise ConfigError(f"distill.teacher={teacher} is neither a file, a folder nor a known name such as "
+                          f"all-MiniLM-L6-v2")
     if path.is_file() or checkpoint.is_export(path):
         return load_model(path, device=device, batch_size=batch_size)
     arch, state, tokenizer_json = load_bert(path)
     pooling = "mean"
     pooling_config = path / "1_Pooling" / "config.json"
     if pooling_config.is_file():
-        import json
-
         pooling = "cls" if json.loads(pooling_config.read_text()).get("pooling_mode_cls_token") else "mean"
     tokenizer = Tokenizer.from_str(tokenizer_json)
     cfg = ModelConfig.from_dict({**arch, "vocab_size": tokenizer.get_vocab_size(), "pooling": pooling,
@@ -167,10 +165,7 @@ def embedder(teacher: str, batch_size: int = 128, cache_dir: str | None = None) 
     return Predictor(model, tokenizer, min(cfg.max_positions, 512), batch_size).to(device)
 
 
-def _teacher_digest(teacher: str, cache_dir) -> str:
-    from encoder.training.data.sources import PRETRAINED
-
-    path = Path(PRETRAINED[teacher](cache_dir)) if teacher in PRETRAINED else Path(teacher)
+def _teacher_digest(path: Path) -> str:
     if path.is_file() or checkpoint.is_export(path):
         return _weights_digest(path)
     return checkpoint.sha256(path / "model.safetensors")[:16]

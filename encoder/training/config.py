@@ -31,6 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from encoder.errors import ConfigError, check_choice
 from encoder.model_config import ModelConfig
 from encoder.tokenizer import TokenizerConfig
+from encoder.training.data.sources import SOURCES
 
 SCHEDULES = ("cosine", "linear", "constant")
 NONFINITE = ("stop", "skip")
@@ -127,8 +128,6 @@ class DataConfig:
     persistent_workers: bool = True
 
     def __post_init__(self):
-        from encoder.training.data.sources import SOURCES
-
         self.splits = {"train": "train", "validation": "validation", "test": "test", **self.splits}
         if self.source is not None:
             check_choice(self.source, SOURCES, "data.source")
