@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Callable
 
 import torch
 
@@ -11,9 +12,9 @@ class Collator:
     """Pads `input_ids` to the longest sequence in the batch, rounded up to a multiple of 8.
 
     Returns `input_ids` [B, S] (long), `padding_mask` [B, S] (bool, True = padding: what
-    `nn.MultiheadAttention(key_padding_mask=...)` expects), `labels` when present ([B] class ids or
-    floats for regression; [B, S] for labels per token, -100 at padding), and `token_type_ids`
-    [B, S] for sentence pairs.
+    `nn.MultiheadAttention(key_padding_mask=...)` expects), `labels` when present (as the task's
+    `collate_labels` batches them: [B] class ids, floats for regression, [B, S] labels per token with
+    -100 at padding, ...), and `token_type_ids` [B, S] for sentence pairs.
 
     With `mlm_probability` > 0 (masked-language modelling) it also masks, as BERT does: that share
     of the real, non-special tokens is selected (at least one per batch); of those 80% become
@@ -25,8 +26,10 @@ class Collator:
 
     def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int = 8, mlm_probability: float = 0.0,
                  mask_token_id: int | None = None, special_token_ids: list[int] | None = None,
-                 vocab_size: int | None = None, seed: int = 0):
+                 vocab_size: int | None = None, seed: int = 0,
+                 collate_labels: Callable[[list, int], torch.Tensor] | None = None):
         self.pad_token_id = pad_token_id
+        self.collate_labels = collate_labels or (lambda targets, length: torch.as_tensor(targets))  # Task.collate_labels
         self.pad_to_multiple_of = pad_to_multiple_of
         self.mlm_probability = mlm_probability
         self.mask_token_id, self.vocab_size, self.seed = mask_token_id, vocab_size, seed
@@ -50,12 +53,8 @@ class Collator:
                 batch["token_type_ids"][i, : lengths[i]] = torch.as_tensor(e["token_type_ids"], dtype=torch.long)
         if self.mlm_probability > 0:
             batch["input_ids"], batch["labels"] = self.mask(input_ids, padding_mask)
-        elif "labels" in examples[0] and isinstance(examples[0]["labels"], list):  # a label per token
-            batch["labels"] = torch.full_like(input_ids, -100)
-            for i, e in enumerate(examples):
-                batch["labels"][i, : lengths[i]] = torch.as_tensor(e["labels"], dtype=torch.long)
         elif "labels" in examples[0]:
-            batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
+            batch["labels"] = self.collate_labels([e["labels"] for e in examples], seq)
         for key in examples[0].keys() - {"input_ids", "token_type_ids", "labels"}:  # e.g. a teacher's outputs
             batch[key] = torch.as_tensor([e[key] for e in examples])
         return batch

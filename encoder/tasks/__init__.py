@@ -2,8 +2,9 @@
 
 A task module holds everything that is specific to its task:
 - its head: the `nn.Module` that puts the task's outputs on top of the encoder (`*For<Task>`);
-- what each example carries (`labels`: a class, a number, a label per word, or none) and whether
-  the collator masks tokens for it (MLM);
+- what each example carries (`labels`: its kind, e.g. a class, a number, a label per word, or none) and
+  how a label is read (`label_values`), learnt (`target`) and batched (`collate_labels`); whether its
+  texts are pre-split words (`words`) and whether the collator masks tokens for it (MLM);
 - `step`: forward, loss and what its metrics compare, for one batch;
 - its metrics (torchmetrics, imported only when training asks for them), the validation metric it
   optimises (`monitor`; `minimised` names those better lower) and how to read a label;
@@ -29,9 +30,6 @@ from torch import nn
 from encoder.errors import ConfigError
 from encoder.model import ModelConfig
 
-LABEL_KINDS = ("class", "number", "word", None)  # what an example carries; None: raw text (MLM)
-
-
 def direction(metric: str, task: str) -> str:
     """'min' for a metric `task` says is better lower (`Task.minimised`: its loss, errors), 'max' for the others."""
     return "min" if metric.rsplit("/", 1)[-1] in get(task).minimised else "max"
@@ -50,7 +48,8 @@ class Step:
 
 class Task(ABC):
     name: str = ""
-    labels: str | None = "class"
+    labels: str | None = "class"  # the kind of label an example carries ("class", "number", ...); None: raw text
+    words: bool = False  # its texts are lists of words (pre-split), each with its own label
     masks_tokens: bool = False  # the collator masks tokens (data.mlm_probability > 0)
     monitor: str = "val/acc"  # what checkpoints, early stopping and sweeps follow by default
     minimised: tuple[str, ...] = ("loss",)  # its metrics that are better lower (the others are maximised)
@@ -70,6 +69,20 @@ class Task(ABC):
     def with_teacher(self, **distill) -> "Task":
         """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields)."""
         raise NotImplementedError(f"task={self.name} does not learn from a teacher by itself")
+
+    # ---- what an example's label is: read by the data checks, learnt by the model, batched by the collator ----
+    def label_values(self, label) -> list:
+        """The members of the label set that one example's label holds (checked against it; None: missing)."""
+        return [label]
+
+    def target(self, label, mapping):
+        """What the model learns for one example's label; `mapping`: label value -> class index (regression: a
+        float of the value)."""
+        return mapping[label]
+
+    def collate_labels(self, targets: list, length: int) -> torch.Tensor:
+        """A batch's targets as one tensor; `length`: the batch's padded sequence length."""
+        return torch.as_tensor(targets)
 
     def build_model(self, cfg: ModelConfig, unpad: bool = True) -> nn.Module:
         model = self.model_class(cfg)

@@ -81,10 +81,15 @@ class Distilled(Task):
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         self.extra_text, self.extra_text_column, self.batch_size = extra_text, extra_text_column, batch_size
         self.augment, self.augment_seed = augment, augment_seed
-        for key in ("name", "labels", "masks_tokens", "monitor", "minimised", "train_metric", "onnx", "confusion_matrix",
-                    "model_class", "predictor_class", "example_input", "label_text"):
+        for key in ("name", "labels", "words", "masks_tokens", "monitor", "minimised", "train_metric", "onnx",
+                    "confusion_matrix", "model_class", "predictor_class", "example_input", "label_text", "label_values",
+                    "collate_labels"):
             setattr(self, key, getattr(base, key))  # what is saved and served is the base task's
         self.carries = ("teacher",)
+
+    def target(self, label, mapping):
+        """An extra text has no gold label: UNLABELLED[kind], which the loss and metrics skip."""
+        return UNLABELLED[self.labels] if label is None else self.base.target(label, mapping)
 
     # ---- training -----------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: dict) -> DistilledStep:

@@ -65,10 +65,21 @@ class TokenPredictor(Predictor):
 class TokenClassification(Task):
     name = "token_classification"
     labels = "word"
+    words = True
     monitor = "val/f1"  # entity F1 (BIO tags); for other tags (POS) follow val/acc
     train_metric = "acc"
     model_class = EncoderForTokenClassification
     predictor_class = TokenPredictor
+
+    def label_values(self, tags) -> list:
+        return list(tags) if tags else [None]  # (a sentence without tags has no labels: missing)
+
+    def collate_labels(self, targets: list, length: int) -> torch.Tensor:
+        """[batch, length]: each text's token labels, -100 on padding."""
+        out = torch.full((len(targets), length), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            out[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+        return out
 
     def step(self, model: nn.Module, batch: dict) -> Step:
         logits = model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float()

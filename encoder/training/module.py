@@ -118,8 +118,9 @@ class EncoderModule(L.LightningModule):
             value = metric.compute()
             values.update(value if isinstance(value, dict) else {name: value})
             metric.reset()
-        self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, prog_bar=stage == "val",
-                      sync_dist=True)
+        for nested in (False, True):  # per-label values ("f1/joy") go to the loggers, not the progress bar
+            self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items() if ("/" in k) == nested},
+                          prog_bar=stage == "val" and not nested, sync_dist=True)
 
     # ---- what the steps share ----------------------------------------------------------------
     def _finite(self, loss: torch.Tensor) -> bool:

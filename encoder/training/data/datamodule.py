@@ -4,8 +4,8 @@
     -> tokenizer (trained on train and cached, or loaded) -> token ids (encoding.py, cached by
     fingerprint) -> length-grouped sampler (sampler.py) -> Collator (padding + padding_mask, + MLM masking)
 
-The task (encoder/tasks/) says what an example carries: a class, a number, a label per word, or
-nothing; the data config (`DataConfig`) says where the texts are and how they are batched.
+The task (encoder/tasks/) says what an example carries and how its labels are read, learnt and batched
+(`Task.label_values`, `target`, `collate_labels`); the data config (`DataConfig`) says where the texts are and how they are batched.
 """
 
 from __future__ import annotations
@@ -83,16 +83,16 @@ class TextDataModule(L.LightningDataModule):
         raw = load_splits(self.cfg, self.cache_dir, self.seed, self.labelled)
         mapping = None
         if self.labelled:
-            self.label_names, mapping = prepare_labels(raw, self.cfg, self.task.labels)
+            self.label_names, mapping = prepare_labels(raw, self.cfg, self.task)
         raw = self.task.prepare(self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)
         self.raw = raw  # the texts as read (predictions.jsonl quotes them)
         self.tokenizer = self._tokenizer(raw.get("train") or next(iter(raw.values())))
         self.collator = self._collator()
-        encode = encoder_for(self.cfg, self.task.labels, self.tokenizer, mapping, carry=self.task.carries)
+        encode = encoder_for(self.cfg, self.task, self.tokenizer, mapping)
         # everything that changes what encode() produces, so no stale cached tokenization is reused
         settings = fingerprint(self.tokenizer.to_str(), self.cfg.max_length, self.cfg.long_texts, self.cfg.packing,
                                self.cfg.text_column, self.cfg.text_pair_column, self.cfg.label_column,
-                               self.task.labels, self.label_names)
+                               self.task.name, self.task.labels, self.label_names)
         for split, ds in raw.items():
             self._warn_empty(ds, split)
             self.datasets[split] = ds.map(encode, batched=True, remove_columns=ds.column_names,
@@ -108,7 +108,7 @@ class TextDataModule(L.LightningDataModule):
     def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         """A corpus text or a sentence of labelled words that is empty has nothing to learn from
         (dropped, logged). Empty texts of labelled data are kept: they are examples too."""
-        if self.task.labels not in (None, "word"):
+        if self.task.labels is not None and not self.task.words:
             return raw
         out = {}
         for split, ds in raw.items():
@@ -140,7 +140,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _tokenizer(self, train: Dataset):
         columns = [c for c in (self.cfg.text_column, self.cfg.text_pair_column) if c]
-        as_line = (lambda words: " ".join(map(as_text, words))) if self.task.labels == "word" else as_text
+        as_line = (lambda words: " ".join(map(as_text, words))) if self.task.words else as_text
         tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in self._texts(train, c)),
                                   train._fingerprint, self.cache_dir)
         if self.cfg.long_texts == "truncate" and not self.cfg.packing:  # (packing cuts long texts into rows itself)
@@ -151,7 +151,8 @@ class TextDataModule(L.LightningDataModule):
         tok = self.tokenizer
         pad = tok.token_to_id("[PAD]")
         if not self.cfg.mlm_probability:
-            return Collator(pad_token_id=pad, pad_to_multiple_of=self.cfg.pad_to_multiple_of)
+            return Collator(pad_token_id=pad, pad_to_multiple_of=self.cfg.pad_to_multiple_of,
+                            collate_labels=self.task.collate_labels)
         if tok.token_to_id("[MASK]") is None:
             raise DataError("masked-language modelling needs a [MASK] token; this tokenizer has none "
                             "(train one with tokenizer=wordpiece)")

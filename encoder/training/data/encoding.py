@@ -22,20 +22,20 @@ from typing import Callable
 from tokenizers import Tokenizer
 
 from encoder.collate import first_subtokens
-from encoder.tasks.distillation import UNLABELLED  # an example without a gold label (extra text)
+from encoder.tasks import Task
 from encoder.tokenizer import as_text
 from encoder.training.config import DataConfig
 
 
-def encoder_for(cfg: DataConfig, kind: str | None, tokenizer: Tokenizer, mapping,
-                carry: tuple[str, ...] = ()) -> Callable[[dict], dict]:
-    """The `datasets.map(batched=True)` function for this run's data and task; `carry`: columns the
-    task added (Task.carries), copied to every row an example becomes."""
-    if kind == "word":
+def encoder_for(cfg: DataConfig, task: Task, tokenizer: Tokenizer, mapping) -> Callable[[dict], dict]:
+    """The `datasets.map(batched=True)` function for this run's data and task. Each example's label becomes
+    `task.target(label, mapping)`; the columns the task added (`task.carries`) are copied to every row an
+    example becomes."""
+    if task.words:
         return lambda batch: _words(batch, cfg, tokenizer, mapping)
     strategy = _packed if cfg.packing else _chunks if cfg.long_texts == "chunk" else \
         _pairs if cfg.text_pair_column else _single
-    label_column = cfg.label_column if kind else None
+    label_column, carry = (cfg.label_column if task.labels else None), task.carries
 
     def encode(batch: dict) -> dict:
         texts = [as_text(t) for t in batch[cfg.text_column]]
@@ -43,7 +43,7 @@ def encoder_for(cfg: DataConfig, kind: str | None, tokenizer: Tokenizer, mapping
         out["length"] = [len(ids) for ids in out["input_ids"]]
         if label_column:
             labels = batch[label_column]
-            out["labels"] = [UNLABELLED[kind] if labels[i] is None else mapping[labels[i]] for i in owner]
+            out["labels"] = [task.target(labels[i], mapping) for i in owner]
         for column in (c for c in carry if c in batch):
             out[column] = [batch[column][i] for i in owner]
         return out

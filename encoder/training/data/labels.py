@@ -1,8 +1,9 @@
 """Labels: the label set of a run (given, or read off the training split) and the check of every split.
 
-What a label is depends on the task (`Task.labels`): a class ("class"), a number ("number"), a list of
-classes, one per word ("word"), or nothing (raw text). `prepare_labels` returns the label names and
-the map from a label value in the data to what the model learns.
+What a label is depends on the task: a number (`Task.labels == "number"`: regression), or members of a
+label set, which `Task.label_values` reads off one example's label (a class; a list of classes, one per
+word; several classes per text). `prepare_labels` returns the label names and the map from a label value in
+the data to a class index, which `Task.target` turns into what the model learns.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 
 from datasets import ClassLabel, Dataset
 
+from encoder.tasks import Task
 from encoder.errors import DataError, LabelSetError
 from encoder.training.config import DataConfig
 from encoder.tokenizer import as_text
@@ -38,57 +40,66 @@ class Numbers:
         return number
 
 
-def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, kind: str):
-    """(label names, value -> target map) after checking every split's labels."""
+def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, task: Task):
+    """(label names, value -> class index map) after checking every split's labels."""
     column = cfg.label_column
-    if kind == "number":
+    if task.labels == "number":
         mapping = Numbers(column)
         for ds in raw.values():
             for value in ds.unique(column):
                 mapping[value]  # raises a DataError naming the first value that is not a number
         return [column], mapping  # one target, named after its column
     first = raw.get("train") or next(iter(raw.values()))
-    names = _label_names(first, column, kind, cfg.label_names)
+    names = _label_names(first, column, task, cfg.label_names)
     mapping = {name: i for i, name in enumerate(names)}
-    if all(n.lstrip("-").isdigit() for n in names) and not _class_label(first, column, kind):
+    if all(n.lstrip("-").isdigit() for n in names) and not _class_label(first, column):
         # names that are numbers (stars 1-5, a checkpoint trained on them): an integer label means its value
         mapping.update({int(n): i for i, n in enumerate(names)})
     else:  # integer labels are positions: a ClassLabel's, or in the order data.label_names gives
         mapping.update({i: i for i in range(len(names))})
     for split, ds in raw.items():
-        if kind == "word":
+        if task.words:
             _check_words(ds, split, cfg.text_column, column)
-        _check_split(ds, split, column, kind, mapping, names)
+        _check_split(ds, split, column, task, mapping, names)
     return names, mapping
 
 
-def _values(ds: Dataset, column: str, kind: str) -> list:
-    """The distinct labels of a split (of every word, for labels per word)."""
-    if kind == "word":
-        return list({v for tags in ds[column] for v in (tags or [None])})
-    return ds.unique(column)
+def _values(ds: Dataset, column: str, task: Task) -> list:
+    """The distinct members of the label set that a split's labels hold (`Task.label_values`), read 1,000 rows
+    at a time."""
+    values = set()
+    for batch in ds.select_columns([column]).iter(batch_size=1000):
+        for label in batch[column]:
+            try:
+                values.update(task.label_values(label))
+            except TypeError:  # unhashable: a list where the task expects one label
+                raise DataError(f"data.label_column={column!r} holds {label!r:.60}, not one label per text; "
+                                f"task={task.name} needs one (for several labels per text use task=multilabel)") from None
+    return list(values)
 
 
-def _class_label(ds: Dataset, column: str, kind: str) -> ClassLabel | None:
+def _class_label(ds: Dataset, column: str) -> ClassLabel | None:
     feature = ds.features[column]
-    feature = getattr(feature, "feature", feature) if kind == "word" else feature  # List(ClassLabel)
+    feature = getattr(feature, "feature", feature)  # List(ClassLabel): a label set for several labels per row
     return feature if isinstance(feature, ClassLabel) else None
 
 
-def _label_names(train: Dataset, column: str, kind: str, given: list[str] | None) -> list[str]:
-    feature = _class_label(train, column, kind)
+def _label_names(train: Dataset, column: str, task: Task, given: list[str] | None) -> list[str]:
+    feature = _class_label(train, column)
     if feature is not None:
         return list(feature.names)
     if given:
         return list(given)
-    values = set(_values(train, column, kind)) - {None}
+    values = set(_values(train, column, task)) - {None}
     if all(isinstance(v, str) for v in values):
         return sorted(values)
     return [str(i) for i in range(int(max(values)) + 1)]
 
 
-def _check_split(ds: Dataset, split: str, column: str, kind: str, mapping: dict, names: list[str]) -> None:
-    values = _values(ds, column, kind)
+def _check_split(ds: Dataset, split: str, column: str, task: Task, mapping: dict, names: list[str]) -> None:
+    values = _values(ds, column, task)
+    if not values and len(ds):  # (several labels per text: none in a whole split is a column gone astray)
+        raise DataError(f"no text of the {split} split has a label in {column!r}; is data.label_column right?")
     if None in values:
         missing = sum(v is None for v in ds[column])
         if missing == len(ds):
