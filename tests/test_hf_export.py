@@ -20,7 +20,7 @@ from encoder.tokenizer import train_tokenizer
 TEXTS = ["a gorgeous, witty, seductive movie", "dull", "the plot is thin but the acting is superb and the score soars",
          "", "an utterly forgettable, overlong mess of a film that never finds its footing"]
 LABELS = {"classification": ["rotten", "fresh"], "regression": ["score"], "mlm": None,
-          "token_classification": ["O", "B-PER", "I-PER"]}
+          "token_classification": ["O", "B-PER", "I-PER"], "multilabel": ["joy", "anger", "surprise"]}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,22 @@ def test_text_classification_pipeline_gives_our_probabilities(tmp_path, tokenize
     expected = encoder.load_model(ours).predict(TEXTS)
     for t, e in zip(theirs, expected):
         assert t == pytest.approx(e["probs"], abs=1e-5)
+
+
+def test_multilabel_pipeline_applies_a_sigmoid_and_gives_our_probabilities(tmp_path, tokenizer):
+    import json
+
+    from transformers import pipeline
+
+    ours = saved_model(tmp_path, tokenizer, "multilabel", pooling="cls", pooler=True)
+    out = export(ours, tmp_path / "hf", format="hf")
+    assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    classify = pipeline("text-classification", model=str(out), top_k=None, device="cpu")
+    theirs = [{r["label"]: r["score"] for r in rows} for rows in classify(TEXTS, batch_size=5)]
+    expected = encoder.load_model(ours).predict(TEXTS)
+    for t, e in zip(theirs, expected):
+        assert t == pytest.approx(e["probs"], abs=1e-5)
+        assert abs(sum(t.values()) - 1) > 1e-3  # a probability per label, not a softmax over them
 
 
 def test_sentence_transformers_encode_gives_our_embeddings(tmp_path, tokenizer, capfd, caplog):

@@ -76,7 +76,7 @@ def test_mlm_checkpoint_fills_masks_from_python_and_the_command_line(mlm, tmp_pa
     assert json.loads((out / "config.json").read_text())["task"] == "mlm"
     texts = ["a [MASK] movie with a [MASK] plot"]
     assert encoder.load_model(out).predict(texts) == predictor.predict(texts)
-    with pytest.raises(ValueError, match="--onnx exports single-text classification, embedding and regression models"):
+    with pytest.raises(ValueError, match="--onnx exports single-text classification, embedding, multilabel and regression models"):
         export(mlm["last"], tmp_path / "onnx", onnx=True)
     assert not (tmp_path / "onnx").exists()
 
@@ -115,8 +115,8 @@ def test_fine_tuning_from_an_mlm_checkpoint_of_another_shape_is_refused(mlm, tmp
     (["task=mlm", "data.mlm_probability=0"], "task=mlm needs data.mlm_probability > 0"),
     (["data.mlm_probability=0.15"], "only task=mlm uses; set it to 0"),
     (["task=mlm", "data.mlm_probability=1.5"], "data.mlm_probability=1.5 must be in [0, 1)"),
-    (["task.name=nope"], "task 'nope' is unknown; known tasks: ['classification', 'embedding', 'mlm', 'regression', "
-                         "'token_classification']"),
+    (["task.name=nope"], "task 'nope' is unknown; known tasks: ['classification', 'embedding', 'mlm', 'multilabel', "
+                         "'regression', 'token_classification']"),
 ])
 def test_mlm_config_mistakes_fail_in_one_line(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
