@@ -1,4 +1,6 @@
 """Train an encoder: compose the Hydra config, check it, build data + model + trainer, fit, test.
+(`train=false ckpt_path=...` evaluates a checkpoint instead: encoder/training/evaluation.py; resuming and the
+run's files: encoder/training/runs.py.)
 
     python train.py                                   # the offline default: Rotten Tomatoes, model=small
     python train.py model=tiny trainer.max_epochs=3 optim.lr=1e-3 data.max_length=64
@@ -31,81 +33,32 @@ if __name__ == "__main__":
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
-import contextlib
 import dataclasses
 import errno
-import json
 import logging
-import math
-import os
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
-from encoder import checkpoint, tasks
-from encoder.errors import CheckpointError, ConfigError, DataError, LabelSetError
+from encoder import checkpoint
+from encoder.errors import CheckpointError, ConfigError, DataError
 from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
-from encoder.training.config import Checked, resolved, validate
+from encoder.training.config import Checked, validate
 from encoder.training.console import quiet, say
-from encoder.training.launch import discard_failed_start, newest_unfinished, trainer_error
-from encoder.training.loggers import build_loggers, where
-from encoder.training.data.datamodule import TextDataModule
 from encoder.training.data.sources import PRETRAINED
+from encoder.training.evaluation import evaluate, record
+from encoder.training.launch import discard_failed_start, trainer_error
+from encoder.training.loggers import build_loggers
 from encoder.training.module import EncoderModule
+from encoder.training.runs import check_resumable, ddp_ranks_run_this_job_only, remove_stale_temp_files, resume_from
 
 log = logging.getLogger("encoder")
-
-
-def resume_from(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint to resume: `ckpt_path`, or with resume=auto the newest last.ckpt of this experiment."""
-    if cfg.resume not in ("auto", None):
-        raise ConfigError(f"resume={cfg.resume!r} is unknown; use resume=auto or ckpt_path=PATH")
-    if cfg.ckpt_path:
-        if not Path(cfg.ckpt_path).is_file():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file or resume=auto")
-        return str(cfg.ckpt_path)
-    if cfg.resume == "auto":
-        return str(newest_unfinished(run_dir.parent, exclude=run_dir))
-    return None
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Checkpoint writes go to `.<name>.<pid>.tmp` first (encoder.training.callbacks.AtomicCheckpointIO); a
-    process killed mid-write leaves one behind. Remove those of processes that are gone."""
-    for tmp in folder.glob(".*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            log.info("removed %s, left by a checkpoint write that was killed", tmp)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def check_resumable(ckpt_path: str, saved: checkpoint.Saved, module: EncoderModule) -> None:
-    """A resumed run must build the model the checkpoint holds: one line naming the first difference."""
-    hp = module.hparams
-    ours = checkpoint.Saved(hp.task, hp.model, hp.tokenizer_json, hp.label_names, hp.max_length, {})
-    difference = checkpoint.first_difference(ours, saved)
-    if difference:
-        what, here, there = difference
-        raise ConfigError(f"{ckpt_path} was trained with {what}={there!r}, this run has {what}={here!r}; resume "
-                          f"with the config that run used (its .hydra/config.yaml)")
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -146,6 +99,9 @@ def distill_options(checked: Checked) -> dict | None:
     options = dataclasses.asdict(checked.distill)
     if options["teacher"] in PRETRAINED:  # a known name (task=embedding's teacher): its folder, fetched once
         options["teacher"] = str(PRETRAINED[options["teacher"]]())
+    if not Path(options["teacher"]).exists():
+        raise ConfigError(f"distill.teacher={options['teacher']} is neither a file, a folder nor a known name such as "
+                          f"{', '.join(PRETRAINED)}")
     return options
 
 
@@ -180,80 +136,11 @@ def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodul
     return metrics
 
 
-def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
-    """The run's final metrics, plus `objective` for sweepers: to every logger, metrics.json and the console."""
-    for logger in trainer.loggers:  # the whole flat config; TensorBoard's HPARAMS tab puts the final metrics next to it
-        final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
-        logger.log_hyperparams(resolved(cfg), *([final] if isinstance(logger, TensorBoardLogger) else []))
-        logger.finalize("success")  # flush: the hparams summary is the last thing written
-        if isinstance(logger, WandbLogger):  # end the W&B run: the next job of a sweep starts its own
-            logger.experiment.finish()
-    metrics["objective"] = metrics.get(f"best_{cfg.objective}", metrics.get(cfg.objective, float("nan")))
-    if trainer.is_global_zero:  # for sweep summaries and scripts
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}  # JSON has no NaN: null
-        written = {"metrics": finite, "overrides": overrides, "direction": tasks.direction(cfg.objective, cfg.task.name)}
-        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(written, indent=2))
-        say(f"run directory:   {cfg.paths.output_dir}")
-        for logger in trainer.loggers:
-            say(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
-        say("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return metrics
-
-
-def evaluate(cfg: DictConfig, checked: Checked) -> dict:
-    """train=false: the task's test metrics of `ckpt_path` (a .ckpt or an export folder) on this data's test
-    split, without training. The checkpoint brings its tokenizer, labels and max_length; data labels outside
-    its label set are refused."""
-    if not cfg.ckpt_path:
-        raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=...")
-    saved = checkpoint.read(cfg.ckpt_path)
-    trainer = build_trainer(cfg)
-    data = {**OmegaConf.to_container(cfg.data, resolve=True), "max_length": saved.max_length,
-            "label_names": saved.label_names,
-            "splits": {"train": None, "validation": None, "test": cfg.data.splits.get("test") or "test"}}
-    data.pop("_target_")
-    tokenizer = {"path": str(pretrained.cached_tokenizer(saved.tokenizer_json, cfg.paths.cache_dir))}
-    datamodule = TextDataModule(task=saved.task, tokenizer=tokenizer, cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
-                                **data)
-    try:
-        datamodule.prepare_data()
-    except LabelSetError as e:
-        raise ConfigError(f"the {e.split} split has labels {', '.join(e.outside)} that {cfg.ckpt_path} was not "
-                          f"trained on (its labels: {e.names}); evaluate it on data with those labels") from None
-    # a .ckpt or an export folder: the model as `checkpoint.read` checked it
-    module = EncoderModule.create(saved.task, saved.config, saved.tokenizer_json, saved.max_length,
-                                  label_names=saved.label_names)
-    module.model.load_state_dict(saved.state)
-    results = trainer.test(module, datamodule=datamodule)[0]
-    metrics = {k: float(v) for k, v in results.items()}
-    if cfg.predictions:
-        say(f"predictions:     {write_predictions(cfg, datamodule)}")
-    return record(cfg, trainer, metrics)
-
-
-def write_predictions(cfg: DictConfig, datamodule) -> Path:
-    """<run dir>/predictions.jsonl: each test text, its gold label and the prediction (as predict gives it)."""
-    from encoder.predictor import load_model
-
-    raw = datamodule.raw["test"]
-    texts = raw[datamodule.cfg.text_column]
-    if datamodule.cfg.text_pair_column:
-        texts = list(zip(texts, raw[datamodule.cfg.text_pair_column]))
-    rows = load_model(cfg.ckpt_path).predict([t if t is not None else "" for t in texts])
-    gold = raw[datamodule.cfg.label_column] if datamodule.cfg.label_column in raw.column_names else [None] * len(rows)
-    path = Path(cfg.paths.output_dir) / "predictions.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for text, label, row in zip(texts, gold, rows):
-            f.write(json.dumps({"text": text, "gold": label, **row}, ensure_ascii=False) + "\n")
-    return path
-
-
 def train(cfg: DictConfig) -> dict:
     """Run one training job; returns its final metrics (plus `objective` for sweepers)."""
     checked = validate(cfg)
     if not cfg.train:
-        return evaluate(cfg, checked)
+        return evaluate(cfg, build_trainer(cfg))
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_from(cfg, run_dir)
     continuing = ckpt_path is not None and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve()
@@ -273,33 +160,6 @@ def train(cfg: DictConfig) -> dict:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return finish(cfg, trainer, module, datamodule)
-
-
-@contextlib.contextmanager
-def ddp_ranks_run_this_job_only():
-    """Lightning starts the extra DDP ranks as `python train.py <sys.argv[1:]> hydra.run.dir=<run.dir>`.
-    Inside a multirun job that would start a whole sweep per rank, in another directory: point them
-    at this job instead (its overrides, its directory). Afterwards, forget the DDP environment
-    Lightning set up, or the next job would wait for ranks that are never started."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        yield
-        return
-    hydra_cfg = HydraConfig.get()
-    argv, env = sys.argv, dict(os.environ)
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg):
-        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
-    try:
-        yield
-    finally:
-        sys.argv = argv
-        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
-            if key in env:
-                os.environ[key] = env[key]
-            else:
-                os.environ.pop(key, None)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -11,7 +11,7 @@ import importlib
 from encoder.errors import CheckpointError, ConfigError, DataError
 
 _LAZY = {"Encoder": "encoder.model", "EncoderLayer": "encoder.model", "ModelConfig": "encoder.model",
-         "Predictor": "encoder.predictor", "load_model": "encoder.predictor"}
+         "Predictor": "encoder.predictor", "load_model": "encoder.serving"}
 __all__ = ["CheckpointError", "ConfigError", "DataError", *_LAZY]
 __version__ = "0.2.0"
 

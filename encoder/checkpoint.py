@@ -339,23 +339,3 @@ def read(path: str | os.PathLike) -> Saved:
     """A checkpoint file or an export folder."""
     path = Path(path)
     return read_export(path) if path.is_dir() else read_checkpoint(path)
-
-
-def build(saved: Saved, source: str | os.PathLike):
-    """(the task, its model with the saved weights); one CheckpointError line when they do not fit."""
-    from encoder import tasks
-
-    if saved.task not in tasks.names():
-        raise CheckpointError(f"{source} holds a model for task {saved.task!r}, which this version of encoder does "
-                              f"not know (it knows {tasks.names()}); upgrade encoder")
-    task = tasks.get(saved.task)
-    try:
-        model = task.build_model(saved.config)
-        model.load_state_dict(saved.state)
-    except (RuntimeError, ValueError, TypeError) as e:  # ConfigError is a ValueError
-        lines = [line.strip() for line in str(e).strip().splitlines()] or [type(e).__name__]
-        first = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
-                     lines[0])
-        raise CheckpointError(f"{source}: its weights do not fit the architecture it describes ({first}); "
-                              f"re-export it from its checkpoint") from None
-    return task, model

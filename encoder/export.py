@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from encoder import checkpoint, hf, tasks
+from encoder.serving import build
 from encoder.errors import CheckpointError, ConfigError, check_choice
 
 
@@ -43,7 +44,7 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder (nothing was overwritten)")
     saved = checkpoint.read(source)
-    task, model = checkpoint.build(saved, source)
+    task, model = build(saved, source)
     # (a model with segment embeddings, BERT's or one trained on pairs, exports for single texts: segment 0)
     if onnx and not task.onnx:
         able = [t for t in tasks.names() if tasks.get(t).onnx]

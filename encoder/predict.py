@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from encoder.errors import CheckpointError, ConfigError
-from encoder.predictor import load_model
+from encoder.serving import load_model
 
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 BLOCK = 8192  # texts predicted at a time: memory stays bounded, batches inside a block are sorted by length

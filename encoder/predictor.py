@@ -1,22 +1,19 @@
-"""Serving: `encoder.load_model(path)` gives a task's `Predictor`, with `predict(texts)` and `embed(texts)`.
+"""The base of every task's predictor (core): batching texts through a model in inference mode, `embed`,
+the checks of predict's inputs, and an ONNX graph in place of a model. Each task's `Predictor` subclass (in
+encoder/tasks/) adds `predict`; `encoder.load_model` (encoder/serving.py) picks the subclass for a checkpoint.
 
-This module, the tasks' predictors and what they use (the model, the tokenizer, the collator and
-encoder/checkpoint.py) import neither Lightning, torchmetrics, datasets, pandas nor matplotlib:
-serving a model needs torch, tokenizers and safetensors only.
+It imports neither Lightning, torchmetrics, datasets, pandas nor matplotlib, and no task.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from encoder import checkpoint
 from encoder.collate import Collator
-from encoder.errors import CheckpointError
 
 
 class Predictor:
@@ -132,44 +129,3 @@ class OnnxModel(torch.nn.Module):
 
     def embed(self, input_ids, padding_mask, token_type_ids=None) -> torch.Tensor:
         return torch.from_numpy(self._outputs(input_ids, padding_mask)[1])
-
-
-def check_device(device: str | torch.device) -> None:
-    """A device torch knows and this machine has, or one ValueError line."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a device torch knows; use cpu, cuda, cuda:1 or mps") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if not available.get(kind, False):
-        build = f" (this torch {torch.__version__} was built without CUDA)" if kind == "cuda" and not torch.version.cuda else ""
-        raise ValueError(f"device={device!r}: no {kind} device is available here{build}; use cpu")
-
-
-def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 64, backend: str = "torch",
-               int8: bool = False) -> Predictor:
-    """The `Predictor` of a `.ckpt` written by `python train.py` or of a folder written by
-    `python -m encoder.export` (safetensors + JSON: no pickle at all). `backend="onnx"` runs the export's
-    model.onnx with onnxruntime instead (CPU), `int8=True` its int8 graph (export --onnx --int8)."""
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend={backend!r} is unknown; choose torch or onnx")
-    if int8 and backend != "onnx":
-        raise ValueError("int8 runs through onnxruntime: backend='onnx' (predict --backend onnx --int8) on an export "
-                         "made with --onnx --int8")
-    check_device(device)
-    saved = checkpoint.read(path)
-    if backend == "onnx":
-        from encoder import tasks  # (the task modules import this one)
-
-        name = "model.int8.onnx" if int8 else "model.onnx"
-        if not (Path(path) / name).is_file():
-            raise CheckpointError(f"{path} has no {name}; export it with python -m encoder.export CKPT DIR --onnx"
-                                  f"{' --int8' if int8 else ''}")
-        task, model = tasks.get(saved.task), OnnxModel(Path(path) / name, saved.config)
-    else:
-        task, model = checkpoint.build(saved, path)
-    predictor = task.predictor_class(model, Tokenizer.from_str(saved.tokenizer_json), saved.max_length, batch_size,
-                                     saved.label_names)
-    predictor.task = saved.task
-    return predictor.to(device)

@@ -121,7 +121,7 @@ def test_a_signal_during_validation_or_the_test_stops_with_every_step_saved(tmp_
 
 
 def test_stale_temporary_checkpoints_of_dead_processes_are_removed(earlier, tmp_path):
-    import train
+    from encoder.training import runs
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -130,7 +130,7 @@ def test_stale_temporary_checkpoints_of_dead_processes_are_removed(earlier, tmp_
     stale, live = folder / f".last.ckpt.{dead.pid}.tmp", folder / f".last.ckpt.{os.getpid()}.tmp"
     for path in (stale, live):
         path.write_bytes(b"x" * 1000)
-    train.remove_stale_temp_files(folder)
+    runs.remove_stale_temp_files(folder)
     assert not stale.exists() and live.exists()  # a running process may still be writing its own
 
 

@@ -1,9 +1,8 @@
-"""Distillation (encoder/tasks/distillation.py): a tiny teacher checkpoint teaches a tiny student with its
-own tokenizer, through train.py; the teacher's outputs are cached; wrong teachers and evaluation texts
+"""Distillation (encoder/tasks/distillation.py; its teacher: encoder/training/data/teacher.py): a tiny teacher
+checkpoint teaches a tiny student with its own tokenizer, through train.py; the teacher's outputs are cached; wrong teachers and evaluation texts
 in the extra text are kept out."""
 
 import csv
-import json
 import math
 
 import pytest
@@ -15,7 +14,8 @@ import encoder
 from conftest import TINY, compose
 from encoder.checkpoint import stamp
 from encoder.errors import ConfigError, DataError
-from encoder.tasks import Step, distillation, get
+from encoder.tasks import Step, get
+from encoder.training.data import teacher as teaching
 from encoder.training.data.datamodule import TextDataModule
 
 # the teacher has a tokenizer of its own (another vocabulary size)
@@ -60,16 +60,16 @@ def datamodule(tmp_path, teacher, **distill) -> TextDataModule:
 def test_teacher_outputs_are_cached_and_recomputed_when_the_teacher_changes(teacher, tmp_path, rt_files):
     copy = tmp_path / "teacher.ckpt"
     copy.write_bytes(teacher.read_bytes())
-    before = distillation.teacher_batches_run
+    before = teaching.teacher_batches_run
     first = datamodule(tmp_path, copy)
     first.setup()
-    assert distillation.teacher_batches_run > before  # the teacher ran
+    assert teaching.teacher_batches_run > before  # the teacher ran
     outputs = first.datasets["train"]["teacher"]
     assert len(outputs) == 200 and len(outputs[0]) == 2
-    before = distillation.teacher_batches_run
+    before = teaching.teacher_batches_run
     again = datamodule(tmp_path, copy)
     again.setup()
-    assert distillation.teacher_batches_run == before  # a second run reuses the cached outputs
+    assert teaching.teacher_batches_run == before  # a second run reuses the cached outputs
     assert again.datasets["train"]["teacher"] == outputs
     ckpt = torch.load(copy, weights_only=True)
     ckpt["state_dict"]["model.classifier.bias"] += 1.0  # the same file, other weights (e.g. retrained)
@@ -77,7 +77,7 @@ def test_teacher_outputs_are_cached_and_recomputed_when_the_teacher_changes(teac
     torch.save(ckpt, copy)
     changed = datamodule(tmp_path, copy)
     changed.setup()
-    assert distillation.teacher_batches_run > before  # recomputed
+    assert teaching.teacher_batches_run > before  # recomputed
     assert changed.datasets["train"]["teacher"] != outputs
 
 
@@ -123,7 +123,7 @@ def test_no_evaluation_text_reaches_training_through_extra_text(teacher, tmp_pat
 
 def test_the_loss_mixes_the_teacher_term_and_the_gold_labels():
     # classification: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE on labelled rows only
-    task = distillation.taught(get("classification"), {"teacher": "t.ckpt", "temperature": 2.0, "alpha": 0.25})
+    task = teaching.taught(get("classification"), {"teacher": "t.ckpt", "temperature": 2.0, "alpha": 0.25})
     student = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-1.0, 3.0]])
     teacher = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-2.0, 2.0]])
     labels = torch.tensor([0, -100, 1])  # the middle example has no gold label (extra text)
@@ -140,7 +140,7 @@ def test_the_loss_mixes_the_teacher_term_and_the_gold_labels():
     assert math.isclose(step.loss.item(), expected.item(), rel_tol=1e-6)
     assert step.targets.tolist() == [0, 1] and step.count == 3
     # regression: alpha * MSE to the teacher + (1 - alpha) * MSE to the gold value (NaN: none)
-    task = distillation.taught(get("regression"), {"teacher": "t.ckpt", "alpha": 0.5})
+    task = teaching.taught(get("regression"), {"teacher": "t.ckpt", "alpha": 0.5})
     values = torch.tensor([[1.0], [2.0], [3.0]])
     Fixed.forward = lambda self, *args: values
     gold = torch.tensor([1.5, float("nan"), 2.0])
@@ -153,7 +153,7 @@ def test_the_loss_mixes_the_teacher_term_and_the_gold_labels():
 
 def test_augmented_texts_are_seeded_varied_and_follow_the_rules():
     texts = ["a gorgeous , witty , seductive movie", "dull and lifeless", "a joy to watch from start to end"]
-    first, again, other = (distillation.augment(texts, 20, seed) for seed in (0, 0, 1))
+    first, again, other = (teaching.augment(texts, 20, seed) for seed in (0, 0, 1))
     assert first == again and first != other and len(first) == 60
     words = {w for t in texts for w in t.split()}
     assert all(set(v.split()) <= words | {"[MASK]"} for v in first)  # masked, swapped or cut; nothing invented
@@ -162,18 +162,18 @@ def test_augmented_texts_are_seeded_varied_and_follow_the_rules():
 
 
 def test_augmented_variants_are_labelled_by_the_teacher_and_cached(teacher, tmp_path, rt_files):
-    before = distillation.teacher_batches_run
+    before = teaching.teacher_batches_run
     dm = datamodule(tmp_path, teacher, augment=4)
     dm.setup()
     train = dm.datasets["train"]
     variants = [i for i, y in enumerate(train["labels"]) if y == -100]
     assert 200 * 3 < len(variants) <= 200 * 4  # 4 per text, less the empty ones
     assert all(len(train[i]["teacher"]) == 2 for i in variants)  # the teacher's logits, no gold label
-    assert distillation.teacher_batches_run > before
-    seen = distillation.teacher_batches_run
+    assert teaching.teacher_batches_run > before
+    seen = teaching.teacher_batches_run
     again = datamodule(tmp_path, teacher, augment=4)
     again.setup()
-    assert distillation.teacher_batches_run == seen  # the variants and their labels come from the cache
+    assert teaching.teacher_batches_run == seen  # the variants and their labels come from the cache
     assert again.datasets["train"]["input_ids"] == train["input_ids"]
 
 
@@ -186,8 +186,8 @@ def test_no_augmented_variant_reads_as_an_evaluation_text(teacher, tmp_path):
     raw = {"train": Dataset.from_dict({"text": ["dull movie"] * 10 + ["a joy to watch"] * 10}),
            "test": Dataset.from_dict({"text": ["DULL"]})}
     tokenizer = encoder.load_model(teacher).tokenizer
-    kept = distillation._variants(raw, DataConfig(), 30, 0, tmp_path, tokenizer)["text"]
-    everything = distillation.augment(raw["train"]["text"], 30, 0)
+    kept = teaching._variants(raw, DataConfig(), 30, 0, tmp_path, tokenizer)["text"]
+    everything = teaching.augment(raw["train"]["text"], 30, 0)
     assert "dull" in everything  # the rules do produce it
     assert kept and all(v.strip().lower() != "dull" for v in kept)
     assert len(kept) == len([v for v in everything if v.strip() and v.lower() != "dull"])

@@ -11,13 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import encoder
 
 from conftest import ROOT, compose
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-HUB = ("imdb", "rotten_tomatoes", "ag_news", "sst2", "yelp_polarity", "mrpc", "rte", "conll2003", "wikitext103")
+# data configs read from the Hub: a `path` that is neither a local file format nor an offline `source`
+HUB = tuple(p.stem for p in (ROOT / "configs" / "data").glob("*.yaml")
+            if (lambda c: c.get("path", "csv") not in ("csv", "json", "parquet", "text") and not c.get("source"))(
+                yaml.safe_load(p.read_text(encoding="utf-8"))))
 BUDGET = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
           "trainer.limit_test_batches=1", "data.max_train_samples=64", "data.max_eval_samples=32",
           "~callbacks.tensorboard_visuals", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"]

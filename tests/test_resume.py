@@ -94,7 +94,7 @@ def test_resume_at_epoch_boundary_matches_straight_training(straight, tmp_path):
 
 
 def test_resume_auto_picks_the_newest_last_checkpoint_of_the_experiment(straight, tmp_path):
-    import train
+    from encoder.training import runs
 
     from encoder.errors import ConfigError
 
@@ -106,9 +106,9 @@ def test_resume_auto_picks_the_newest_last_checkpoint_of_the_experiment(straight
     os.utime(old / "last.ckpt", (1, 1))
     (finished.parent / "metrics.json").write_text("{}")  # the newest, but it finished: not resumed
     cfg = compose(EXACT + ["resume=auto"], experiment / "d")
-    assert train.resume_from(cfg, experiment / "d") == str(new / "last.ckpt")
+    assert runs.resume_from(cfg, experiment / "d") == str(new / "last.ckpt")
     with pytest.raises(ConfigError, match="resume=auto found no unfinished run"):
-        train.resume_from(compose(EXACT + ["resume=auto"], tmp_path / "empty" / "c"), tmp_path / "empty" / "c")
+        runs.resume_from(compose(EXACT + ["resume=auto"], tmp_path / "empty" / "c"), tmp_path / "empty" / "c")
 
 
 @pytest.mark.parametrize("override,difference", [

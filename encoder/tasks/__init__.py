@@ -56,7 +56,7 @@ class Task(ABC):
     train_metric: str = "acc"  # logged as train/<train_metric>
     onnx: bool = False  # python -m encoder.export --onnx can write its graph
     confusion_matrix: bool = False  # TensorBoard draws one per validation epoch
-    carries: tuple[str, ...] = ()  # more columns its batches carry (distillation: the teacher's outputs)
+    carries: tuple[str, ...] = ()  # more columns its batches carry (a teacher's outputs: encoder/training/data/teacher.py)
     needs_teacher: bool = False  # it learns from distill.teacher alone (embedding), which must be set
     model_class: type[nn.Module]
     predictor_class: type
@@ -66,8 +66,9 @@ class Task(ABC):
         the checkpoint (embedding: the head's width is the teacher's)."""
         return model
 
-    def with_teacher(self, **distill) -> "Task":
-        """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields)."""
+    def with_teacher(self, teacher_width: int, **distill) -> "Task":
+        """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields), whose
+        vectors are `teacher_width` wide (encoder/training/data/teacher.py runs the teacher and measures it)."""
         raise NotImplementedError(f"task={self.name} does not learn from a teacher by itself")
 
     # ---- what an example's label is: read by the data checks, learnt by the model, batched by the collator ----
@@ -106,11 +107,6 @@ class Task(ABC):
         """A one-text batch (32 tokens) of model inputs: the model summary shows shapes and FLOPs for it."""
         length = min(32, cfg.max_positions)
         return torch.full((1, length), cfg.vocab_size - 1), torch.zeros(1, length, dtype=torch.bool)
-
-    def prepare(self, raw: dict, data, label_names: list[str] | None, cache_dir) -> dict:
-        """The raw splits (`datasets`), after label checks and before tokenization: a task may add
-        columns here (those named in `carries`)."""
-        return raw
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         """An example's label as text (TensorBoard's projector), '-' where there is none."""

@@ -14,31 +14,20 @@ sentence-transformers model (the projection is its Dense module), and it starts 
 `python train.py model.init_from=<its .ckpt>` (the encoder is taken, the projection left).
 
 The teacher reads each raw text once, before training, with its own tokenizer; its vectors become a
-`teacher` column cached by `datasets`, keyed by its weights and the data (as for task distillation).
+`teacher` column cached by `datasets`, keyed by its weights and the data (as for task distillation). Running
+it is the training layer's work (encoder/training/data/teacher.py); this module only learns from its vectors.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import nn
 
-from encoder import checkpoint
 from encoder.errors import ConfigError
-from encoder.hf import load_bert
 from encoder.model import ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor, load_model
+from encoder.predictor import Predictor
 from encoder.tasks import Step, Task
-from encoder.tasks.distillation import _extra_texts, _weights_digest
-from encoder.tokenizer import as_text, fingerprint
-
-log = logging.getLogger(__name__)
 
 
 class EncoderForEmbedding(TaskModel):
@@ -81,24 +70,24 @@ class Embedding(Task):
     carries = ("teacher",)
     needs_teacher = True  # configs: task=embedding without distill.teacher is refused
 
-    def __init__(self, teacher: str | None = None, batch_size: int = 128, extra_text: str | None = None,
-                 extra_text_column: str = "text", **unused):
-        self.teacher, self.batch_size = teacher, batch_size
+    def __init__(self, teacher: str | None = None, teacher_width: int | None = None, batch_size: int = 128,
+                 extra_text: str | None = None, extra_text_column: str = "text", **unused):
+        self.teacher, self.teacher_width, self.batch_size = teacher, teacher_width, batch_size
         self.extra_text, self.extra_text_column = extra_text, extra_text_column
 
-    def with_teacher(self, **distill) -> "Embedding":
-        """This task learning from `distill["teacher"]` (the other DistillConfig fields it uses: batch_size,
-        extra_text; configs refuse the ones it does not)."""
-        return Embedding(**distill)
+    def with_teacher(self, teacher_width: int, **distill) -> "Embedding":
+        """This task learning from `distill["teacher"]`, whose vectors are `teacher_width` wide (the other
+        DistillConfig fields it uses: batch_size, extra_text; configs refuse the ones it does not)."""
+        return Embedding(teacher_width=teacher_width, **distill)
 
     # ---- the model ------------------------------------------------------------------------------
     def architecture(self, model: dict) -> dict:
         if model.get("pooler"):
             raise ConfigError("task=embedding projects the pooled vector to the teacher's width itself; set "
                               "model.pooler=false")
-        if self.teacher is None:  # a saved model: its width is in its config
+        if self.teacher_width is None:  # a saved model: its width is in its config
             return model
-        return {**model, "num_labels": self._teacher().embed(["width"]).shape[-1]}
+        return {**model, "num_labels": self.teacher_width}
 
     def step(self, model: nn.Module, batch: dict) -> Step:
         student = model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float()
@@ -112,63 +101,6 @@ class Embedding(Task):
 
     def sentence_dense(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         return {"linear.weight": state["projection.weight"], "linear.bias": state["projection.bias"]}
-
-    # ---- data: the teacher's vectors, computed once and cached ------------------------------------
-    def prepare(self, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
-        predictor = self._teacher()
-        digest = _teacher_digest(Path(self.teacher))
-        if self.extra_text:
-            from datasets import concatenate_datasets  # (training only: tasks are core)
-
-            extra = _extra_texts(self.extra_text, self.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
-            raw = {**raw, "train": concatenate_datasets([raw["train"].select_columns([data.text_column]), extra])}
-            log.info("task=embedding: %d extra texts join %d training texts", len(extra), len(raw["train"]) - len(extra))
-
-        def run_teacher(batch: dict) -> dict:
-            vectors = predictor.embed([as_text(t) for t in batch[data.text_column]])
-            return {"teacher": F.normalize(vectors, dim=-1).tolist()}
-
-        out = {split: ds.select_columns([data.text_column]).map(
-            run_teacher, batched=True, batch_size=1024, desc=f"teacher embeddings ({split})",
-            new_fingerprint=fingerprint(ds._fingerprint, data.text_column, digest, "embedding-v1"))
-            for split, ds in raw.items()}
-        log.info("task=embedding: teacher %s (%d-wide vectors, weights %s)", self.teacher,
-                 len(out["train"][0]["teacher"]), digest)
-        return out
-
-    @functools.cache
-    def _teacher(self) -> Predictor:
-        return embedder(self.teacher, self.batch_size)
-
-
-def embedder(teacher: str, batch_size: int = 128) -> Predictor:
-    """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors), or a BERT-style or
-    sentence-transformers folder (its last layer pooled as its 1_Pooling config says; mean pooling, as
-    all-MiniLM-L6-v2, when it says nothing). A known name arrives here as its folder (train.py resolves it)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(teacher)
-    if not path.exists():
-        raise ConfigError(f"distill.teacher={teacher} is neither a file, a folder nor a known name such as "
-                          f"all-MiniLM-L6-v2")
-    if path.is_file() or checkpoint.is_export(path):
-        return load_model(path, device=device, batch_size=batch_size)
-    arch, state, tokenizer_json = load_bert(path)
-    pooling = "mean"
-    pooling_config = path / "1_Pooling" / "config.json"
-    if pooling_config.is_file():
-        pooling = "cls" if json.loads(pooling_config.read_text()).get("pooling_mode_cls_token") else "mean"
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    cfg = ModelConfig.from_dict({**arch, "vocab_size": tokenizer.get_vocab_size(), "pooling": pooling,
-                                 "pad_token_id": tokenizer.token_to_id("[PAD]") or 0})
-    model = TaskModel(cfg)
-    model.load_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, strict=False)
-    return Predictor(model, tokenizer, min(cfg.max_positions, 512), batch_size).to(device)
-
-
-def _teacher_digest(path: Path) -> str:
-    if path.is_file() or checkpoint.is_export(path):
-        return _weights_digest(path)
-    return checkpoint.sha256(path / "model.safetensors")[:16]
 
 
 TASK = Embedding()

@@ -89,7 +89,7 @@ class TokenClassification(Task):
     def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
         from torchmetrics.classification import MulticlassAccuracy
 
-        from encoder.training.metrics import EntityF1
+        from encoder.metrics import EntityF1  # (it imports torchmetrics, which serving never loads)
 
         metrics = {"acc": MulticlassAccuracy(cfg.num_labels, average="micro", ignore_index=-100)}
         if is_bio(label_names):

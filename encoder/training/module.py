@@ -23,7 +23,7 @@ from torch import nn
 from encoder import tasks
 from encoder.checkpoint import architecture, stamp
 from encoder.model import ModelConfig
-from encoder.tasks.distillation import taught
+from encoder.training.data.teacher import taught
 from encoder.training.config import OptimConfig, TaskConfig
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """A LightningDataModule over Hugging Face `datasets`: labelled texts, or a raw corpus for MLM.
 
     raw splits (loading.py) -> labels checked (labels.py) -> empty corpus texts dropped
+    -> a teacher's outputs (teacher.py, when distill.teacher is set)
     -> tokenizer (trained on train and cached, or loaded) -> token ids (encoding.py, cached by
     fingerprint) -> length-grouped sampler (sampler.py) -> Collator (padding + padding_mask, + MLM masking)
 
@@ -22,7 +23,6 @@ from torch.utils.data import DataLoader
 from encoder import tasks
 from encoder.collate import Collator
 from encoder.errors import ConfigError, DataError
-from encoder.tasks.distillation import taught
 from encoder.tokenizer import SPECIAL_TOKENS, TokenizerConfig, as_text, fingerprint, get_tokenizer
 from encoder.training.config import DataConfig
 from encoder.training.data.encoding import encoder_for
@@ -30,6 +30,7 @@ from encoder.training.data.labels import prepare_labels
 from encoder.training.data.loading import describe, load_splits
 from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
 from encoder.training.data.sources import default_cache_dir
+from encoder.training.data.teacher import taught, teach
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class TextDataModule(L.LightningDataModule):
         mapping = None
         if self.labelled:
             self.label_names, mapping = prepare_labels(raw, self.cfg, self.task)
-        raw = self.task.prepare(self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)
+        raw = teach(self.task, self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)  # a teacher's outputs
         self.raw = raw  # the texts as read (predictions.jsonl quotes them)
         self.tokenizer = self._tokenizer(raw.get("train") or next(iter(raw.values())))
         self.collator = self._collator()

@@ -1,7 +1,10 @@
 """A metric torchmetrics lacks: entity-level precision, recall and F1 for BIO tags, as
 seqeval/conlleval count them (task=token_classification). An entity is a maximal run B-X I-X ...
 (an I-X after O or after another type also starts one), and a predicted entity counts only if its
-type, start and end all match a true one."""
+type, start and end all match a true one.
+
+Core, like the tasks, but imported only inside a task's `metrics()` (which only training calls): it imports
+torchmetrics, which serving never loads."""
 
 from __future__ import annotations
 

@@ -1,0 +1,275 @@
+"""The teacher's half of distillation (training layer): a teacher reads the raw texts once, before training, and
+its outputs become a `teacher` column of the data, cached by `datasets` next to the tokenized data and keyed by
+the teacher's weights and the data's fingerprint; it never runs inside the training loop.
+
+- `taught(task, distill)`: the task a run trains: `task` itself, `task` taught by a task teacher
+  (`encoder/tasks/distillation.py`'s `Distilled`: its loss and metrics), or a task that learns from a teacher by
+  itself (`needs_teacher`: task=embedding), given the width of the teacher's vectors.
+- `teach(task, raw, ...)`: the raw splits with the teacher's outputs: a task teacher's logits (classification)
+  or value (regression), read by `load_model`; a sentence embedder's L2-normalised vectors (`embedder`: a
+  checkpoint or export of ours, or a BERT-style or sentence-transformers folder).
+- `distill.extra_text`: unlabelled text (an offline source or files) the teacher labels, appended to the
+  training split, without any text that reads as a validation or test text.
+- `distill.augment`: N variants of each training text by rules that need no external resource (Tang et al.
+  2019), seeded, written once to the cache and labelled by the teacher only.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import concatenate_datasets, load_dataset
+from tokenizers import Tokenizer
+
+from encoder import checkpoint
+from encoder.errors import ConfigError, DataError
+from encoder.hf import load_bert
+from encoder.model import ModelConfig, TaskModel
+from encoder.predictor import Predictor
+from encoder.serving import load_model
+from encoder.tasks import Task
+from encoder.tasks.distillation import Distilled, check_teaching
+from encoder.tokenizer import as_text, fingerprint
+from encoder.training.data.loading import load_error
+from encoder.training.data.sources import SOURCES
+
+log = logging.getLogger(__name__)
+teacher_batches_run = 0  # how many batches a task teacher has labelled in this process (tests read it)
+
+
+def taught(task: Task, distill: dict | None) -> Task:
+    """`task` itself, or `task` taught by `distill["teacher"]` (DistillConfig's fields)."""
+    check_teaching(task, distill or {})
+    if not distill or not distill.get("teacher"):
+        return task
+    if task.needs_teacher:  # a task that learns from a teacher by itself (embedding): it needs its width
+        width = embedder(distill["teacher"], distill.get("batch_size", 128)).embed(["width"]).shape[-1]
+        return task.with_teacher(teacher_width=width, **distill)
+    return Distilled(task, **distill)
+
+
+def teach(task: Task, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
+    """The raw splits (after the label checks, before tokenization) with the `teacher` column `task` carries."""
+    if isinstance(task, Distilled):
+        return _task_outputs(task, raw, data, label_names, cache_dir)
+    if task.needs_teacher:
+        return _embeddings(task, raw, data, cache_dir)
+    return raw
+
+
+def _task_outputs(task: Distilled, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
+    """`raw` splits with a `teacher` column: the teacher's outputs (logits, or its value), with the extra text and
+    the augmented variants it labels appended to train."""
+    predictor = load_model(task.teacher, device="cuda" if torch.cuda.is_available() else "cpu",
+                           batch_size=task.batch_size)
+    if predictor.task != task.name or predictor.label_names != label_names:
+        raise DataError(f"distill.teacher={task.teacher} was trained for task={predictor.task} with labels "
+                        f"{predictor.label_names}; this run is task={task.name} with labels {label_names}: "
+                        f"train the teacher on this data first")
+    digest = _weights_digest(Path(task.teacher))
+    columns = [c for c in (data.text_column, data.text_pair_column, data.label_column) if c]
+    out = {split: _label(ds.select_columns(columns), predictor, data, digest) for split, ds in raw.items()}
+    cached = next((f["filename"] for ds in out.values() for f in ds.cache_files), "memory")
+    log.info("distillation: teacher %s (weights %s), its outputs cached in %s (reused while the teacher and "
+             "the data are unchanged)", task.teacher, digest, Path(cached).parent)
+    if task.extra_text:
+        extra = _extra_texts(task.extra_text, task.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
+        extra = _label(extra, predictor, data, digest)
+        out["train"] = _concatenate(out["train"], extra, data)
+        log.info("distillation: %d extra texts labelled by the teacher join %d training examples",
+                 len(extra), len(raw["train"]))
+    if task.augment:
+        variants = _variants(raw, data, task.augment, task.augment_seed, cache_dir, predictor.tokenizer)
+        if variants is not None:
+            out["train"] = _concatenate(out["train"], _label(variants, predictor, data, digest), data)
+        log.info("distill.augment: %d variants of the training texts, labelled by the teacher, join them",
+                 len(variants or []))
+    return out
+
+
+def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
+    """`raw` splits with a `teacher` column: the teacher's L2-normalised sentence vector of each text (extra text
+    appended to train)."""
+    predictor = embedder(task.teacher, task.batch_size)
+    digest = _teacher_digest(Path(task.teacher))
+    if task.extra_text:
+        extra = _extra_texts(task.extra_text, task.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
+        raw = {**raw, "train": concatenate_datasets([raw["train"].select_columns([data.text_column]), extra])}
+        log.info("task=embedding: %d extra texts join %d training texts", len(extra), len(raw["train"]) - len(extra))
+
+    def run_teacher(batch: dict) -> dict:
+        vectors = predictor.embed([as_text(t) for t in batch[data.text_column]])
+        return {"teacher": F.normalize(vectors, dim=-1).tolist()}
+
+    out = {split: ds.select_columns([data.text_column]).map(
+        run_teacher, batched=True, batch_size=1024, desc=f"teacher embeddings ({split})",
+        new_fingerprint=fingerprint(ds._fingerprint, data.text_column, digest, "embedding-v1"))
+        for split, ds in raw.items()}
+    log.info("task=embedding: teacher %s (%d-wide vectors, weights %s)", task.teacher,
+             len(out["train"][0]["teacher"]), digest)
+    return out
+
+
+
+@functools.lru_cache(maxsize=2)  # (taught() asks it for the width, teach() for the vectors: one load)
+def embedder(teacher: str, batch_size: int = 128) -> Predictor:
+    """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors), or a BERT-style or
+    sentence-transformers folder (its last layer pooled as its 1_Pooling config says; mean pooling, as
+    all-MiniLM-L6-v2, when it says nothing). A known name arrives here as its folder (train.py resolves it)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(teacher)
+    if not path.exists():
+        raise ConfigError(f"distill.teacher={teacher} is neither a file, a folder nor a known name such as "
+                          f"all-MiniLM-L6-v2")
+    if path.is_file() or checkpoint.is_export(path):
+        return load_model(path, device=device, batch_size=batch_size)
+    arch, state, tokenizer_json = load_bert(path)
+    pooling = "mean"
+    pooling_config = path / "1_Pooling" / "config.json"
+    if pooling_config.is_file():
+        pooling = "cls" if json.loads(pooling_config.read_text()).get("pooling_mode_cls_token") else "mean"
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    cfg = ModelConfig.from_dict({**arch, "vocab_size": tokenizer.get_vocab_size(), "pooling": pooling,
+                                 "pad_token_id": tokenizer.token_to_id("[PAD]") or 0})
+    model = TaskModel(cfg)
+    model.load_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, strict=False)
+    return Predictor(model, tokenizer, min(cfg.max_positions, 512), batch_size).to(device)
+
+
+def _teacher_digest(path: Path) -> str:
+    if path.is_file() or checkpoint.is_export(path):
+        return _weights_digest(path)
+    return checkpoint.sha256(path / "model.safetensors")[:16]
+
+
+def _weights_digest(path: Path) -> str:
+    """Identifies the teacher: the sha256 of its file (a .ckpt) or of its weights and config (an export)."""
+    files = [path] if path.is_file() else [path / name for name in checkpoint.EXPORT_FILES]
+    return hashlib.sha256("".join(checkpoint.sha256(f) for f in files).encode()).hexdigest()[:16]
+
+
+def _label(ds, predictor, data, digest: str):
+    """`ds` with the teacher's outputs per example (cached by `datasets`, keyed by data and teacher)."""
+    def run_teacher(batch: dict) -> dict:
+        global teacher_batches_run
+        teacher_batches_run += 1
+        texts = [as_text(t) for t in batch[data.text_column]]  # the reading of a text training uses
+        if data.text_pair_column:
+            texts = list(zip(texts, [as_text(t) for t in batch[data.text_pair_column]]))
+        return {"teacher": predictor._run(texts, predictor.model).tolist()}
+
+    return ds.map(run_teacher, batched=True, batch_size=1024, desc="teacher outputs",
+                  new_fingerprint=fingerprint(ds._fingerprint, digest, "teacher-v1"))
+
+
+def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path, tokenizer):
+    """Unlabelled texts from an offline source or files, without any text of the evaluation splits: compared
+    as `tokenizer` reads them (normalised and split into words), so that case, accent and spacing variants of
+    an evaluation text are dropped too."""
+    if source in SOURCES:
+        files = SOURCES[source](cache_dir)
+    elif glob.glob(source):
+        files = {"train": source}
+    else:
+        raise DataError(f"distill.extra_text={source} is neither an offline source {sorted(SOURCES)} nor "
+                        f"existing files")
+    suffix = Path(next(iter(files.values()))).suffix.lstrip(".")
+    builder = {"txt": "text", "jsonl": "json"}.get(suffix, suffix)
+    try:
+        extra = load_dataset(builder, data_files=files)["train"]
+    except Exception as e:  # noqa: BLE001 - one line
+        raise load_error(e, f"distill.extra_text={source}", builder) from None
+    if column not in extra.column_names:
+        raise DataError(f"distill.extra_text_column={column!r} is not a column of {source}; "
+                        f"its columns are {extra.column_names}")
+    read = _reading(tokenizer)
+    held_out = {read(t) for split in ("validation", "test") if split in raw for t in raw[split][data.text_column]}
+    kept = extra.filter(lambda b: [bool(t and t.strip()) and read(t) not in held_out for t in b[column]],
+                        batched=True, desc="dropping evaluation and empty texts")
+    log.info("distill.extra_text: %d of %d texts kept (evaluation and empty texts removed)", len(kept), len(extra))
+    return kept.select_columns([column]).rename_column(column, data.text_column) if column != data.text_column \
+        else kept.select_columns([column])
+
+
+# ---- augmentation (Tang et al. 2019, "Distilling task-specific knowledge from BERT into simple neural
+# networks"): rules that need no external resource, applied word by word -------------------------------
+P_MASK, P_SWAP, P_NGRAM = 0.1, 0.1, 0.25
+
+
+def augment(texts: list[str], n: int, seed: int) -> list[str]:
+    """`n` variants of each text: each word masked ([MASK]) with probability P_MASK, or with P_SWAP replaced by
+    a word of the same kind (one that follows the same word somewhere in `texts`, as Tang et al. replace by
+    part of speech), then with P_NGRAM only an n-gram of 1-5 words of the result kept. Deterministic for a seed."""
+    rng = random.Random(seed)
+    followers: dict[str, list[str]] = {}
+    for text in texts:
+        words = text.split()
+        for before, word in zip(["<s>", *words], words):
+            followers.setdefault(before.lower(), []).append(word)
+    out = []
+    for text in texts:
+        words = text.split()
+        for _ in range(n if words else 0):
+            new = []
+            for before, word in zip(["<s>", *words], words):
+                draw = rng.random()
+                if draw < P_MASK:
+                    new.append("[MASK]")
+                elif draw < P_MASK + P_SWAP:
+                    new.append(rng.choice(followers[before.lower()]))
+                else:
+                    new.append(word)
+            if rng.random() < P_NGRAM:
+                size = rng.randint(1, min(5, len(new)))
+                start = rng.randint(0, len(new) - size)
+                new = new[start : start + size]
+            out.append(" ".join(new))
+    return out
+
+
+def _variants(raw: dict, data, n: int, seed: int, cache_dir: Path, tokenizer):
+    """The variants of the training texts as a dataset, written once to the cache (so the teacher's labels of
+    them are cached too), without any that reads as an evaluation text or is empty."""
+    train = raw["train"]
+    path = Path(cache_dir) / "augmented" / f"{fingerprint(train._fingerprint, data.text_column, n, seed, 'v1')}.jsonl"
+    if not path.is_file():
+        read = _reading(tokenizer)
+        held_out = {read(t) for split in ("validation", "test") if split in raw for t in raw[split][data.text_column]}
+        variants = [v for v in augment([as_text(t) for t in train[data.text_column]], n, seed)
+                    if v.strip() and read(v) not in held_out]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text("".join(json.dumps({data.text_column: v}) + "\n" for v in variants), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return load_dataset("json", data_files=str(path), split="train") if path.stat().st_size else None
+
+
+def _reading(tokenizer):
+    """text -> its words as `tokenizer` sees them (after its normaliser and pre-tokenizer), case folded."""
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+
+    def read(text) -> str:
+        text = normalizer.normalize_str(text or "") if normalizer else (text or "")
+        words = [w for w, _ in pre_tokenizer.pre_tokenize_str(text)] if pre_tokenizer else text.split()
+        return " ".join(w.strip() for w in words if w.strip()).casefold()
+
+    return read
+
+
+def _concatenate(train, extra, data):
+    """Training examples, then the extra texts (gold label: none)."""
+    extra = extra.add_column(data.label_column, [None] * len(extra))
+    extra = extra.cast(train.features)
+    return concatenate_datasets([train, extra])
