@@ -95,8 +95,9 @@ def test_bad_input_fails_in_one_line_before_training(overrides, message, tmp_pat
 @pytest.mark.parametrize("overrides,message", [
     (["model=huge"], "error: model=huge is not a config of the model group; choose one of ['base', 'minilm_l3', 'minilm_l6', "
                      "'small', 'tiny']"),
-    (["optim.lrr=1e-3"], "error: unknown key optim.lrr (did you mean optim.lr?); known keys are ['betas', 'eps', "
-                         "'fused', 'lr', 'min_lr_ratio', 'schedule', 'warmup_ratio', 'warmup_steps', 'weight_decay']"),
+    (["optim.lrr=1e-3"], "error: unknown key optim.lrr (did you mean optim.lr?); known keys are ['betas', "
+                         "'decay_ratio', 'eps', 'fused', 'lr', 'min_lr_ratio', 'schedule', 'warmup_ratio', "
+                         "'warmup_steps', 'weight_decay']"),
     (["-m", "optim.lr=1e-4,abc"], "error: optim.lr: Value 'abc' of type 'str' could not be converted to Float"),
     (["optim.lr=[1"], "error: cannot read the override 'optim.lr=[1': no viable alternative at input '[1'"),
 ])

@@ -195,3 +195,15 @@ def test_adamw_decays_weight_matrices_only_and_the_lr_warms_up_then_decays():
     # linear warmup over 10 steps to the peak, then linear decay to 0 at step 100
     schedule = setup["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert [schedule(s) for s in (0, 4, 9, 10, 55, 100)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.5, 0.0])
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_over_the_last_share_of_steps():
+    """optim.schedule=wsd (the MLM recipe the field moved to): warmup, the peak rate until the last decay_ratio of
+    the steps, then linear to min_lr_ratio; a longer run (a resume with more steps) stays at the peak longer."""
+    from encoder.training.module import warmup_then_decay
+
+    wsd = [warmup_then_decay(s, warmup=10, total=100, schedule="wsd", min_ratio=0.1, decay_ratio=0.2)
+           for s in (0, 9, 10, 50, 80, 90, 100)]
+    assert wsd == pytest.approx([0.1, 1.0, 1.0, 1.0, 1.0, 0.55, 0.1])
+    longer = warmup_then_decay(90, warmup=10, total=200, schedule="wsd", min_ratio=0.1, decay_ratio=0.2)
+    assert longer == 1.0

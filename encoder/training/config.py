@@ -33,7 +33,7 @@ from encoder.model_config import ModelConfig
 from encoder.tokenizer import TokenizerConfig
 from encoder.training.data.sources import SOURCES
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 NONFINITE = ("stop", "skip")
 LONG_TEXTS = ("truncate", "chunk")
 DERIVED = ("vocab_size", "pad_token_id", "num_labels")  # decided by the tokenizer and the data
@@ -77,6 +77,7 @@ class OptimConfig:
     warmup_steps: Optional[int] = None
     schedule: str = "linear"
     min_lr_ratio: float = 0.0
+    decay_ratio: float = 0.1  # schedule=wsd: the share of all steps, at the end, over which the rate decays
     # None: the fused kernel on CPU and CUDA (on CPU the optimizer step is 4x, a training step ~1.09x faster)
     fused: Optional[bool] = None
 
@@ -94,6 +95,9 @@ class OptimConfig:
             raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if not 0.0 < self.decay_ratio <= 1.0:
+            raise ConfigError(f"optim.decay_ratio={self.decay_ratio} must be in (0, 1] (the share of the steps that "
+                              f"schedule=wsd spends decaying)")
 
 
 @dataclass

@@ -29,12 +29,19 @@ from encoder.training.config import OptimConfig, TaskConfig
 log = logging.getLogger(__name__)
 
 
-def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, then cosine or linear decay to `min_ratio` at `total`."""
+def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_ratio: float,
+                      decay_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup to 1, then cosine or linear decay to `min_ratio` at `total`; or, for "wsd"
+    (warmup-stable-decay, as MiniCPM and ModernBERT train), 1 until the last `decay_ratio` of the steps, then a
+    linear decay to `min_ratio` at `total`."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        decay_start = max(warmup, total - round(decay_ratio * total))
+        progress = min(1.0, max(0, step - decay_start) / max(1, total - decay_start))
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return min_ratio + (1.0 - min_ratio) * decay
@@ -185,6 +192,6 @@ class EncoderModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_ratio * total)
         schedule = functools.partial(warmup_then_decay, warmup=max(1, warmup), total=total,
-                                     schedule=o.schedule, min_ratio=o.min_lr_ratio)
+                                     schedule=o.schedule, min_ratio=o.min_lr_ratio, decay_ratio=o.decay_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
