@@ -1,15 +1,18 @@
 """Pretraining at corpus scale: what `task=mlm` costs before and during its first steps, as the corpus grows.
 
-    python benchmarks/corpus.py                         # 20 MB and 200 MB, data.num_proc=1 and 2
-    python benchmarks/corpus.py --sizes 20 200 2000 --procs 2
+    python benchmarks/corpus.py --record              # 20 MB and 200 MB: 1 core, 2 cores, 2 cores + data.num_proc=2
+    python benchmarks/corpus.py --sizes 1000 --runs 1x2 --record
 
 The corpus is real English: the sentences of the offline Rotten Tomatoes corpus, drawn (seeded) into
 documents of 3-30 sentences, one document per line, until the file has the size asked for. Each run is
-`python train.py task=mlm data=local_files data.path=text model=tiny data.max_length=128 trainer.max_steps=20`
-from an empty cache (what the issue measured), in its own process; this script samples the resident memory of
+`python train.py task=mlm data=local_files data.path=text model=tiny data.max_length=128 trainer.max_steps=20
+data.max_eval_samples=2000` from an empty cache, in its own process; this script samples the resident memory of
 that process and of every process it starts (the tokenizing workers of `data.num_proc`), summed, every 0.1 s.
-Preparation is the time from the start to the datamodule's "data.packing:" log line (reading, tokenizer
-training, tokenization and packing); the rest is the 20 steps and validation. Run it alone on the machine.
+"Prepared at" is the time from the start to the datamodule's "data.packing:" log line (imports, reading, tokenizer
+training, tokenization and packing); between two sizes its difference gives the preparation time per MB. The rest
+is the 20 steps and a validation of 2,000 rows (data.max_eval_samples: the validation split, 10% of the corpus, is
+still prepared in full). One core: the run is pinned with taskset (the tokenizers library already encodes a
+batch on every core it may use). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def sentences() -> list[str]:
     for path in files.values():
         with open(path, encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                out += [s.strip() for s in re.split(r"(?<=[.!?])\s+", row["text"] or "") if len(s.strip()) > 3]
+                text = " ".join((row["text"] or "").split())  # one line: no stray line breaks inside a document
+                out += [s for s in re.split(r"(?<=[.!?]) ", text) if len(s) > 3]
     return out
 
 
@@ -60,8 +64,9 @@ def write_corpus(path: Path, megabytes: int, pool: list[str], seed: int = 0) -> 
     return documents
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (from /proc)."""
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Resident bytes of `pid` and all its descendants (from /proc): (all, anonymous). The difference is pages of
+    mapped files (the Arrow files `datasets` memory-maps), which the kernel drops when memory runs short."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -71,32 +76,36 @@ def tree_rss(pid: int) -> int:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
-    total, todo = 0, [pid]
+    total, anonymous, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
             with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.startswith("Rss")
+                          or line.startswith("VmRSS")}
+            total, anonymous = total + fields.get("VmRSS", 0), anonymous + fields.get("RssAnon", 0)
+        except (OSError, ValueError, IndexError):
             pass
-    return total
+    return total, anonymous
 
 
-def run(corpus: Path, procs: int, workdir: Path) -> dict:
-    cache, out = workdir / f"cache-{procs}", workdir / f"run-{procs}"
-    command = [sys.executable, str(ROOT / "train.py"), "task=mlm", "data=local_files", "data.path=text",
+def run(corpus: Path, procs: int, cores: int, workdir: Path) -> dict:
+    cache, out = workdir / f"cache-{procs}-{cores}", workdir / f"run-{procs}-{cores}"
+    pin = ["taskset", "-c", ",".join(map(str, range(cores)))] if cores < os.cpu_count() else []
+    command = [*pin, sys.executable, str(ROOT / "train.py"), "task=mlm", "data=local_files", "data.path=text",
                f"data.data_files.train={corpus}", "model=tiny", "data.max_length=128", "trainer.max_steps=20",
+               "data.max_eval_samples=2000",
                f"data.num_proc={procs}", f"paths.cache_dir={cache}", f"hydra.run.dir={out}",
-               "trainer.enable_progress_bar=false", "callbacks=debug", "logger=csv"]
+               "callbacks=debug", "~callbacks.progress_bar", "trainer.enable_progress_bar=false", "logger=csv"]
     env = {**os.environ, "ENCODER_CACHE": str(cache), "HF_DATASETS_CACHE": str(cache / "hf")}
     start = time.perf_counter()
     child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, lines, prepared = [0], [], [None]
+    peak, lines, prepared = [0, 0], [], [None]
 
     def sample():
         while child.poll() is None:
-            peak[0] = max(peak[0], tree_rss(child.pid))
+            peak[:] = map(max, peak, tree_rss(child.pid))
             time.sleep(0.1)
 
     def read():
@@ -116,14 +125,16 @@ def run(corpus: Path, procs: int, workdir: Path) -> dict:
         raise SystemExit(f"train.py failed ({child.returncode}):\n{''.join(lines[-30:])}")
     packing = next((line for line in lines if "data.packing:" in line), "")
     return {"wall_s": round(wall, 1), "prepare_s": round(prepared[0], 1) if prepared[0] else None,
-            "peak_rss_gb": round(peak[0] / 1e9, 3), "packing": packing.split("data.packing:", 1)[-1].strip()}
+            "peak_rss_gb": round(peak[0] / 1e9, 3), "peak_anon_rss_gb": round(peak[1] / 1e9, 3), "packing": packing.split("data.packing:", 1)[-1].strip()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 200], help="corpus sizes in MB")
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="data.num_proc values")
+    parser.add_argument("--runs", nargs="+", default=["1x1", "1x2", "2x2"],
+                        help="PROCSxCORES: data.num_proc, and the cores the run may use (taskset)")
     parser.add_argument("--keep", help="a folder for the corpora and runs (default: a temporary one)")
+    parser.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     pool = sentences()
     print(f"machine: {machine()}; {len(pool)} distinct sentences to draw documents from")
@@ -131,17 +142,17 @@ def main() -> None:
         for size in args.sizes:
             corpus = Path(tmp) / f"corpus-{size}mb.txt"
             documents = write_corpus(corpus, size, pool)
-            for procs in args.procs:
-                result = run(corpus, procs, Path(tmp) / f"{size}mb")
-                mb_per_s = size / result["prepare_s"] if result["prepare_s"] else float("nan")
-                print(f"{size:5d} MB  num_proc={procs}  {documents:8d} documents  prepare {result['prepare_s']:7.1f} s "
-                      f"({mb_per_s:.2f} MB/s)  20 steps done at {result['wall_s']:7.1f} s  peak RSS "
-                      f"{result['peak_rss_gb']:.2f} GB", flush=True)
-                record = {"corpus_mb": size, "documents": documents, "num_proc": procs, **result,
-                          "prepare_mb_per_s": round(mb_per_s, 3), "machine": machine(),
+            for procs, cores in (map(int, r.split("x")) for r in args.runs):
+                result = run(corpus, procs, cores, Path(tmp) / f"{size}mb")
+                print(f"{size:5d} MB  num_proc={procs} cores={cores}  {documents:8d} documents  prepared at "
+                      f"{result['prepare_s']:7.1f} s  20 steps done at {result['wall_s']:7.1f} s  peak RSS "
+                      f"{result['peak_rss_gb']:.2f} GB (anonymous {result['peak_anon_rss_gb']:.2f} GB)", flush=True)
+                record = {"corpus_mb": size, "documents": documents, "num_proc": procs, "cores": cores, **result,
+                          "machine": machine(),
                           "date": datetime.now().strftime("%Y-%m-%d")}
-                with open(RESULTS, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                if args.record:
+                    with open(RESULTS, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

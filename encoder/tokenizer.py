@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,16 +52,20 @@ MAX_WORD_CHARS = 100
 _LONG_WORD = re.compile(r"\S{%d,}" % (MAX_WORD_CHARS + 1))
 
 
-def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8192,
-                    min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
-    """The same texts and settings give the same tokenizer, byte for byte (see `_continuing_pieces`)."""
+def train_tokenizer(texts: Iterable[str] | Callable[[], Iterable[str]], kind: str = "wordpiece",
+                    vocab_size: int = 8192, min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
+    """The same texts and settings give the same tokenizer, byte for byte (see `_continuing_pieces`). `texts`: a
+    list, or a function that gives the texts afresh each call (read twice, never held in memory: a corpus of
+    any size)."""
+    if not callable(texts) and not isinstance(texts, (list, tuple)):
+        texts = list(texts)  # a one-pass iterator: it is read twice
+    read = texts if callable(texts) else lambda: texts
     tok, trainer_cls = _build(kind, lowercase)
     extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()} if kind == "bpe" else {}
-    texts = [_LONG_WORD.sub(" ", t) for t in texts]
-    pieces = _continuing_pieces(tok, texts) if kind == "wordpiece" else []
+    pieces = _continuing_pieces(tok, read()) if kind == "wordpiece" else []
     trainer = trainer_cls(vocab_size=vocab_size, min_frequency=min_frequency,
                           special_tokens=SPECIAL_TOKENS + pieces, show_progress=False, **extra)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator((_LONG_WORD.sub(" ", t) for t in read()), trainer=trainer)
     if pieces:  # they were listed to fix their ids; as tokens they are ordinary word pieces
         saved = json.loads(tok.to_str())
         saved["added_tokens"] = [t for t in saved["added_tokens"] if t["content"] in SPECIAL_TOKENS]
@@ -75,8 +79,10 @@ def _continuing_pieces(tok: Tokenizer, texts: list[str]) -> list[str]:
     between equally frequent merges by those numbers: trained twice on the same texts, it gave vocabularies
     of different sizes with thousands of ids apart (tokenizers #1794). Listed up front, they are numbered
     in this order, and training is deterministic."""
-    characters = set()
-    for c in set().union(*map(set, texts)) if texts else ():
+    seen, characters = set(), set()
+    for text in texts:
+        seen.update(_LONG_WORD.sub(" ", text))
+    for c in seen:
         characters.update(tok.normalizer.normalize_str(c))
     return sorted(f"##{c}" for c in characters if not c.isspace())
 
@@ -157,7 +163,7 @@ def get_tokenizer(cfg: TokenizerConfig, texts_fn, data_fingerprint: str, cache_d
     cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(settings, data_fingerprint, 'deterministic')}.json"
     if cached.exists():
         return load_tokenizer(cached)
-    tok = train_tokenizer(texts_fn(), **settings)
+    tok = train_tokenizer(texts_fn, **settings)  # (it reads the texts twice, 1,000 at a time)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     try:

@@ -19,6 +19,8 @@ RUNS = {  # the script's cheapest full run, and the line its README row quotes
     "profile_step": (["--steps", "1"], rf"step time with plain AdamW: \d+ ms, fused: \d+ ms \({RATIO}\)"),
     "data_prep": ([], r"full setup, warm cache: +(\d+) examples/s"),
     "startup": (["--rounds", "1"], r"--help +median +(\d+\.\d+) s"),
+    "mlm": (["--batches", "1", "--pairs", "1", "--ratios", "0.15", "--batch-size", "8"], rf"\): ours {RATIO}"),
+    "corpus": (["--sizes", "1", "--runs", "1x2"], r"prepared at +([\d.]+) s"),
 }
 
 
@@ -60,4 +62,9 @@ FROM_MEASUREMENTS = {  # script -> the interval its headline must lie in, from i
     "data_prep": lambda out: per_second(12808, number(r"full setup, warm cache: +\d+ examples/s \(([\d.]+) s\)", out)),
     "startup": lambda out: (number(r"--help +median +[\d.]+ s +\(min ([\d.]+)", out),
                             number(r"--help +median.*max ([\d.]+)\)", out)),  # between min and max
+    # one round: the ratio of the two speeds printed (whole tokens/s)
+    "mlm": lambda out: around(number(r"ours +(\d+) tokens/s", out) / number(r"BertForMaskedLM +(\d+) tokens/s", out),
+                              0.01),
+    # preparation ends before the 20 steps do, and takes more than the imports alone
+    "corpus": lambda out: (1.0, number(r"20 steps done at +([\d.]+) s", out)),
 }

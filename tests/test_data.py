@@ -267,6 +267,16 @@ def test_tokenizer_training_is_deterministic_byte_for_byte(rt_files):
     # the pieces listed to fix their ids are word pieces, not special tokens: "##s" in a text is not one token
     assert [t.content for t in first.get_added_tokens_decoder().values()] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert "##s" in first.get_vocab() and "##s" not in first.encode("a ##s b").tokens
+    # a corpus is read through a function, twice (the characters, then training), never held as a list: the
+    # same tokenizer, and the function is called once per pass
+    calls = []
+
+    def corpus():
+        calls.append(1)
+        return iter(texts)
+
+    assert train_tokenizer(corpus).to_str() == first.to_str() and len(calls) == 2
+    assert train_tokenizer(iter(texts)).to_str() == first.to_str()  # a one-pass iterator is read into a list
 
 
 def test_integer_labels_match_label_names_that_are_numbers_by_value(tmp_path):
