@@ -9,6 +9,7 @@ padding is the collator's job, so it is always turned off here.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -145,9 +146,13 @@ class TokenizerConfig:
     lowercase: bool = True
     path: str | None = None
     trim_to_data: bool = False  # a loaded (pretrained) vocabulary cut to the tokens the training text uses
+    train_samples: int | None = None  # train on the first N training texts only (a large corpus); None: all
 
     def __post_init__(self):
         check_choice(self.kind, KINDS, "tokenizer.kind")
+        if self.train_samples is not None and self.train_samples < 1:
+            raise ConfigError(f"tokenizer.train_samples={self.train_samples} must be a positive number of texts "
+                              f"(or null: every training text)")
         if self.vocab_size < len(SPECIAL_TOKENS) + 1 or self.min_frequency < 1:
             raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} and tokenizer.min_frequency="
                               f"{self.min_frequency} must be positive (vocab_size > {len(SPECIAL_TOKENS)})")
@@ -159,11 +164,16 @@ def get_tokenizer(cfg: TokenizerConfig, texts_fn, data_fingerprint: str, cache_d
         return trim(load_tokenizer(cfg.path), texts_fn()) if cfg.trim_to_data else load_tokenizer(cfg.path)
     settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
                 "lowercase": cfg.lowercase}
+    read = texts_fn
+    if cfg.train_samples:  # the first N texts (keyed only when set: the tokenizers cached without it stay valid)
+        def read():
+            return itertools.islice(texts_fn(), cfg.train_samples)
     # "deterministic": tokenizers cached before training was made deterministic are not reused
-    cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(settings, data_fingerprint, 'deterministic')}.json"
+    key = (settings, cfg.train_samples) if cfg.train_samples else (settings,)
+    cached = Path(cache_dir) / "tokenizers" / f"{fingerprint(*key, data_fingerprint, 'deterministic')}.json"
     if cached.exists():
         return load_tokenizer(cached)
-    tok = train_tokenizer(texts_fn, **settings)  # (it reads the texts twice, 1,000 at a time)
+    tok = train_tokenizer(read, **settings)  # (it reads the texts twice, 1,000 at a time)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     try:

@@ -126,6 +126,27 @@ def test_tokenizer_is_trained_once_and_cached(tmp_path):
     assert len(list((tmp_path / "cache" / "tokenizers").glob("*.json"))) == 1
 
 
+def test_a_tokenizer_from_the_first_n_texts_equals_one_trained_on_them_alone(tmp_path, rt_files):
+    """tokenizer.train_samples (a corpus of GBs): the same tokenizer as training on the first N training texts
+    written to a file of their own; cached apart from the one trained on every text."""
+    from encoder.tokenizer import train_tokenizer
+
+    settings = {"vocab_size": 2000, "min_frequency": 2}
+    dm = TextDataModule(task="mlm", source="rotten_tomatoes_corpus", label_column=None, cache_dir=str(tmp_path / "c"),
+                        max_length=64, tokenizer={**settings, "train_samples": 500})
+    dm.setup()
+    expected = train_tokenizer(dm.raw["train"]["text"][:500], **settings)
+    expected.enable_truncation(64)  # (what the data module sets for data.max_length)
+    assert dm.tokenizer.to_str() == expected.to_str()
+    everything = TextDataModule(task="mlm", source="rotten_tomatoes_corpus", label_column=None, max_length=64,
+                                cache_dir=str(tmp_path / "c"), tokenizer=settings)
+    everything.setup()
+    assert everything.tokenizer.to_str() != dm.tokenizer.to_str()
+    assert len(list((tmp_path / "c" / "tokenizers").glob("*.json"))) == 2
+    with pytest.raises(ConfigError, match="tokenizer.train_samples=0 must be a positive number"):
+        TextDataModule(task="mlm", tokenizer={"train_samples": 0})
+
+
 def test_existing_tokenizer_json_is_used_as_is(tmp_path):
     files = {"train": write_csv(tmp_path / "t.csv", SENTENCES)}
     first = module(tmp_path, data_files=files)

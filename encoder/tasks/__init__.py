@@ -76,6 +76,12 @@ class Task(ABC):
         """The members of the label set that one example's label holds (checked against it; None: missing)."""
         return [label]
 
+    def label_map(self, column: str) -> tuple[list[str], object] | None:
+        """For labels that are no members of a label set (regression's numbers): (the target names, a map from a
+        value in the data to its target, which raises a one-line DataError for a value it cannot read). None: a
+        label set, read off the data or data.label_names."""
+        return None
+
     def target(self, label, mapping):
         """What the model learns for one example's label; `mapping`: label value -> class index (regression: a
         float of the value)."""

@@ -7,10 +7,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoder.errors import DataError
 from encoder.model import ModelConfig
 from encoder.predictor import Predictor
 from encoder.tasks import Step, Task
 from encoder.tasks.classification import EncoderForSequenceClassification, labels_config, sequence_classifier_head
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the model computes in float32 (or less)
+
+
+class Numbers:
+    """The label "map" of regression: a value becomes a float, or a one-line DataError."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+    def __getitem__(self, value) -> float:
+        if value is None:
+            raise DataError(f"data.label_column={self.column!r} has rows without a value; fill or drop them")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or number != number or abs(number) > FLOAT32_MAX:
+            raise DataError(f"data.label_column={self.column!r} holds {value!r}, which is not a finite number a "
+                            f"float32 holds (|x| < 3.4e38); regression needs such labels (fix or drop those rows)")
+        return number
 
 
 class RegressorPredictor(Predictor):
@@ -28,6 +51,9 @@ class Regression(Task):
     onnx = True
     model_class = EncoderForSequenceClassification
     predictor_class = RegressorPredictor
+
+    def label_map(self, column: str) -> tuple[list[str], Numbers]:
+        return [column], Numbers(column)  # one target, named after its column
 
     def step(self, model: nn.Module, batch: dict) -> Step:
         values = model(batch["input_ids"], batch["padding_mask"], batch.get("token_type_ids")).float().squeeze(-1)

@@ -1,8 +1,8 @@
 """Labels: the label set of a run (given, or read off the training split) and the check of every split.
 
-What a label is depends on the task: a number (`Task.labels == "number"`: regression), or members of a
-label set, which `Task.label_values` reads off one example's label (a class; a list of classes, one per
-word; several classes per text). `prepare_labels` returns the label names and the map from a label value in
+What a label is depends on the task: members of a label set, which `Task.label_values` reads off one
+example's label (a class; a list of classes, one per word; several classes per text), or values a task reads
+itself (`Task.label_map`: regression's numbers). `prepare_labels` returns the label names and the map from a label value in
 the data to a class index, which `Task.target` turns into what the model learns.
 """
 
@@ -18,37 +18,18 @@ from encoder.training.config import DataConfig
 from encoder.tokenizer import as_text
 
 log = logging.getLogger(__name__)
-FLOAT32_MAX = 3.4028234663852886e38  # the model computes in float32 (or less)
-
-
-class Numbers:
-    """The label "map" of regression: a value becomes a float, or a one-line DataError."""
-
-    def __init__(self, column: str):
-        self.column = column
-
-    def __getitem__(self, value) -> float:
-        if value is None:
-            raise DataError(f"data.label_column={self.column!r} has rows without a value; fill or drop them")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = float("nan")
-        if isinstance(value, bool) or number != number or abs(number) > FLOAT32_MAX:
-            raise DataError(f"data.label_column={self.column!r} holds {value!r}, which is not a finite number a "
-                            f"float32 holds (|x| < 3.4e38); regression needs such labels (fix or drop those rows)")
-        return number
 
 
 def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, task: Task):
     """(label names, value -> class index map) after checking every split's labels."""
     column = cfg.label_column
-    if task.labels == "number":
-        mapping = Numbers(column)
+    own = task.label_map(column)
+    if own is not None:  # labels that are no members of a set (regression: numbers)
+        names, mapping = own
         for ds in raw.values():
             for value in ds.unique(column):
-                mapping[value]  # raises a DataError naming the first value that is not a number
-        return [column], mapping  # one target, named after its column
+                mapping[value]  # raises a DataError naming the first value it cannot read
+        return names, mapping
     first = raw.get("train") or next(iter(raw.values()))
     names = _label_names(first, column, task, cfg.label_names)
     mapping = {name: i for i, name in enumerate(names)}
