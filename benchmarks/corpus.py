@@ -2,6 +2,7 @@
 
     python benchmarks/corpus.py --record              # 20 MB and 200 MB: 1 core, 2 cores, 2 cores + data.num_proc=2
     python benchmarks/corpus.py --sizes 1000 --runs 1x2 --record
+    python benchmarks/corpus.py --sizes 200 1000 --runs 1x2 --streaming --record
 
 The corpus is real English: the sentences of the offline Rotten Tomatoes corpus, drawn (seeded) into
 documents of 3-30 sentences, one document per line, until the file has the size asked for. Each run is
@@ -90,12 +91,12 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return total, anonymous
 
 
-def run(corpus: Path, procs: int, cores: int, workdir: Path) -> dict:
+def run(corpus: Path, procs: int, cores: int, workdir: Path, stream: bool = False) -> dict:
     cache, out = workdir / f"cache-{procs}-{cores}", workdir / f"run-{procs}-{cores}"
     pin = ["taskset", "-c", ",".join(map(str, range(cores)))] if cores < os.cpu_count() else []
     command = [*pin, sys.executable, str(ROOT / "train.py"), "task=mlm", "data=local_files", "data.path=text",
                f"data.data_files.train={corpus}", "model=tiny", "data.max_length=128", "trainer.max_steps=20",
-               "data.max_eval_samples=2000",
+               "data.max_eval_samples=2000", *(["data.streaming=true"] if stream else []),
                f"data.num_proc={procs}", f"paths.cache_dir={cache}", f"hydra.run.dir={out}",
                "callbacks=debug", "~callbacks.progress_bar", "trainer.enable_progress_bar=false", "logger=csv"]
     env = {**os.environ, "ENCODER_CACHE": str(cache), "HF_DATASETS_CACHE": str(cache / "hf")}
@@ -111,7 +112,7 @@ def run(corpus: Path, procs: int, cores: int, workdir: Path) -> dict:
     def read():
         for line in child.stdout:
             lines.append(line)
-            if "data.packing:" in line and prepared[0] is None:
+            if ("data.streaming:" if stream else "data.packing:") in line and prepared[0] is None:
                 prepared[0] = time.perf_counter() - start
 
     threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=read, daemon=True)]
@@ -133,6 +134,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 200], help="corpus sizes in MB")
     parser.add_argument("--runs", nargs="+", default=["1x1", "1x2", "2x2"],
                         help="PROCSxCORES: data.num_proc, and the cores the run may use (taskset)")
+    parser.add_argument("--streaming", action="store_true", help="data.streaming=true: prepared = validation and "
+                        "tokenizer ready, the training rows made as they are read")
     parser.add_argument("--keep", help="a folder for the corpora and runs (default: a temporary one)")
     parser.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
@@ -143,8 +146,9 @@ def main() -> None:
             corpus = Path(tmp) / f"corpus-{size}mb.txt"
             documents = write_corpus(corpus, size, pool)
             for procs, cores in (map(int, r.split("x")) for r in args.runs):
-                result = run(corpus, procs, cores, Path(tmp) / f"{size}mb")
-                print(f"{size:5d} MB  num_proc={procs} cores={cores}  {documents:8d} documents  prepared at "
+                result = run(corpus, procs, cores, Path(tmp) / f"{size}mb", args.streaming)
+                print(f"{size:5d} MB  num_proc={procs} cores={cores}{'  streaming' if args.streaming else ''}  "
+                      f"{documents:8d} documents  prepared at "
                       f"{result['prepare_s']:7.1f} s  20 steps done at {result['wall_s']:7.1f} s  peak RSS "
                       f"{result['peak_rss_gb']:.2f} GB (anonymous {result['peak_anon_rss_gb']:.2f} GB)", flush=True)
                 record = {"corpus_mb": size, "documents": documents, "num_proc": procs, "cores": cores, **result,

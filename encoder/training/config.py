@@ -119,6 +119,7 @@ class DataConfig:
     max_length: int = 128
     long_texts: str = "truncate"
     packing: bool = False  # texts joined by [SEP] into rows of exactly max_length (task=mlm's default)
+    streaming: bool = False  # read the corpus as a stream, tokenized and packed on the fly (data/streaming.py)
     mlm_probability: float = 0.0
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -148,6 +149,12 @@ class DataConfig:
             raise ConfigError(f"data.max_length={self.max_length} must be at least 2 ([CLS] and [SEP])")
         if self.num_proc is not None and self.num_proc < 1:
             raise ConfigError(f"data.num_proc={self.num_proc} must be a positive number of processes (null: this one)")
+        if self.streaming and not self.packing:
+            raise ConfigError("data.streaming=true reads a corpus into packed rows as it trains: set data.packing=true "
+                              "(task=mlm's default)")
+        if self.streaming and (self.num_proc or 1) > 1:
+            raise ConfigError("data.streaming=true tokenizes in the DataLoader as it reads: set data.num_proc=null and "
+                              "use data.num_workers for more processes")
         for key in ("batch_size", "eval_batch_size", "pad_to_multiple_of"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer")
@@ -305,6 +312,9 @@ def validate(cfg: DictConfig) -> Checked:
     if data.max_length > model.max_positions:
         raise ConfigError(f"data.max_length={data.max_length} exceeds model.max_positions={model.max_positions}; "
                           f"lower data.max_length or raise model.max_positions")
+    if data.streaming and not (cfg.trainer.get("max_steps") or -1) > 0:
+        raise ConfigError("data.streaming=true has no length to plan a schedule from: set trainer.max_steps (e.g. "
+                          "100000)")
     if data.packing and (task.labels is not None or task.carries):
         raise ConfigError(f"data.packing=true joins texts into rows that belong to no one text, so task={task.name} "
                           f"(a label or a teacher's output per text) cannot use it; set data.packing=false")

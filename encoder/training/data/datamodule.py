@@ -28,6 +28,7 @@ from encoder.training.config import DataConfig
 from encoder.training.data.encoding import encoder_for
 from encoder.training.data.labels import prepare_labels
 from encoder.training.data.loading import describe, load_splits
+from encoder.training.data import streaming
 from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
 from encoder.training.data.sources import default_cache_dir
 from encoder.training.data.teacher import taught, teach
@@ -81,6 +82,8 @@ class TextDataModule(L.LightningDataModule):
         if self.labelled and not self.cfg.label_column:
             raise DataError(f"task={self.task.name} needs labels; set data.label_column")
         writable(self.cache_dir)
+        if self.cfg.streaming:
+            return self._setup_stream()
         raw = load_splits(self.cfg, self.cache_dir, self.seed, self.labelled)
         mapping = None
         if self.labelled:
@@ -105,6 +108,23 @@ class TextDataModule(L.LightningDataModule):
             log.info("data.packing: %d texts in %d rows of %d tokens; %.2f%% of their positions are real tokens",
                      len(raw["train"]), len(train), self.cfg.max_length,
                      100 * sum(train["length"]) / (len(train) * self.cfg.max_length))
+
+    def _setup_stream(self) -> None:
+        """data.streaming=true: validation held out of the stream's start and prepared now; the training rows are
+        made as the loader reads (streaming.py)."""
+        validation, train, identity = streaming.open_stream(self.cfg, self.cache_dir)
+        self.raw = {"validation": validation}
+        texts = streaming.tokenizer_texts(train, self.cfg.text_column, self.tokenizer_cfg.train_samples)
+        self.tokenizer = get_tokenizer(self.tokenizer_cfg, texts, identity, self.cache_dir)
+        self.collator = self._collator()
+        encode = encoder_for(self.cfg, self.task, self.tokenizer, None)
+        settings = fingerprint(self.tokenizer.to_str(), self.cfg.max_length, "packed", self.cfg.text_column)
+        self.datasets = {"validation": validation.map(encode, batched=True, remove_columns=validation.column_names,
+                                                      desc="tokenizing validation",
+                                                      new_fingerprint=fingerprint(identity, settings)),
+                         "train": streaming.rows(train, encode, self.cfg.text_column)}
+        log.info("data.streaming: %d held-out validation texts (%d rows); training rows are made as they are read",
+                 len(validation), len(self.datasets["validation"]))
 
     def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         """A corpus text or a sentence of labelled words that is empty has nothing to learn from
@@ -165,9 +185,18 @@ class TextDataModule(L.LightningDataModule):
     # ---- loaders ----------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.datasets[split]
-        lengths = list(ds["length"])
         # We shard across processes ourselves (the trainer configs set use_distributed_sampler=false).
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if train and self.cfg.streaming:
+            loader = streaming.StreamLoader(ds.select_columns(["input_ids"]), rank, world,
+                                            batch_size=self.cfg.batch_size, collate_fn=self.collator,
+                                            num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
+                                            processed=self._batches_processed)
+            if self._resume_at:
+                loader.load_state_dict(self._resume_at)
+                self._resume_at = None
+            return loader
+        lengths = list(ds["length"])
         if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
             sampler = LengthGroupedSampler(lengths, self.cfg.batch_size, mega=50 if self.cfg.group_by_length else 1,
                                            seed=self.seed, num_replicas=world, rank=rank)
@@ -202,7 +231,7 @@ class TextDataModule(L.LightningDataModule):
     # position travels here too (restoring it twice is harmless: resume() is idempotent).
     def state_dict(self) -> dict:
         loader = self.trainer.train_dataloader if self.trainer else None
-        position = loader.state_dict() if isinstance(loader, ResumableLoader) else {}
+        position = loader.state_dict() if isinstance(loader, (ResumableLoader, streaming.StreamLoader)) else {}
         # the data order a resume replays depends on these two: a resume with others would not be the same run
         return {**position, "seed": self.seed, "batch_size": self.cfg.batch_size} if position else {}
 

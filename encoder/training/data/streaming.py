@@ -1,0 +1,103 @@
+"""data.streaming=true: a corpus read as a stream (`datasets`' IterableDataset), never tokenized up front, for
+corpora that should not be prepared before training starts or do not fit on disk (local files or the Hub).
+
+    held-out validation: the first `data.max_eval_samples` texts (1,000 if unset), prepared like any split
+    tokenizer: trained on the next `tokenizer.train_samples` texts (100,000 if unset), cached
+    training rows: the rest, tokenized and packed on the fly by the DataLoader (its workers, if any), split
+                   between DDP ranks (`split_dataset_by_node`), read in order, epoch after epoch
+    length: `trainer.max_steps` (a stream has no length a schedule could be planned from)
+
+Resuming is exact: a checkpoint records how many batches of the current pass over the stream were trained on,
+and the resumed loader reads them again without training on them, so the run sees the same batches as one
+that never stopped (the MLM masking is seeded by each batch's tokens). Reading them again costs time, not
+correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from datasets import Dataset, IterableDataset, load_dataset
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+
+from encoder.tokenizer import as_text, fingerprint
+from encoder.training.config import DataConfig
+from encoder.training.data.loading import data_files, describe, load_error
+
+log = logging.getLogger(__name__)
+VALIDATION = 1_000  # held-out texts when data.max_eval_samples is unset
+TOKENIZER_TEXTS = 100_000  # texts the tokenizer trains on when tokenizer.train_samples is unset
+
+
+def open_stream(cfg: DataConfig, cache_dir: Path) -> tuple[Dataset, IterableDataset, str]:
+    """(the held-out validation texts as a Dataset, the training stream of texts, an identity of the corpus
+    for caches: its files' names, sizes and times, or its Hub name and revision)."""
+    files = data_files(cfg, cache_dir)
+    split = cfg.splits.get("train") or "train"
+    try:
+        stream = load_dataset(cfg.path, cfg.name, data_files=files, revision=cfg.revision, split=split,
+                              streaming=True)
+    except Exception as e:  # noqa: BLE001 - one line
+        raise load_error(e, describe(cfg), cfg.path) from None
+    stream = stream.select_columns([cfg.text_column])
+    stream = stream.filter(lambda b: [bool(as_text(t).strip()) for t in b[cfg.text_column]], batched=True)
+    held = cfg.max_eval_samples or VALIDATION
+    validation = Dataset.from_list(list(stream.take(held)))
+    train = stream.skip(held)
+    if cfg.max_train_samples:
+        train = train.take(cfg.max_train_samples)
+    return validation, train, fingerprint(describe(cfg), cfg.revision, _identity(files), held, cfg.max_train_samples)
+
+
+def _identity(files) -> list:
+    """The local files' names, sizes and modification times (a changed corpus is a new one)."""
+    if isinstance(files, dict):
+        files = [f for value in files.values() for f in ([value] if isinstance(value, str) else value)]
+    elif isinstance(files, str):
+        files = [files]
+    out = []
+    for name in files or []:
+        for path in sorted(Path().glob(name)) if not Path(name).exists() else [Path(name)]:
+            stat = os.stat(path)
+            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def tokenizer_texts(train: IterableDataset, column: str, count: int | None) -> Callable:
+    """The function a tokenizer trains from: the first `count` training texts, read afresh each call."""
+    return lambda: (as_text(row[column]) for row in train.take(count or TOKENIZER_TEXTS))
+
+
+def rows(train: IterableDataset, encode: Callable[[dict], dict], column: str) -> IterableDataset:
+    """Token-id rows, made on the fly as the loader reads (in its workers, if any)."""
+    return train.map(encode, batched=True, batch_size=1000, remove_columns=[column])
+
+
+class StreamLoader(DataLoader):
+    """The training DataLoader over a stream. Its state is the batches of the current pass already trained on
+    (`processed()`); a resumed loader reads those again and trains from the next one."""
+
+    def __init__(self, stream: IterableDataset, rank: int, world: int, *args, processed: Callable[[], int],
+                 **kwargs):
+        super().__init__(split_dataset_by_node(stream, rank=rank, world_size=world) if world > 1 else stream,
+                         *args, **kwargs)
+        self._processed, self._skip = processed, 0
+
+    def state_dict(self) -> dict:
+        return {"batches": self._processed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = state.get("batches", 0)  # (idempotent: Lightning and the data module may both hand it over)
+
+    def __iter__(self):
+        batches = super().__iter__()
+        skip, self._skip = self._skip, 0
+        if skip:
+            log.info("resuming a stream: reading the %d batches already trained on again, without training", skip)
+        for _ in range(skip):
+            next(batches, None)
+        return batches
