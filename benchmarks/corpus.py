@@ -112,7 +112,7 @@ def run(corpus: Path, procs: int, cores: int, workdir: Path, stream: bool = Fals
     def read():
         for line in child.stdout:
             lines.append(line)
-            if ("data.streaming:" if stream else "data.packing:") in line and prepared[0] is None:
+            if ("data.streaming:" if stream else "data.packing:") in line and prepared[0] is None:  # ready to train
                 prepared[0] = time.perf_counter() - start
 
     threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=read, daemon=True)]
@@ -124,9 +124,11 @@ def run(corpus: Path, procs: int, cores: int, workdir: Path, stream: bool = Fals
         t.join(timeout=5)
     if child.returncode != 0:
         raise SystemExit(f"train.py failed ({child.returncode}):\n{''.join(lines[-30:])}")
-    packing = next((line for line in lines if "data.packing:" in line), "")
+    marker = "data.streaming:" if stream else "data.packing:"
+    said = next((line for line in lines if marker in line), "")
     return {"wall_s": round(wall, 1), "prepare_s": round(prepared[0], 1) if prepared[0] else None,
-            "peak_rss_gb": round(peak[0] / 1e9, 3), "peak_anon_rss_gb": round(peak[1] / 1e9, 3), "packing": packing.split("data.packing:", 1)[-1].strip()}
+            "peak_rss_gb": round(peak[0] / 1e9, 3), "peak_anon_rss_gb": round(peak[1] / 1e9, 3),
+            "data": said.split(marker, 1)[-1].strip(), "streaming": stream}
 
 
 def main() -> None:
