@@ -114,7 +114,7 @@ def test_the_task_metric_sets_checkpoints_early_stopping_and_the_sweep_direction
     assert regression.objective == "val/pearson"
     callbacks = regression.callbacks
     assert (callbacks.model_checkpoint.monitor, callbacks.model_checkpoint.mode) == ("val/pearson", "max")
-    assert callbacks.model_checkpoint.filename == "best-epoch{epoch:02d}-pearson{val/pearson:.4f}"
+    assert callbacks.model_checkpoint.filename == "best-epoch{epoch:02d}-pearson-{val/pearson:.4f}"
     assert (callbacks.early_stopping.monitor, callbacks.early_stopping.mode) == ("val/pearson", "max")
     loss = compose(["hparams_search=optuna", "objective=val/loss"], tmp_path)
     assert (loss.callbacks.model_checkpoint.mode, loss.callbacks.early_stopping.mode) == ("min", "min")

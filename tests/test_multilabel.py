@@ -66,7 +66,7 @@ def test_it_learns_several_labels_per_text_and_logs_each_labels_f1(trained):
     for label in CUES:
         assert metrics[f"test/f1/{label}"] > 0.8
     assert metrics["objective"] == metrics["best_val/micro_f1"]
-    best = next((out / "checkpoints").glob("best-epoch*-micro_f1*.ckpt"))
+    best = next((out / "checkpoints").glob("best-epoch*-micro_f1-*.ckpt"))
     hp = torch.load(best, weights_only=True)["hyper_parameters"]
     assert hp["task"] == "multilabel" and hp["label_names"] == ["anger", "joy", "surprise"]
 
