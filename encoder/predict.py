@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                         help="onnx: run an export's model.onnx with onnxruntime (export ... --onnx)")
     parser.add_argument("--int8", action="store_true", help="with --backend onnx: the int8 graph (export --onnx --int8)")
+    parser.add_argument("--threshold", type=float, help="models that predict several labels per text (task=multilabel): "
+                                                         "the probability a label needs (default 0.5)")
     parser.add_argument("--pairs", action="store_true",
                         help="each text is a pair 'first<TAB>second' (models trained with data.text_pair_column)")
     args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
@@ -59,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
                                int8=args.int8)
     except (CheckpointError, ConfigError, ValueError, TypeError) as e:
         parser.exit(2, f"error: {e}\n")
+    if args.threshold is not None:
+        if not hasattr(predictor, "threshold"):
+            parser.exit(2, f"error: --threshold applies to models that predict several labels per text "
+                           f"(task=multilabel); {args.checkpoint} is task={predictor.task}\n")
+        if not 0.0 <= args.threshold <= 1.0:
+            parser.exit(2, f"error: --threshold {args.threshold} must be a probability in [0, 1]\n")
+        predictor.threshold = args.threshold
     try:
         with open_output(args.output) as write:
             for block in progress(rows, len(rows)):

@@ -86,6 +86,14 @@ def test_predict_gives_the_labels_past_the_threshold_and_every_probability(train
     done = subprocess.run([sys.executable, "-m", "encoder.predict", str(best), "wonderful news , the ending"],
                           capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)["labels"] == ["joy"]
+    done = subprocess.run([sys.executable, "-m", "encoder.predict", str(best), "wonderful news , the ending",
+                           "--threshold", "0"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["labels"][0] == "joy" and len(json.loads(done.stdout)["labels"]) == 3
+    for bad in ("1.5", "-0.1"):
+        refused = subprocess.run([sys.executable, "-m", "encoder.predict", str(best), "x", "--threshold", bad],
+                                 capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+        assert "must be a probability in [0, 1]" in refused.stderr
 
 
 def test_the_onnx_export_gives_the_same_probabilities(trained, tmp_path):

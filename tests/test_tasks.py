@@ -51,6 +51,9 @@ def test_regression_trains_reports_correlations_and_predicts_numbers(vader, tmp_
     done = subprocess.run([sys.executable, "-m", "encoder.predict", str(best), "great"], capture_output=True,
                           text=True, check=True)
     assert set(json.loads(done.stdout)) == {"text", "value"}
+    refused = subprocess.run([sys.executable, "-m", "encoder.predict", str(best), "great", "--threshold", "0.3"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--threshold applies to models that predict several labels" in refused.stderr
 
 
 def test_regression_labels_that_are_not_numbers_are_refused(tmp_path):
