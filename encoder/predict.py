@@ -62,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, ValueError, TypeError) as e:
         parser.exit(2, f"error: {e}\n")
     if args.threshold is not None:
-        if not hasattr(predictor, "threshold"):
-            parser.exit(2, f"error: --threshold applies to models that predict several labels per text "
-                           f"(task=multilabel); {args.checkpoint} is task={predictor.task}\n")
-        if not 0.0 <= args.threshold <= 1.0:
-            parser.exit(2, f"error: --threshold {args.threshold} must be a probability in [0, 1]\n")
-        predictor.threshold = args.threshold
+        set_threshold(parser, predictor, args)
     try:
         with open_output(args.output) as write:
             for block in progress(rows, len(rows)):
@@ -83,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
     return 0
+
+
+def set_threshold(parser: argparse.ArgumentParser, predictor, args) -> None:
+    """--threshold on a predictor that has one (several labels per text), or one line saying why not."""
+    if not hasattr(predictor, "threshold"):
+        parser.exit(2, f"error: --threshold applies to models that predict several labels per text "
+                       f"(task=multilabel); {args.checkpoint} is task={predictor.task}\n")
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.exit(2, f"error: --threshold {args.threshold} must be a probability in [0, 1]\n")
+    predictor.threshold = args.threshold
 
 
 def read_rows(parser: argparse.ArgumentParser, args) -> list[dict]:

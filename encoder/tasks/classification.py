@@ -47,6 +47,20 @@ def sequence_classifier_head(state: dict[str, torch.Tensor]) -> dict[str, torch.
             "classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]}
 
 
+class SequenceClassifierExport:
+    """What `--format hf` writes for a task whose model is EncoderForSequenceClassification: transformers'
+    BertForSequenceClassification with its `problem_type` (classification, regression, multi-label)."""
+
+    hf_class, hf_pooler = "BertForSequenceClassification", True
+    problem_type = "single_label_classification"
+
+    def hf_config(self, label_names: list[str] | None) -> dict:
+        return {**labels_config(label_names), "problem_type": self.problem_type}
+
+    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return sequence_classifier_head(state)
+
+
 class ClassifierPredictor(Predictor):
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), num_labels] class probabilities."""
@@ -62,7 +76,7 @@ class ClassifierPredictor(Predictor):
         return results
 
 
-class Classification(Task):
+class Classification(SequenceClassifierExport, Task):
     name = "classification"
     labels = "class"
     monitor = "val/acc"
@@ -84,14 +98,6 @@ class Classification(Task):
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         return label_names[label]
-
-    hf_class, hf_pooler = "BertForSequenceClassification", True
-
-    def hf_config(self, label_names: list[str] | None) -> dict:
-        return {**labels_config(label_names), "problem_type": "single_label_classification"}
-
-    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return sequence_classifier_head(state)
 
 
 TASK = Classification()

@@ -19,7 +19,7 @@ from encoder.errors import DataError
 from encoder.model import ModelConfig
 from encoder.predictor import Predictor
 from encoder.tasks import Step, Task
-from encoder.tasks.classification import EncoderForSequenceClassification, labels_config, sequence_classifier_head
+from encoder.tasks.classification import EncoderForSequenceClassification, SequenceClassifierExport
 
 
 class MultiLabelPredictor(Predictor):
@@ -39,8 +39,9 @@ class MultiLabelPredictor(Predictor):
         return results
 
 
-class MultiLabel(Task):
+class MultiLabel(SequenceClassifierExport, Task):
     name = "multilabel"
+    problem_type = "multi_label_classification"  # (--format hf: transformers' pipeline applies a sigmoid per label)
     labels = "classes"  # several members of the label set per text
     monitor = "val/micro_f1"
     train_metric = "micro_f1"
@@ -81,15 +82,6 @@ class MultiLabel(Task):
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         return ",".join(name for name, hot in zip(label_names, label) if hot) or "(none)"
-
-    hf_class, hf_pooler = "BertForSequenceClassification", True
-
-    def hf_config(self, label_names: list[str] | None) -> dict:
-        # transformers' text-classification pipeline applies a sigmoid to each logit for this problem type
-        return {**labels_config(label_names), "problem_type": "multi_label_classification"}
-
-    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return sequence_classifier_head(state)
 
 
 TASK = MultiLabel()

@@ -3,7 +3,6 @@ The model is the classifier's with one output; `label_names` is the one target's
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -11,7 +10,7 @@ from encoder.errors import DataError
 from encoder.model import ModelConfig
 from encoder.predictor import Predictor
 from encoder.tasks import Step, Task
-from encoder.tasks.classification import EncoderForSequenceClassification, labels_config, sequence_classifier_head
+from encoder.tasks.classification import EncoderForSequenceClassification, SequenceClassifierExport
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the model computes in float32 (or less)
@@ -42,8 +41,9 @@ class RegressorPredictor(Predictor):
         return [{"value": v} for v in self._run(texts, self.model).squeeze(-1).tolist()]
 
 
-class Regression(Task):
+class Regression(SequenceClassifierExport, Task):
     name = "regression"
+    problem_type = "regression"  # (--format hf: transformers' pipeline gives the raw value)
     labels = "number"
     monitor = "val/pearson"
     minimised = ("loss", "mse")
@@ -68,14 +68,6 @@ class Regression(Task):
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         return f"{label:.3g}"
-
-    hf_class, hf_pooler = "BertForSequenceClassification", True
-
-    def hf_config(self, label_names: list[str] | None) -> dict:
-        return {**labels_config(label_names), "problem_type": "regression"}
-
-    def hf_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return sequence_classifier_head(state)
 
 
 TASK = Regression()

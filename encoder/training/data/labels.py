@@ -30,10 +30,11 @@ def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, task: Task):
             for value in ds.unique(column):
                 mapping[value]  # raises a DataError naming the first value it cannot read
         return names, mapping
-    first = raw.get("train") or next(iter(raw.values()))
-    names = _label_names(first, column, task, cfg.label_names)
+    values = {split: _values(ds, column, task) for split, ds in raw.items()}  # (each split read once)
+    first = "train" if "train" in raw else next(iter(raw))
+    names = _label_names(raw[first], column, values[first], cfg.label_names)
     mapping = {name: i for i, name in enumerate(names)}
-    if all(n.lstrip("-").isdigit() for n in names) and not _class_label(first, column):
+    if all(n.lstrip("-").isdigit() for n in names) and not _class_label(raw[first], column):
         # names that are numbers (stars 1-5, a checkpoint trained on them): an integer label means its value
         mapping.update({int(n): i for i, n in enumerate(names)})
     else:  # integer labels are positions: a ClassLabel's, or in the order data.label_names gives
@@ -41,7 +42,7 @@ def prepare_labels(raw: dict[str, Dataset], cfg: DataConfig, task: Task):
     for split, ds in raw.items():
         if task.words:
             _check_words(ds, split, cfg.text_column, column)
-        _check_split(ds, split, column, task, mapping, names)
+        _check_split(ds, split, column, values[split], mapping, names)
     return names, mapping
 
 
@@ -65,20 +66,19 @@ def _class_label(ds: Dataset, column: str) -> ClassLabel | None:
     return feature if isinstance(feature, ClassLabel) else None
 
 
-def _label_names(train: Dataset, column: str, task: Task, given: list[str] | None) -> list[str]:
+def _label_names(train: Dataset, column: str, values: list, given: list[str] | None) -> list[str]:
     feature = _class_label(train, column)
     if feature is not None:
         return list(feature.names)
     if given:
         return list(given)
-    values = set(_values(train, column, task)) - {None}
+    values = set(values) - {None}
     if all(isinstance(v, str) for v in values):
         return sorted(values)
     return [str(i) for i in range(int(max(values)) + 1)]
 
 
-def _check_split(ds: Dataset, split: str, column: str, task: Task, mapping: dict, names: list[str]) -> None:
-    values = _values(ds, column, task)
+def _check_split(ds: Dataset, split: str, column: str, values: list, mapping: dict, names: list[str]) -> None:
     if not values and len(ds):  # (several labels per text: none in a whole split is a column gone astray)
         raise DataError(f"no text of the {split} split has a label in {column!r}; is data.label_column right?")
     if None in values:

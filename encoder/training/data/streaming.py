@@ -15,6 +15,7 @@ correctness.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from pathlib import Path
@@ -59,12 +60,8 @@ def _identity(files) -> list:
         files = [f for value in files.values() for f in ([value] if isinstance(value, str) else value)]
     elif isinstance(files, str):
         files = [files]
-    out = []
-    for name in files or []:
-        for path in sorted(Path().glob(name)) if not Path(name).exists() else [Path(name)]:
-            stat = os.stat(path)
-            out.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return out
+    paths = sorted(p for name in files or [] for p in glob.glob(str(name)))  # (a Hub stream: no local files)
+    return [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
 
 
 def tokenizer_texts(train: IterableDataset, column: str, count: int | None) -> Callable:
