@@ -38,6 +38,8 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     "minilm_teacher": ["experiment=minilm_rotten_tomatoes"],
     "minilm_l3_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "distill.teacher={teacher}"],
     "minilm_l3": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3"],
+    "minilm_l2_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
+                            "model.init_layers=[0,1]", "distill.teacher={teacher}"],
     "small_distilled": ["distill.teacher={teacher}"],
     "small_distilled_corpus": ["distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],
     "tiny_distilled": ["model=tiny", "distill.teacher={teacher}"],
