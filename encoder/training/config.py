@@ -120,6 +120,7 @@ class DataConfig:
     long_texts: str = "truncate"
     packing: bool = False  # texts joined by [SEP] into rows of exactly max_length (task=mlm's default)
     streaming: bool = False  # read the corpus as a stream, tokenized and packed on the fly (data/streaming.py)
+    shuffle_buffer: Optional[int] = None  # a stream's texts are shuffled among this many (null: 10,000; 0: none)
     mlm_probability: float = 0.0
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -152,6 +153,11 @@ class DataConfig:
         if self.streaming and not self.packing:
             raise ConfigError("data.streaming=true reads a corpus into packed rows as it trains: set data.packing=true "
                               "(task=mlm's default)")
+        if self.shuffle_buffer is not None and not self.streaming:
+            raise ConfigError("data.shuffle_buffer shuffles a stream; without data.streaming=true every epoch is "
+                              "shuffled whole already: remove data.shuffle_buffer")
+        if self.shuffle_buffer is not None and self.shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer={self.shuffle_buffer} must be 0 (the files' order) or more texts")
         if self.streaming and (self.num_proc or 1) > 1:
             raise ConfigError("data.streaming=true tokenizes in the DataLoader as it reads: set data.num_proc=null and "
                               "use data.num_workers for more processes")

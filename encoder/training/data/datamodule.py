@@ -122,7 +122,8 @@ class TextDataModule(L.LightningDataModule):
         self.datasets = {"validation": validation.map(encode, batched=True, remove_columns=validation.column_names,
                                                       desc="tokenizing validation",
                                                       new_fingerprint=fingerprint(identity, settings)),
-                         "train": streaming.rows(train, encode, self.cfg.text_column)}
+                         "train": streaming.rows(train, encode, self.cfg.text_column, self.seed,
+                                                          self.cfg.shuffle_buffer)}
         log.info("data.streaming: %d held-out validation texts (%d rows); training rows are made as they are read",
                  len(validation), len(self.datasets["validation"]))
 

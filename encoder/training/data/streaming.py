@@ -3,19 +3,25 @@ corpora that should not be prepared before training starts or do not fit on disk
 
     held-out validation: the first `data.max_eval_samples` texts (1,000 if unset), prepared like any split
     tokenizer: trained on the next `tokenizer.train_samples` texts (100,000 if unset), cached
-    training rows: the rest, tokenized and packed on the fly by the DataLoader (its workers, if any), split
-                   between DDP ranks (`split_dataset_by_node`), read in order, epoch after epoch
+    training rows: the rest, shuffled in a buffer of `data.shuffle_buffer` texts (seeded, another order each
+                   pass), tokenized and packed on the fly by the DataLoader (its workers, if any), split between
+                   DDP ranks (`split_dataset_by_node`), pass after pass without end
     length: `trainer.max_steps` (a stream has no length a schedule could be planned from)
 
-Resuming is exact: a checkpoint records how many batches of the current pass over the stream were trained on,
-and the resumed loader reads them again without training on them, so the run sees the same batches as one
-that never stopped (the MLM masking is seeded by each batch's tokens). Reading them again costs time, not
-correctness.
+The loader never ends a pass on its own: each DDP rank reads its share of the corpus, and shares differ in
+length (files of different sizes, rows packed per rank), so a rank whose loader ended would leave the others
+waiting in a collective forever. One endless epoch, ended by max_steps, keeps every rank in step.
+
+Resuming is exact: a checkpoint records how many batches were trained on, and the resumed loader reads them
+again without training on them, so the run sees the same batches as one that never stopped (the order of each
+pass is fixed by the seed and the pass number; the MLM masking is seeded by each batch's tokens). Reading them
+again costs time, not correctness.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -25,6 +31,7 @@ from datasets import Dataset, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
+from encoder.errors import DataError
 from encoder.tokenizer import as_text, fingerprint
 from encoder.training.config import DataConfig
 from encoder.training.data.loading import data_files, describe, load_error
@@ -32,6 +39,7 @@ from encoder.training.data.loading import data_files, describe, load_error
 log = logging.getLogger(__name__)
 VALIDATION = 1_000  # held-out texts when data.max_eval_samples is unset
 TOKENIZER_TEXTS = 100_000  # texts the tokenizer trains on when tokenizer.train_samples is unset
+SHUFFLE_BUFFER = 10_000  # texts a stream is shuffled among when data.shuffle_buffer is unset
 
 
 def open_stream(cfg: DataConfig, cache_dir: Path) -> tuple[Dataset, IterableDataset, str]:
@@ -48,7 +56,10 @@ def open_stream(cfg: DataConfig, cache_dir: Path) -> tuple[Dataset, IterableData
     stream = stream.filter(lambda b: [bool(as_text(t).strip()) for t in b[cfg.text_column]], batched=True)
     held = cfg.max_eval_samples or VALIDATION
     validation = Dataset.from_list(list(stream.take(held)))
-    train = stream.skip(held)
+    # Not `stream.skip(held)`: with DataLoader workers or DDP ranks, `datasets` shares a skip out between them,
+    # and each skips part of its own files instead of the stream's first texts (validation texts trained on).
+    held_out = set(validation[cfg.text_column])
+    train = stream.filter(lambda b: [t not in held_out for t in b[cfg.text_column]], batched=True)
     if cfg.max_train_samples:
         train = train.take(cfg.max_train_samples)
     return validation, train, fingerprint(describe(cfg), cfg.revision, _identity(files), held, cfg.max_train_samples)
@@ -69,14 +80,21 @@ def tokenizer_texts(train: IterableDataset, column: str, count: int | None) -> C
     return lambda: (as_text(row[column]) for row in train.take(count or TOKENIZER_TEXTS))
 
 
-def rows(train: IterableDataset, encode: Callable[[dict], dict], column: str) -> IterableDataset:
-    """Token-id rows, made on the fly as the loader reads (in its workers, if any)."""
+def rows(train: IterableDataset, encode: Callable[[dict], dict], column: str, seed: int,
+         shuffle_buffer: int | None) -> IterableDataset:
+    """Token-id rows, made on the fly as the loader reads (in its workers, if any), from the training texts
+    shuffled in a buffer (0: in the files' order). The shuffle comes before packing, so a row mixes documents
+    from all over the buffer, and `set_epoch` gives each pass another order."""
+    buffer = SHUFFLE_BUFFER if shuffle_buffer is None else shuffle_buffer
+    if buffer:
+        train = train.shuffle(seed=seed, buffer_size=buffer)
     return train.map(encode, batched=True, batch_size=1000, remove_columns=[column])
 
 
 class StreamLoader(DataLoader):
-    """The training DataLoader over a stream. Its state is the batches of the current pass already trained on
-    (`processed()`); a resumed loader reads those again and trains from the next one."""
+    """The training DataLoader over a stream: pass after pass without end (`set_epoch(pass)` before each), so
+    the run ends at max_steps on every rank at once. Its state is the batches trained on (`processed()`); a
+    resumed loader reads those again and trains from the next one."""
 
     def __init__(self, stream: IterableDataset, rank: int, world: int, *args, processed: Callable[[], int],
                  **kwargs):
@@ -91,10 +109,17 @@ class StreamLoader(DataLoader):
         self._skip = state.get("batches", 0)  # (idempotent: Lightning and the data module may both hand it over)
 
     def __iter__(self):
-        batches = super().__iter__()
         skip, self._skip = self._skip, 0
         if skip:
             log.info("resuming a stream: reading the %d batches already trained on again, without training", skip)
-        for _ in range(skip):
-            next(batches, None)
-        return batches
+        for epoch in itertools.count():
+            self.dataset.set_epoch(epoch)
+            read = 0
+            for read, batch in enumerate(super().__iter__(), 1):
+                if skip:
+                    skip -= 1
+                    continue
+                yield batch
+            if not read:
+                raise DataError("the training stream gave no rows: it holds no text beyond the held-out "
+                                "validation (data.max_eval_samples) or this rank's share is empty")
