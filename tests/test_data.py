@@ -56,6 +56,22 @@ def test_local_csv_string_labels_become_ids_and_validation_is_carved(tmp_path):
     assert batch["input_ids"].shape[1] % 8 == 0 and batch["padding_mask"].dtype.is_floating_point is False
 
 
+def test_a_carved_validation_split_is_seeded_and_both_parts_keep_the_file_order(tmp_path):
+    # in the file's order, not shuffled: a corpus read through a shuffled view is read at random, every page of
+    # it kept in memory (or read from disk again and again when memory is short)
+    rows = [(f"review number {i}", "pos" if i % 2 else "neg") for i in range(200)]
+    path = write_csv(tmp_path / "train.csv", rows)
+    parts = []
+    for seed in (0, 0, 1):
+        dm = module(tmp_path, data_files={"train": path}, val_fraction=0.1, seed=seed)
+        dm.setup()
+        parts.append({split: [int(t.split()[-1]) for t in dm.raw[split]["text"]] for split in ("train", "validation")})
+    train, validation = parts[0]["train"], parts[0]["validation"]
+    assert len(validation) == 20 and sorted(train + validation) == list(range(200))
+    assert train == sorted(train) and validation == sorted(validation)  # each in the file's order
+    assert validation != list(range(180, 200)) and parts[1] == parts[0] and parts[2] != parts[0]  # seeded
+
+
 @pytest.mark.parametrize("fmt", ["json", "parquet"])
 def test_local_json_and_parquet_files(tmp_path, fmt):
     from datasets import Dataset

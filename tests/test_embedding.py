@@ -14,7 +14,7 @@ from encoder.errors import ConfigError
 from encoder.export import export
 
 TEXTS = ["a gorgeous, witty, seductive movie", "the plot is a mess", "", "an hour too long and not funny once"]
-CORPUS = ["data=rotten_tomatoes_corpus", "data.max_train_samples=512", "data.max_eval_samples=64"]
+CORPUS = ["data=rotten_tomatoes_corpus", "data.max_train_samples=2048", "data.max_eval_samples=64"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def test_it_embeds_in_the_teachers_space_and_exports_as_sentence_transformers(st
     mine, target = mine - mine.mean(0), target - target.mean(0)
     matched = F.cosine_similarity(mine, target).mean()
     shuffled = F.cosine_similarity(mine, target.roll(1, 0)).mean()
-    assert matched > 0.4 and matched > shuffled + 0.3  # (0.50 and 0.02 here; taught the wrong texts: 0.30)
+    # (0.72 and 0.00 here; from the first 512 corpus texts in file order, a few films' reviews: 0.22)
+    assert matched > 0.4 and matched > shuffled + 0.3
     export(best, tmp_path / "st", format="sentence-transformers")
     exported = SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(TEXTS, convert_to_tensor=True)
     assert torch.allclose(exported, ours, atol=1e-5)  # the projection is its Dense module

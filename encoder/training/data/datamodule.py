@@ -98,7 +98,8 @@ class TextDataModule(L.LightningDataModule):
                                self.cfg.text_column, self.cfg.text_pair_column, self.cfg.label_column,
                                self.task.name, self.task.labels, self.label_names)
         for split, ds in raw.items():
-            self._warn_empty(ds, split)
+            if self._keeps_empty:
+                self._warn_empty(ds, split)
             self.datasets[split] = ds.map(encode, batched=True, remove_columns=ds.column_names,
                                           desc=f"tokenizing {split}", num_proc=self._processes(ds),
                                           new_fingerprint=fingerprint(ds._fingerprint, settings))
@@ -127,10 +128,14 @@ class TextDataModule(L.LightningDataModule):
         log.info("data.streaming: %d held-out validation texts (%d rows); training rows are made as they are read",
                  len(validation), len(self.datasets["validation"]))
 
+    @property
+    def _keeps_empty(self) -> bool:
+        return self.task.labels is not None and not self.task.words
+
     def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         """A corpus text or a sentence of labelled words that is empty has nothing to learn from
         (dropped, logged). Empty texts of labelled data are kept: they are examples too."""
-        if self.task.labels is not None and not self.task.words:
+        if self._keeps_empty:
             return raw
         out = {}
         for split, ds in raw.items():

@@ -6,6 +6,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy
 import pandas
 import pyarrow
 from datasets import Dataset, DatasetDict, load_dataset
@@ -91,8 +92,7 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
             raise DataError(f"the train split of {describe(cfg)} has {len(out['train'])} example, too few to carve "
                             f"a validation split from; add examples or give a validation split "
                             f"(data.data_files.validation=...)")
-        parts = out["train"].train_test_split(test_size=cfg.val_fraction, seed=seed)
-        out["train"], out["validation"] = parts["train"], parts["test"]
+        out["train"], out["validation"] = _carve(out["train"], cfg.val_fraction, seed)
         log.info("carved a %.0f%% validation split from train (seed %d)", 100 * cfg.val_fraction, seed)
     for split, limit in (("train", cfg.max_train_samples), ("validation", cfg.max_eval_samples),
                          ("test", cfg.max_eval_samples)):
@@ -112,6 +112,15 @@ def _refuse_duplicate_headers(raw: DatasetDict, where: str) -> None:
             if dot and number.isdigit() and base in ds.column_names:
                 raise DataError(f"the {split} file of {where} names the column {base!r} twice in its header (the "
                                 f"second was read as {column!r}); give every column its own name")
+
+
+def _carve(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded share of the rows as validation, each part kept in the file's order.
+    Not `train_test_split`, whose parts are shuffled views: a corpus read through one is read at random, so
+    every page of it stays resident (or, when memory is short, is read from disk again and again)."""
+    rows = numpy.random.default_rng(seed).permutation(len(train))
+    held = max(1, min(len(train) - 1, round(len(train) * fraction)))
+    return train.select(numpy.sort(rows[held:])), train.select(numpy.sort(rows[:held]))
 
 
 def _pick_splits(raw: DatasetDict, cfg: DataConfig) -> dict[str, Dataset]:
