@@ -11,7 +11,9 @@ documents of 3-30 sentences, one document per line, until the file has the size 
 data.max_eval_samples=2000` from an empty cache, in its own process; this script samples the resident memory of
 that process and of every process it starts (the tokenizing workers of `data.num_proc`), summed, every 0.1 s.
 "Prepared at" is the time from the start to the datamodule's "data.packing:" log line (imports, reading, tokenizer
-training, tokenization and packing); between two sizes its difference gives the preparation time per MB. The rest
+training, tokenization and packing); between two sizes its difference gives the preparation time per MB. "Setup"
+is the datamodule's own share of it (its "prepared in" log line: reading, tokenizer training, tokenization and
+packing, without the process start), the time to compare between one core and two. The rest
 is the 20 steps and a validation of 2,000 rows (data.max_eval_samples: the validation split, 10% of the corpus, is
 still prepared in full). One core: the run is pinned with taskset (the tokenizers library already encodes a
 batch on every core it may use). Run it alone on the machine.
@@ -160,7 +162,9 @@ def run(corpus: Path, procs: int, cores: int, workdir: Path, stream: bool = Fals
         raise SystemExit(f"train.py failed ({child.returncode}){killed}:\n{''.join(lines[-30:])}")
     marker = "data.streaming:" if stream else "data.packing:"
     said = next((line for line in lines if marker in line), "")
+    setup = next((re.search(r"prepared in ([0-9.]+) s", line) for line in lines if "prepared in" in line), None)
     return {"wall_s": round(wall, 1), "prepare_s": round(prepared[0], 1) if prepared[0] else None,
+            "setup_s": float(setup.group(1)) if setup else None,
             "peak_rss_gb": round(peak[0] / 1e9, 3), "peak_anon_rss_gb": round(peak[1] / 1e9, 3),
             "data": said.split(marker, 1)[-1].strip(), "streaming": stream, **capped}
 
@@ -187,7 +191,7 @@ def main() -> None:
                 result = run(corpus, procs, cores, Path(tmp) / f"{size}mb", args.streaming, args.memory_cap)
                 print(f"{size:5d} MB  num_proc={procs} cores={cores}{'  streaming' if args.streaming else ''}  "
                       f"{documents:8d} documents  prepared at "
-                      f"{result['prepare_s']:7.1f} s  20 steps done at {result['wall_s']:7.1f} s  peak RSS "
+                      f"{result['prepare_s']:7.1f} s (setup {result['setup_s'] or 0:6.1f} s)  20 steps done at {result['wall_s']:7.1f} s  peak RSS "
                       f"{result['peak_rss_gb']:.2f} GB (anonymous {result['peak_anon_rss_gb']:.2f} GB)"
                       + (f"  under a {args.memory_cap} GB cap (charged at most {result['cgroup_peak_gb']:.2f} GB)"
                          if args.memory_cap else ""), flush=True)

@@ -316,6 +316,26 @@ def test_tokenizer_training_is_deterministic_byte_for_byte(rt_files):
     assert train_tokenizer(iter(texts)).to_str() == first.to_str()  # a one-pass iterator is read into a list
 
 
+def test_tokenizer_training_skips_long_words_exactly_as_the_regex_does():
+    # the byte scan that spares most batches the regex must never miss a long word: 101 characters (not 100), of
+    # one byte or two, between any of the separators `\\s` knows; each kind in a batch (1,000 texts) of its own
+    from encoder.tokenizer import MAX_WORD_CHARS, _LONG_WORD, _without_long_words, train_tokenizer
+
+    n = MAX_WORD_CHARS
+    words = ["q" * (n + 1), "q" * n, "\u00e9" * (n + 1), "\u00e9" * 60, "\u03a9" * 200, "z\u00a0" * 70]
+    texts = [f"plain text {i} here" for i in range(1000 * len(words))]
+    for i, w in enumerate(words):
+        for j, sep in enumerate([" ", "\t", "\x1c", "\n"]):
+            texts[1000 * i + 7 * j + 5] = f"before{sep}{w}{sep}after"
+    got = [t for batch in _without_long_words(texts) for t in batch]
+    assert got == [_LONG_WORD.sub(" ", t) for t in texts]
+    assert sum("q" * (n + 1) in t for t in got) == 0
+    assert sum("q" * n in t for t in got) == 4 and sum("\u00e9" * 60 in t for t in got) == 4  # kept: not long
+    # the alphabet is the one of the texts left: a character found only in long words gets no ##piece
+    vocab = train_tokenizer(texts).get_vocab()
+    assert "##\u03c9" not in vocab and "##q" in vocab
+
+
 def test_integer_labels_match_label_names_that_are_numbers_by_value(tmp_path):
     # a model trained on stars "1","2","4","5" evaluated on a file whose stars are read as integers: 4 is "4"
     # (position 2), not position 4; a star it never learned is refused rather than read as a position
