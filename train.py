@@ -79,7 +79,8 @@ def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | No
     if resumed is not None:
         tokenizer_cfg["path"] = str(pretrained.cached_tokenizer(resumed.tokenizer_json, cfg.paths.cache_dir))
     m = checked.model
-    init = pretrained.load(m.init_from, cfg.paths.cache_dir, m.init_layers) if m.init_from and not resumed else None
+    init = pretrained.load(m.init_from, cfg.paths.cache_dir, m.init_layers, m.ffn_dim if m.prune_ffn else None) \
+        if m.init_from and not resumed else None
     if init is not None:  # its tokenizer, never a retrained one
         pretrained.check_matches(init, OmegaConf.to_container(cfg.model, resolve=True))
         if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():

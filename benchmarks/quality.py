@@ -40,6 +40,9 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     "minilm_l3": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3"],
     "minilm_l2_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
                             "model.init_layers=[0,1]", "distill.teacher={teacher}"],
+    # the 3-layer student with half of each layer's feed-forward units (those of largest weights): narrower
+    "minilm_l3_ffn768_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.ffn_dim=768",
+                                   "model.prune_ffn=true", "distill.teacher={teacher}"],
     "small_distilled": ["distill.teacher={teacher}"],
     "small_distilled_corpus": ["distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],
     "tiny_distilled": ["model=tiny", "distill.teacher={teacher}"],

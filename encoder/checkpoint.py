@@ -40,7 +40,7 @@ EXPORT_FORMAT = "encoder-export-v1"
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 OPTIONAL_EXPORT_FILES = ("model.onnx", "model.int8.onnx")  # export --onnx [--int8]: listed in the manifest too
 # run switches, not architecture (stored with it before 0.2)
-RUN_SWITCHES = ("unpad", "compile", "init_from", "init_layers")
+RUN_SWITCHES = ("unpad", "compile", "init_from", "init_layers", "prune_ffn")
 
 
 @dataclass

@@ -163,12 +163,63 @@ def test_a_student_made_of_its_teachers_layers(tmp_path):
     assert encoder.load_model(best).predict(["a gorgeous, witty movie"])[0]["label"] in ("rotten", "fresh")
 
 
+def test_a_student_with_its_teachers_largest_feed_forward_units(tmp_path):
+    # model.prune_ffn: a narrower student keeps, in each layer, the feed-forward units of largest weights
+    import train
+
+    from encoder.export import export
+
+    train.train(compose(TINY + ["model.num_layers=2", "model.pooling=mean"], tmp_path / "teacher"))
+    folder = export(tmp_path / "teacher" / "checkpoints" / "last.ckpt", tmp_path / "export")
+    teacher = pretrained.load(str(folder))
+    width = teacher.arch["ffn_dim"]
+    # a teacher half of whose units write nothing (zero output columns): those are the ones dropped, the others
+    # kept in their order, and the narrower student computes exactly what the teacher computes
+    silent = {0: torch.arange(0, width, 2), 1: torch.randperm(width, generator=torch.Generator().manual_seed(0))[:width // 2]}
+    for layer, units in silent.items():
+        teacher.state[f"encoder.layers.{layer}.ffn.2.weight"][:, units] = 0.0
+    student = pretrained.keep_ffn_units(teacher, width // 2)
+    assert student.arch["ffn_dim"] == width // 2
+    for layer, units in silent.items():
+        kept = torch.tensor(sorted(set(range(width)) - set(units.tolist())))
+        for key, rows in (("0.weight", kept), ("0.bias", kept)):
+            name = f"encoder.layers.{layer}.ffn.{key}"
+            assert torch.equal(student.state[name], teacher.state[name][rows]), name
+        name = f"encoder.layers.{layer}.ffn.2.weight"
+        assert torch.equal(student.state[name], teacher.state[name][:, kept]), name
+    t = encoder.load_model(folder).model.eval()
+    t.load_state_dict(teacher.state, strict=False)
+    cfg = ModelConfig.from_dict({**vars(t.cfg), "attention": vars(t.cfg.attention), "ffn_dim": width // 2})
+    s = EncoderForSequenceClassification(cfg).eval()
+    pretrained.apply(student, s)
+    ids = torch.tensor([[2, 40, 41, 42, 3, 0], [2, 50, 3, 0, 0, 0]])
+    mask = ids == 0
+    with torch.no_grad():
+        torch.testing.assert_close(s.encoder(ids, mask)[~mask], t.encoder(ids, mask)[~mask])
+
+    # through train.py, with init_layers too: the run starts from exactly the kept units of the kept layer
+    expected = pretrained.load(str(folder), layers=[1], ffn_dim=width // 4)
+    train.train(compose(TINY + ["model.num_layers=1", "model.pooling=mean", f"model.init_from={folder}",
+                                "model.init_layers=[1]", f"model.ffn_dim={width // 4}", "model.prune_ffn=true",
+                                "trainer.limit_train_batches=1", START], tmp_path / "student"))
+    assert WeightsAtStart.seen["encoder.layers.0.ffn.0.weight"].shape == (width // 4, teacher.arch["embed_dim"])
+    for name, value in expected.state.items():
+        assert torch.equal(WeightsAtStart.seen[name], value), name
+    best = next((tmp_path / "student" / "checkpoints").glob("best-*.ckpt"))
+    assert encoder.load_model(best).model.cfg.ffn_dim == width // 4
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.init_layers=[0]"], "model.init_layers picks layers of a pretrained encoder: set model.init_from"),
     (["model.init_from=all-MiniLM-L6-v2", "model.init_layers=[0,0]"], "must list distinct layer indices"),
     (["model.init_from=all-MiniLM-L6-v2", "model.init_layers=[]"], "must list distinct layer indices"),
     (["model=minilm_l3", "model.init_layers=[0,1]"], "keeps 2 layers but model.num_layers=3; set model.num_layers=2"),
     (["model=minilm_l3", "model.init_layers=[0,1,6]"], r"names layer 6, but .* has 6 layers \(0..5\)"),
+    (["model.prune_ffn=true"], "model.prune_ffn narrows a pretrained encoder's feed-forward layers: set model.init_from"),
+    (["model=minilm_l3", "model.ffn_dim=2048", "model.prune_ffn=true"],
+     r"model.ffn_dim=2048 is wider than the feed-forward layers of .* \(1536\); model.prune_ffn keeps at most 1536"),
+    (["model=minilm_l3", "model.ffn_dim=768"], (r"model.ffn_dim=768 does not match .* \(1536\); set model.ffn_dim=1536 "
+                                                r"\(or pick .* or model.prune_ffn=true to keep its largest units\)")),
 ])
 def test_bad_layer_choices_are_refused_in_one_line(overrides, message, tmp_path):
     import train

