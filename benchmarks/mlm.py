@@ -2,18 +2,23 @@
 same architecture, weights, rows, masking ratio and batch size. Also model FLOPs utilisation.
 
     python benchmarks/mlm.py [--size small] [--batch-size 32] [--ratios 0.15 0.3] [--pairs 5] [--record]
+    python benchmarks/mlm.py --ratios 0.15 --document-attention   # + ours with data.document_attention=true
 
 The rows are our packed rows of the offline Rotten Tomatoes corpus (task=mlm's default: documents joined by
 [SEP] into rows of exactly 128 tokens, as `run_mlm`'s `group_texts` makes them), the same rows for both. One
 step = collate (masking) + forward + loss + backward + AdamW step, in train mode. Ours: our Collator and
 `task=mlm`'s step (the vocabulary projection only at masked positions); theirs: DataCollatorForLanguageModeling
 (80/10/10 as ours) and BertForMaskedLM (SDPA attention, the projection at every position). The contenders
-alternate and the ratio is the median over rounds. Run it alone on the machine.
+alternate and the ratio is the median over rounds. With --document-attention a third contender is ours with
+attention kept within each text of a row (data.document_attention=true: a block mask through
+nn.MultiheadAttention, positions from each text's start), on the same rows: what that costs. Run it alone on the
+machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from datetime import datetime
@@ -71,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="steps per timed round")
     parser.add_argument("--pairs", type=int, default=5, help="timed rounds")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3], help="masking ratios")
+    parser.add_argument("--document-attention", action="store_true",
+                        help="also time ours with attention kept within each text (data.document_attention=true)")
     parser.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(RESULTS.parents[2])}")
     args = parser.parse_args()
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
@@ -96,11 +103,15 @@ def main() -> None:
         collator = Collator(pad_token_id=tok.token_to_id("[PAD]"), mlm_probability=ratio, vocab_size=tok.get_vocab_size(),
                             mask_token_id=tok.token_to_id("[MASK]"), special_token_ids=specials)
         hf_collator = DataCollatorForLanguageModeling(hf_tok, mlm_probability=ratio, return_tensors="pt")
-        times = alternate({"ours": ours_step(ours, batches, collator), "hf": hf_step(theirs, batches, hf_collator)},
-                          args.pairs)
+        contenders = {"ours": ours_step(ours, batches, collator), "hf": hf_step(theirs, batches, hf_collator)}
+        if args.document_attention:
+            by_document = copy.copy(collator)
+            by_document.document_separator = tok.token_to_id("[SEP]")
+            contenders["ours_documents"] = ours_step(ours, batches, by_document)
+        times = alternate(contenders, args.pairs)
         ratio_vs_hf = median_ratio(times, "hf", "ours")
         result = {"size": args.size, "mlm_probability": ratio, "batch_size": args.batch_size}
-        for name in ("ours", "hf"):
+        for name in contenders:
             per_s = tokens / sorted(times[name])[len(times[name]) // 2]
             result[f"{name}_tokens_per_s"] = round(per_s)
             result[f"{name}_mfu"] = round(per_s * flops_per_token(cfg, 128) / peak, 4)
@@ -108,6 +119,13 @@ def main() -> None:
         print(f"mask {ratio:.0%}: ours {result['ours_tokens_per_s']:7d} tokens/s (MFU {result['ours_mfu']:.1%}), "
               f"BertForMaskedLM {result['hf_tokens_per_s']:7d} tokens/s (MFU {result['hf_mfu']:.1%}): "
               f"ours {ratio_vs_hf:.2f}x", flush=True)
+        if args.document_attention:
+            texts = sum(int((torch.tensor(e["input_ids"]) == tok.token_to_id("[SEP]")).sum()) for b in batches for e in b)
+            result["ours_documents_vs_ours"] = round(median_ratio(times, "ours_documents", "ours"), 3)
+            result["texts_per_row"] = round(texts / (args.batch_size * args.batches), 2)
+            print(f"  ours with document attention ({result['texts_per_row']} texts a row): "
+                  f"{result['ours_documents_tokens_per_s']:7d} tokens/s, ours without it is "
+                  f"{result['ours_documents_vs_ours']:.2f}x as fast", flush=True)
         if args.record:
             with open(RESULTS, "a", encoding="utf-8") as f:
                 f.write(json.dumps({**result, "machine": machine(), "date": datetime.now().strftime("%Y-%m-%d")}) + "\n")

@@ -22,18 +22,25 @@ class Collator:
     positions and -100 elsewhere. The random draws are seeded by `seed` and the batch's own tokens,
     so a batch is masked the same way in any process, worker or resumed run, and differently when
     the sampler groups examples differently (every epoch).
+
+    With `document_separator` (data.document_attention: packed rows of several documents joined by
+    that token) it also returns `documents` [B, S]: the index of the document each token belongs to
+    within its row (a separator closes its own document), from which the encoder keeps attention and
+    positions within each document.
     """
 
     def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int = 8, mlm_probability: float = 0.0,
                  mask_token_id: int | None = None, special_token_ids: list[int] | None = None,
                  vocab_size: int | None = None, seed: int = 0,
-                 collate_labels: Callable[[list, int], torch.Tensor] | None = None):
+                 collate_labels: Callable[[list, int], torch.Tensor] | None = None,
+                 document_separator: int | None = None):
         self.pad_token_id = pad_token_id
         self.collate_labels = collate_labels or (lambda targets, length: torch.as_tensor(targets))  # Task.collate_labels
         self.pad_to_multiple_of = pad_to_multiple_of
         self.mlm_probability = mlm_probability
         self.mask_token_id, self.vocab_size, self.seed = mask_token_id, vocab_size, seed
         self.special_token_ids = torch.as_tensor(special_token_ids or [], dtype=torch.long)
+        self.document_separator = document_separator
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         lengths = [len(e["input_ids"]) for e in examples]
@@ -51,6 +58,9 @@ class Collator:
             batch["token_type_ids"] = torch.zeros_like(input_ids)
             for i, e in enumerate(examples):
                 batch["token_type_ids"][i, : lengths[i]] = torch.as_tensor(e["token_type_ids"], dtype=torch.long)
+        if self.document_separator is not None:  # (from the ids before masking, which may draw a separator's id)
+            ends = (input_ids == self.document_separator).long()
+            batch["documents"] = ends.cumsum(1) - ends
         if self.mlm_probability > 0:
             batch["input_ids"], batch["labels"] = self.mask(input_ids, padding_mask)
         elif "labels" in examples[0]:

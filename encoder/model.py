@@ -89,20 +89,22 @@ class EncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
 
-    def attention(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None,
+                  blocked: torch.Tensor | None) -> torch.Tensor:
         if index is None:
-            return self.attn(x, x, x, key_padding_mask=padding_mask, need_weights=False)[0]
+            return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=False)[0]
         batch, seq = padding_mask.shape
         padded = x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, index, x).view(batch, seq, -1)
-        out = self.attn(padded, padded, padded, key_padding_mask=padding_mask, need_weights=False)[0]
+        out = self.attn(padded, padded, padded, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=False)[0]
         return out.reshape(batch * seq, -1).index_select(0, index)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None,
-                index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None = None,
+                blocked: torch.Tensor | None = None) -> torch.Tensor:
+        """`blocked` [batch * heads, seq, seq]: True where a token may not attend (another document's)."""
         if self.norm_first:
-            x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index))
+            x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index, blocked))
             return x + self.dropout2(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout1(self.attention(x, padding_mask, index)))
+        x = self.norm1(x + self.dropout1(self.attention(x, padding_mask, index, blocked)))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
 
@@ -118,12 +120,17 @@ class Encoder(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, documents: torch.Tensor | None = None) -> torch.Tensor:
+        """`documents` [batch, seq] (packed rows, data.document_attention): the document of each token; each
+        document is then encoded as if alone in its row (see `within_documents`)."""
         batch, seq = input_ids.shape
         if seq > self.cfg.max_positions:
             raise ValueError(f"sequence length {seq} exceeds model.max_positions={self.cfg.max_positions}; "
                              f"lower data.max_length")
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        blocked = None
+        if documents is not None:
+            positions, blocked = within_documents(documents, padding_mask, self.cfg.attention.num_heads)
         # A graph export (ONNX) cannot branch on data: it takes the padded path with the mask.
         exporting = torch.compiler.is_exporting()
         has_padding = exporting or bool(padding_mask.any())
@@ -132,14 +139,14 @@ class Encoder(nn.Module):
             mask = padding_mask if has_padding else None
             x = self.embeddings(input_ids, positions, token_type_ids)
             for layer in self.layers:
-                x = layer(x, mask)
+                x = layer(x, mask, blocked=blocked)
             return self.final_norm(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
         # Gather the real tokens once; everything but attention runs on them only.
         index = (~padding_mask).flatten().nonzero().squeeze(1)
         segments = token_type_ids.flatten()[index] if token_type_ids is not None else None
         x = self.embeddings(input_ids.flatten()[index], positions.flatten()[index], segments)
         for layer in self.layers:
-            x = layer(x, padding_mask, index)
+            x = layer(x, padding_mask, index, blocked)
         x = self.final_norm(x)
         return x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, index, x).view(batch, seq, -1)
 
@@ -159,6 +166,21 @@ class Encoder(nn.Module):
                                    average_attn_weights=False)[1])
             x = layer(x, padding_mask)
         return maps
+
+
+def within_documents(documents: torch.Tensor, padding_mask: torch.Tensor,
+                     num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows packed with several documents: positions counted from each document's first token, and the
+    attention mask [batch * heads, seq, seq] (`nn.MultiheadAttention`'s `attn_mask`, True = may not attend) that
+    keeps each token within its document. Padding rows stay open to every real token, as without documents (a
+    row that may attend nowhere gives NaN, and padding's outputs are dropped anyway)."""
+    batch, seq = documents.shape
+    arange = torch.arange(seq, device=documents.device).expand(batch, seq)
+    first = torch.ones_like(padding_mask)
+    first[:, 1:] = documents[:, 1:] != documents[:, :-1]
+    start = torch.where(first, arange, 0).cummax(1).values
+    blocked = (documents.unsqueeze(2) != documents.unsqueeze(1)) & ~padding_mask.unsqueeze(2)
+    return arange - start, blocked.repeat_interleave(num_heads, dim=0)
 
 
 def pool(hidden: torch.Tensor, padding_mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -77,3 +77,13 @@ class LastCheckpointSteps(L.Callback):
 
         path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
         LastCheckpointSteps.seen.append(torch.load(path, weights_only=True)["global_step"] if path.is_file() else None)
+
+
+class LastBatch(L.Callback):
+    """A callback (`+callbacks.probe._target_=conftest.LastBatch`) that keeps the last training batch, as the
+    model received it."""
+
+    seen: dict = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        LastBatch.seen = {k: v.detach().clone() for k, v in batch.items()}

@@ -111,10 +111,32 @@ def test_fine_tuning_from_an_mlm_checkpoint_of_another_shape_is_refused(mlm, tmp
         train.train(cfg)
 
 
+def test_mlm_with_document_attention_trains_on_batches_that_say_where_each_text_ends(tmp_path):
+    import train
+
+    from conftest import LastBatch
+
+    metrics = train.train(compose([*MLM, "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+                                   "data.document_attention=true", "+callbacks.probe._target_=conftest.LastBatch"],
+                                  tmp_path))
+    batch = LastBatch.seen
+    sep = Tokenizer.from_str(torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+                             ["hyper_parameters"]["tokenizer_json"]).token_to_id("[SEP]")
+    # each row's document index goes up by one after each [SEP] (the rows hold several texts of the corpus)
+    for ids, documents, labels in zip(batch["input_ids"], batch["documents"], batch["labels"]):
+        original = torch.where(labels != -100, labels, ids)
+        ends = (original == sep).long()
+        assert torch.equal(documents, ends.cumsum(0) - ends)
+    assert batch["documents"].max() > 0
+    assert math.isfinite(metrics["val/loss"]) and metrics["val/acc"] > 0
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["task=mlm", "data.mlm_probability=0"], "task=mlm needs data.mlm_probability > 0"),
     (["data.mlm_probability=0.15"], "only task=mlm uses; set it to 0"),
     (["task=mlm", "data.mlm_probability=1.5"], "data.mlm_probability=1.5 must be in [0, 1)"),
+    (["task=mlm", "data.packing=false", "data.document_attention=true"],
+     "data.document_attention=true keeps attention within each text of a packed row: it needs data.packing=true"),
     (["task.name=nope"], "task 'nope' is unknown; known tasks: ['classification', 'embedding', 'mlm', 'multilabel', "
                          "'regression', 'token_classification']"),
 ])

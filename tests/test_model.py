@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from encoder.collate import Collator
 from encoder.errors import ConfigError
 from encoder.model import AttentionConfig, Encoder, EncoderLayer, ModelConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
@@ -71,6 +72,36 @@ def test_unpadded_and_padded_paths_agree_in_outputs_and_gradients(norm_first):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_a_packed_row_with_document_attention_encodes_each_document_as_if_alone(norm_first, unpad):
+    # data.document_attention: [CLS] a a a [SEP] b b [SEP] c [SEP] + padding gives, for each text, the hidden states
+    # that text has alone in a row (positions from 0, attending to itself only); without it, the texts mix
+    torch.manual_seed(0)
+    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, dropout=0.0,
+                                                  attention=AttentionConfig(2, dropout=0.0))).eval()
+    model.encoder.unpad = unpad
+    cls, sep = 2, 3
+    texts = [[cls, 11, 12, 13, sep], [21, 22, sep], [31, sep]]
+    packed = [t for text in texts for t in text]
+    collator = Collator(pad_token_id=0, pad_to_multiple_of=8, document_separator=sep)
+    batch = collator([{"input_ids": packed}, {"input_ids": [cls, 41, sep]}])
+    assert batch["documents"][0, :len(packed)].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
+    with torch.no_grad():
+        together = model.encoder(batch["input_ids"], batch["padding_mask"], documents=batch["documents"])
+        mixed = model.encoder(batch["input_ids"], batch["padding_mask"])
+        start = 0
+        for text in texts:
+            alone = model.encoder(torch.tensor([text]), torch.zeros(1, len(text), dtype=torch.bool))[0]
+            torch.testing.assert_close(together[0, start:start + len(text)], alone, atol=1e-5, rtol=1e-5)
+            if start:  # the later texts are not the same without it (positions and neighbours differ)
+                assert not torch.allclose(mixed[0, start:start + len(text)], alone, atol=1e-3)
+            start += len(text)
+        # the second row, one text and padding, is unchanged by it; padding stays zero
+        torch.testing.assert_close(together[1], mixed[1], atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(together).all() and not together[batch["padding_mask"]].any()
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

@@ -31,9 +31,11 @@ class EncoderForMaskedLM(TaskModel):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(init_weights)
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True."""
-        hidden = self.encoder(input_ids, padding_mask)[selected]
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor, selected: torch.Tensor,
+                documents: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocabulary logits [n_selected, vocab_size] at the positions where `selected` [batch, seq] is True.
+        `documents`: see `Encoder.forward` (data.document_attention)."""
+        hidden = self.encoder(input_ids, padding_mask, documents=documents)[selected]
         return nn.functional.linear(self.transform(hidden), self.encoder.embeddings.tokens.weight, self.bias)
 
 
@@ -77,7 +79,7 @@ class MaskedLM(Task):
         if "labels" not in batch or batch["labels"].dim() != 2:
             raise ValueError("task=mlm needs masked batches: set data.mlm_probability (e.g. 0.15)")
         selected = batch["labels"] != -100
-        logits = model(batch["input_ids"], batch["padding_mask"], selected).float()
+        logits = model(batch["input_ids"], batch["padding_mask"], selected, batch.get("documents")).float()
         targets = batch["labels"][selected]
         # the count is the masked tokens, so an epoch's loss is the mean over all of them
         return Step(F.cross_entropy(logits, targets), logits, targets, len(targets))

@@ -125,6 +125,7 @@ class DataConfig:
     max_length: int = 128
     long_texts: str = "truncate"
     packing: bool = False  # texts joined by [SEP] into rows of exactly max_length (task=mlm's default)
+    document_attention: bool = False  # packed rows: each text attends within itself, positions from its start
     streaming: bool = False  # read the corpus as a stream, tokenized and packed on the fly (data/streaming.py)
     shuffle_buffer: Optional[int] = None  # a stream's texts are shuffled among this many (null: 10,000; 0: none)
     mlm_probability: float = 0.0
@@ -156,6 +157,9 @@ class DataConfig:
             raise ConfigError(f"data.max_length={self.max_length} must be at least 2 ([CLS] and [SEP])")
         if self.num_proc is not None and self.num_proc < 1:
             raise ConfigError(f"data.num_proc={self.num_proc} must be a positive number of processes (null: this one)")
+        if self.document_attention and not self.packing:
+            raise ConfigError("data.document_attention=true keeps attention within each text of a packed row: it "
+                              "needs data.packing=true (task=mlm's default)")
         if self.streaming and not self.packing:
             raise ConfigError("data.streaming=true reads a corpus into packed rows as it trains: set data.packing=true "
                               "(task=mlm's default)")

@@ -191,7 +191,8 @@ class TextDataModule(L.LightningDataModule):
         specials = [tok.token_to_id(t) for t in SPECIAL_TOKENS if t != "[UNK]"]
         return Collator(pad_token_id=pad, pad_to_multiple_of=self.cfg.pad_to_multiple_of,
                         mlm_probability=self.cfg.mlm_probability, mask_token_id=tok.token_to_id("[MASK]"),
-                        special_token_ids=specials, vocab_size=tok.get_vocab_size(), seed=self.seed)
+                        special_token_ids=specials, vocab_size=tok.get_vocab_size(), seed=self.seed,
+                        document_separator=tok.token_to_id("[SEP]") if self.cfg.document_attention else None)
 
     # ---- loaders ----------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
