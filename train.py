@@ -43,7 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from encoder import checkpoint
 from encoder.errors import CheckpointError, ConfigError, DataError
@@ -51,6 +51,7 @@ from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, validate
 from encoder.training.console import quiet, say
+from encoder.training.data import streaming
 from encoder.training.data.sources import PRETRAINED
 from encoder.training.evaluation import evaluate, record
 from encoder.training.launch import discard_failed_start, trainer_error
@@ -63,6 +64,8 @@ log = logging.getLogger("encoder")
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with its callbacks and loggers; an argument Lightning refuses is one ConfigError line."""
+    if cfg.train and cfg.data.get("streaming"):
+        stream_intervals(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = build_loggers(cfg.logger)
     try:
@@ -70,6 +73,25 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     except InstantiationException as e:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         raise trainer_error(e, overrides) from None
+
+
+def stream_intervals(cfg: DictConfig) -> None:
+    """A streamed run validates and writes last.ckpt every streaming.EVERY_STEPS steps (or at max_steps, when that
+    comes first), unless trainer.val_check_interval or callbacks.last_checkpoint.every_n_train_steps says otherwise."""
+    steps = min(streaming.EVERY_STEPS, cfg.trainer.max_steps)
+    said = []
+    with open_dict(cfg):
+        if cfg.trainer.get("val_check_interval") is None:  # (Lightning counts it in batches, not optimizer steps)
+            cfg.trainer.val_check_interval = steps * (cfg.trainer.get("accumulate_grad_batches") or 1)
+            cfg.trainer.check_val_every_n_epoch = None
+            said.append("validates")
+        last = cfg.callbacks.get("last_checkpoint")
+        if last is not None and last.get("every_n_train_steps") is None:
+            last.every_n_train_steps = steps
+            said.append("writes last.ckpt")
+    if said:
+        log.info("data.streaming: the run %s every %d steps (trainer.val_check_interval, "
+                 "callbacks.last_checkpoint.every_n_train_steps)", " and ".join(said), steps)
 
 
 def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | None = None):

@@ -85,6 +85,27 @@ def test_a_stream_killed_and_resumed_sees_the_batches_of_one_that_never_stopped(
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
 
 
+def test_a_long_stream_validates_and_keeps_a_checkpoint_as_it_goes(corpus, tmp_path, monkeypatch):
+    # one endless epoch has no epoch end until max_steps: without a step interval a run killed before then would
+    # have validated never and saved nothing. Unless set, both happen every streaming.EVERY_STEPS steps.
+    from conftest import LastCheckpointSteps
+
+    monkeypatch.setattr(streaming, "EVERY_STEPS", 10)
+    run = ["trainer.max_steps=25", "logger=csv", "+callbacks.probe._target_=conftest.LastCheckpointSteps"]
+    stream_run(corpus, tmp_path / "default", *run)
+    with open(next((tmp_path / "default" / "csv").rglob("metrics.csv")), encoding="utf-8") as f:
+        validated = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")})
+    assert validated == [9, 19, 24]  # (Lightning logs validation at the step before the next: 10, 20, then the end)
+    # (the probe reads last.ckpt after each step, before the checkpoint callback of that step writes it)
+    assert LastCheckpointSteps.seen == [None] * 10 + [10] * 10 + [20] * 5
+    # what the user sets wins
+    stream_run(corpus, tmp_path / "set", *run, "+trainer.val_check_interval=12", "trainer.check_val_every_n_epoch=null",
+               "callbacks.last_checkpoint.every_n_train_steps=5")
+    with open(next((tmp_path / "set" / "csv").rglob("metrics.csv")), encoding="utf-8") as f:
+        validated = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")})
+    assert validated == [11, 23, 24] and LastCheckpointSteps.seen[:11] == [None] * 5 + [5] * 5 + [10]
+
+
 def test_the_tokenizer_of_a_stream_is_the_one_of_its_first_n_training_texts(corpus, tmp_path):
     dm = TextDataModule(task="mlm", path="text", data_files={"train": str(corpus)}, label_column=None,
                         streaming=True, packing=True, mlm_probability=0.15, max_length=64, max_eval_samples=50,

@@ -7,6 +7,7 @@ corpora that should not be prepared before training starts or do not fit on disk
                    pass), tokenized and packed on the fly by the DataLoader (its workers, if any), split between
                    DDP ranks (`split_dataset_by_node`), pass after pass without end
     length: `trainer.max_steps` (a stream has no length a schedule could be planned from)
+    validation and last.ckpt: every 1,000 steps unless set (one endless epoch has no epoch end until it stops)
 
 The loader never ends a pass on its own: each DDP rank reads its share of the corpus, and shares differ in
 length (files of different sizes, rows packed per rank), so a rank whose loader ended would leave the others
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 VALIDATION = 1_000  # held-out texts when data.max_eval_samples is unset
 TOKENIZER_TEXTS = 100_000  # texts the tokenizer trains on when tokenizer.train_samples is unset
 SHUFFLE_BUFFER = 10_000  # texts a stream is shuffled among when data.shuffle_buffer is unset
+# a streamed run is one epoch that ends at max_steps, so "each epoch" is "when it stops": unless told otherwise it
+# validates (trainer.val_check_interval) and writes last.ckpt (callbacks.last_checkpoint.every_n_train_steps)
+# this often instead, and a run killed on day three keeps its last checkpoint (train.py)
+EVERY_STEPS = 1_000
 
 
 def open_stream(cfg: DataConfig, cache_dir: Path) -> tuple[Dataset, IterableDataset, str]:
