@@ -208,7 +208,7 @@ class TextDataModule(L.LightningDataModule):
                 loader.load_state_dict(self._resume_at)
                 self._resume_at = None
             return loader
-        lengths = ds.with_format("numpy")["length"]  # (an array: at 2 GB a list would be 3.4M Python ints)
+        lengths = ds.with_format("arrow")["length"].to_numpy()  # 3M rows: 1 ms (a list of the column: 19 s)
         if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
             sampler = LengthGroupedSampler(lengths, self.cfg.batch_size, mega=50 if self.cfg.group_by_length else 1,
                                            seed=self.seed, num_replicas=world, rank=rank)
