@@ -376,3 +376,27 @@ def test_a_cache_folder_that_cannot_take_files_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"^the cache folder .*a-file/cache cannot take files \(.*\); point "
                                         r"ENCODER_CACHE \(or paths.cache_dir\) at a writable folder$"):
         module(tmp_path, data_files=files, cache_dir=str(blocker / "cache")).setup()
+
+
+@pytest.mark.parametrize("task, source, extra", [
+    ("mlm", "rotten_tomatoes_corpus", {"label_column": None, "packing": True, "mlm_probability": 0.15}),
+    ("classification", "rotten_tomatoes_critics", {}),
+])
+def test_no_step_from_the_files_to_a_batch_reads_a_whole_column_as_python_objects(task, source, extra, cache_dir,
+                                                                                  monkeypatch):
+    # datasets' ds[column] is a lazy Column: list() or numpy over it reads row by row (19 s for 3M rows; numpy
+    # held a 2 GB run over 5 minutes before its first step). Checks, tokenizer, tokenization, the real-token
+    # share, the sampler and the loaders go through batches or Arrow instead.
+    from datasets.arrow_dataset import Column
+
+    def whole_column(*args, **kwargs):
+        raise AssertionError("a whole column read as Python objects")
+
+    monkeypatch.setattr(Column, "__iter__", whole_column)
+    monkeypatch.setattr(Column, "__getitem__", whole_column)
+    # (a vocabulary size and length no other test uses: the tokenizer is trained and the data tokenized here)
+    dm = TextDataModule(task=task, source=source, max_length=61, cache_dir=str(cache_dir),
+                        tokenizer={"vocab_size": 997}, **extra)
+    dm.setup()
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 32
+    assert next(iter(dm.val_dataloader()))["input_ids"].shape[0] > 0
