@@ -6,7 +6,7 @@ import logging
 import re
 from pathlib import Path
 
-import numpy
+import numpy as np
 import pandas
 import pyarrow
 from datasets import Dataset, DatasetDict, load_dataset
@@ -118,9 +118,9 @@ def _carve(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset
     """(train, validation): a seeded share of the rows as validation, each part kept in the file's order.
     Not `train_test_split`, whose parts are shuffled views: a corpus read through one is read at random, so
     every page of it stays resident (or, when memory is short, is read from disk again and again)."""
-    rows = numpy.random.default_rng(seed).permutation(len(train))
+    rows = np.random.default_rng(seed).permutation(len(train))
     held = max(1, min(len(train) - 1, round(len(train) * fraction)))
-    return train.select(numpy.sort(rows[held:])), train.select(numpy.sort(rows[:held]))
+    return train.select(np.sort(rows[held:])), train.select(np.sort(rows[:held]))
 
 
 def _pick_splits(raw: DatasetDict, cfg: DataConfig) -> dict[str, Dataset]:
