@@ -1,4 +1,7 @@
 import csv
+import os
+import random
+import sys
 import json
 import re
 
@@ -239,8 +242,13 @@ def test_tokenizing_in_two_processes_gives_the_same_ids(tmp_path, packing):
     settings = dict(path="text", data_files={"train": str(corpus), "validation": str(corpus)}, task="mlm",
                     long_texts="chunk", packing=packing, mlm_probability=0.15)
     one, two = module(tmp_path / "one", **settings), module(tmp_path / "two", **settings, num_proc=2)
-    one.setup(), two.setup()
-    rows, rows2 = one.datasets["train"]["input_ids"], two.datasets["train"]["input_ids"]
+    one.setup()
+    rows = list(one.datasets["train"]["input_ids"])
+    for split in one.datasets.values():  # (the same data and tokenizer: `two` would find one's tokenization cached)
+        for f in split.cache_files:
+            os.remove(f["filename"])
+    two.setup()
+    rows2 = list(two.datasets["train"]["input_ids"])
     assert len(rows) > 1000 and len(two.datasets["train"].cache_files) == 2  # (two processes wrote it)
     if not packing:
         assert rows == rows2
@@ -400,3 +408,54 @@ def test_no_step_from_the_files_to_a_batch_reads_a_whole_column_as_python_object
     dm.setup()
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 32
     assert next(iter(dm.val_dataloader()))["input_ids"].shape[0] > 0
+
+
+def resident_bytes(files) -> int:
+    """This process's resident bytes of its mappings of `files` (/proc/self/smaps)."""
+    total, path = 0, None
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head, *rest = line.split()
+            if not head.endswith(":"):  # a mapping's first line: start-end perms offset dev inode [path]
+                path = rest[4] if len(rest) >= 5 else None
+            elif head == "Rss:" and path in files:
+                total += int(rest[0]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps are Linux's")
+def test_preparing_a_corpus_hands_back_the_mapped_pages_each_pass_read(tmp_path, monkeypatch):
+    # datasets reads its Arrow files through memory maps: every page a pass reads stayed in the process's RSS
+    # (a 2 GB corpus read as a 3.6 GB process). Each pass now hands its pages back as it goes and at its end.
+    from encoder.training.data import pages
+
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join([str(tmp_path)] + [" ".join(f"w{rng.randrange(3000)}" for _ in range(rng.randint(5, 60)))
+                                                  for _ in range(20000)]), encoding="utf-8")  # 21 batches of 1,000
+    # (its first text names this test's folder: no cached copy of it exists, so every pass runs)
+    monkeypatch.setattr(pages, "EVERY_BATCHES", 2)
+    held, release = [], pages.release
+    monkeypatch.setattr(pages, "release", lambda files: (held.append(resident_bytes(files)), release(files))[1])
+    settings = dict(task="mlm", path="text", data_files={"train": str(corpus), "validation": str(corpus)},
+                    label_column=None, packing=True, mlm_probability=0.15, max_length=64)
+    dm = module(tmp_path, **settings)
+    dm.setup()
+    files = pages.files_of(dm.raw["train"])
+    size = sum(os.path.getsize(f) for f in files)
+    assert size > 3_000_000 and len(held) > 40  # the empty-text check, the tokenizer's passes, tokenization
+    assert resident_bytes(files) < 0.02 * size  # nothing of the raw text stays mapped once prepared
+    # nor during a pass: at most the batches read since the last hand-back. (The first hand-back follows the
+    # files' opening, which reads each record batch's header: 64 KB of pages a batch, a third of this small file;
+    # the last one also counts the tokenized files.)
+    assert max(held[1:-1]) < 0.25 * size
+    # nor of the tokenized rows once the sampler has read their lengths (64 KB of pages around each chunk read)
+    tokenized = pages.files_of(dm.datasets["train"])
+    dm.train_dataloader()
+    assert resident_bytes(tokenized) < 0.02 * sum(os.path.getsize(f) for f in tokenized)
+    # the same token ids as a run that keeps every page
+    monkeypatch.setattr(pages, "_libc", None)
+    kept = module(tmp_path / "kept", **settings)
+    kept.setup()
+    assert resident_bytes(pages.files_of(kept.raw["train"])) > 0.9 * size
+    assert kept.datasets["train"]["input_ids"] == dm.datasets["train"]["input_ids"]

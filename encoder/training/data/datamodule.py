@@ -31,7 +31,7 @@ from encoder.training.config import DataConfig
 from encoder.training.data.encoding import encoder_for
 from encoder.training.data.labels import prepare_labels
 from encoder.training.data.loading import describe, load_splits
-from encoder.training.data import streaming
+from encoder.training.data import pages, streaming
 from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
 from encoder.training.data.sources import default_cache_dir
 from encoder.training.data.teacher import taught, teach
@@ -89,6 +89,7 @@ class TextDataModule(L.LightningDataModule):
         if self.cfg.streaming:
             return self._setup_stream()
         raw = load_splits(self.cfg, self.cache_dir, self.seed, self.labelled)
+        pages.release(tuple(f for ds in raw.values() for f in pages.files_of(ds)))  # (opening a file reads a part)
         mapping = None
         if self.labelled:
             self.label_names, mapping = prepare_labels(raw, self.cfg, self.task)
@@ -104,8 +105,9 @@ class TextDataModule(L.LightningDataModule):
         for split, ds in raw.items():
             if self._keeps_empty:
                 self._warn_empty(ds, split)
-            self.datasets[split] = ds.map(encode, batched=True, remove_columns=ds.column_names,
-                                          desc=f"tokenizing {split}", num_proc=self._processes(ds),
+            self.datasets[split] = ds.map(pages.releasing(pages.files_of(ds), encode), batched=True,
+                                          remove_columns=ds.column_names, desc=f"tokenizing {split}",
+                                          num_proc=self._processes(ds),
                                           new_fingerprint=fingerprint(ds._fingerprint, settings))
         log.info("data: %s, prepared in %.1f s", {s: len(d) for s, d in self.datasets.items()},
                  time.perf_counter() - start)
@@ -114,6 +116,7 @@ class TextDataModule(L.LightningDataModule):
             real = pc.sum(train.with_format("arrow")["length"]).as_py()  # (an Arrow sum: no list of a column)
             log.info("data.packing: %d texts in %d rows of %d tokens; %.2f%% of their positions are real tokens",
                      len(raw["train"]), len(train), self.cfg.max_length, 100 * real / (len(train) * self.cfg.max_length))
+        pages.release(tuple(f for ds in (*raw.values(), *self.datasets.values()) for f in pages.files_of(ds)))
 
     def _setup_stream(self) -> None:
         """data.streaming=true: validation held out of the stream's start and prepared now; the training rows are
@@ -144,9 +147,11 @@ class TextDataModule(L.LightningDataModule):
             return raw
         out = {}
         for split, ds in raw.items():
-            out[split] = ds.filter(lambda b: [bool(as_text(t).strip()) if isinstance(t, str) or t is None else bool(t)
-                                              for t in b[self.cfg.text_column]], batched=True,
-                                   desc=f"dropping empty texts of {split}")
+            column = self.cfg.text_column
+            out[split] = ds.filter(pages.releasing(pages.files_of(ds), lambda b: [
+                bool(as_text(t).strip()) if isinstance(t, str) or t is None else bool(t) for t in b[column]]),
+                batched=True, desc=f"dropping empty texts of {split}")
+            pages.release(pages.files_of(ds))
             if len(out[split]) < len(ds):
                 log.info("dropped %d empty texts of the %s split", len(ds) - len(out[split]), split)
             if len(out[split]) == 0:
@@ -159,21 +164,16 @@ class TextDataModule(L.LightningDataModule):
         n = self.cfg.num_proc
         return n if n and n > 1 and len(ds) >= 1000 * n else None
 
-    def _texts(self, ds: Dataset, column: str):
-        """A column's values, 1,000 rows at a time: memory stays flat in the corpus size."""
-        for batch in ds.select_columns([column]).iter(batch_size=1000):
-            yield from batch[column]
-
     def _warn_empty(self, ds: Dataset, split: str) -> None:
         missing = sum(t is None or (isinstance(t, (str, list)) and not t) or (isinstance(t, str) and not t.strip())
-                      for t in self._texts(ds, self.cfg.text_column))
+                      for t in pages.texts(ds, self.cfg.text_column))
         if missing:
             log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts", missing, split)
 
     def _tokenizer(self, train: Dataset):
         columns = [c for c in (self.cfg.text_column, self.cfg.text_pair_column) if c]
         as_line = (lambda words: " ".join(map(as_text, words))) if self.task.words else as_text
-        tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in self._texts(train, c)),
+        tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in pages.texts(train, c)),
                                   train._fingerprint, self.cache_dir)
         if self.cfg.long_texts == "truncate" and not self.cfg.packing:  # (packing cuts long texts into rows itself)
             tokenizer.enable_truncation(self.cfg.max_length)
@@ -209,6 +209,7 @@ class TextDataModule(L.LightningDataModule):
                 self._resume_at = None
             return loader
         lengths = ds.with_format("arrow")["length"].to_numpy()  # 3M rows: 1 ms (a list of the column: 19 s)
+        pages.release(pages.files_of(ds))  # (reading it mapped 64 KB around each of its 4,000 chunks: 300 MB at 2 GB)
         if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
             sampler = LengthGroupedSampler(lengths, self.cfg.batch_size, mega=50 if self.cfg.group_by_length else 1,
                                            seed=self.seed, num_replicas=world, rank=rank)
