@@ -61,9 +61,12 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                # its advice to pre-process is for static (calibrated) quantization
+                # its advice to pre-process is for static (calibrated) quantization. A scale per output unit
+                # (per_channel) rather than per matrix: the 2-layer student lost 0.13 points to int8 instead of
+                # 0.65 (3 seeds), for about 1% of its speed
                 with _dropped(logging.getLogger(), "Please consider to run pre-processing before quantization"):
-                    quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
+                    quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8,
+                                     per_channel=True)
             extra = ("model.onnx",) * onnx + ("model.int8.onnx",) * int8
             checkpoint.write_export(saved, tmp, extra_files=extra)
         _apply_umask(tmp)

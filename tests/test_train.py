@@ -251,6 +251,12 @@ def test_predict_runs_the_onnx_graph_and_its_int8_version(run, tmp_path, caplog)
     torch.testing.assert_close(onnx.embed(texts), encoder.load_model(out).embed(texts), atol=1e-4, rtol=0)
     int8 = encoder.load_model(out, backend="onnx", int8=True).probabilities(texts)
     assert (int8 - torch_probs).abs().max() < 0.1  # int8 weights: close, not equal (accuracy: benchmarks/)
+    # a scale per output unit of each linear layer (per_channel), not one per matrix: int8 costs less accuracy
+    import onnx as onnx_format
+
+    scales = [list(i.dims) for i in onnx_format.load(out / "model.int8.onnx").graph.initializer
+              if i.name.endswith("_scale") and not i.name.startswith("model.")]  # (not the embeddings' gathers)
+    assert scales and all(len(d) == 1 and d[0] > 1 for d in scales)
     done = subprocess.run([sys.executable, "-m", "encoder.predict", str(out), "--backend", "onnx", "--int8",
                            "a film that soars"], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout)["label"] in ("rotten", "fresh")
