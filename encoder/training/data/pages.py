@@ -30,22 +30,18 @@ def files_of(ds: Dataset) -> tuple[str, ...]:
     return tuple(sorted({os.path.realpath(f["filename"]) for f in ds.cache_files}))
 
 
-def release(files: tuple[str, ...]) -> int:
-    """Drops this process's resident pages of the read-only mappings of `files`; the bytes of mappings advised."""
+def release(files: tuple[str, ...]) -> None:
+    """Drops this process's resident pages of the read-only mappings of `files`."""
     if _libc is None or not files:
-        return 0
-    advised = 0
+        return
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
         for line in maps:  # start-end perms offset dev inode path
             fields = line.split(maxsplit=5)
             if len(fields) < 6 or "w" in fields[1] or fields[5].rstrip("\n") not in files:
                 continue  # (a writable private mapping may hold changes that DONTNEED would throw away)
             start, end = (int(a, 16) for a in fields[0].split("-"))
-            if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
-                advised += end - start
-            else:
+            if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) != 0:
                 log.debug("madvise on %s failed: %s", fields[5].strip(), os.strerror(ctypes.get_errno()))
-    return advised
 
 
 class releasing:
