@@ -159,7 +159,7 @@ def fingerprint(*parts) -> str:
 class TokenizerConfig:
     """configs/tokenizer/: train one (kind, vocab_size, ...) or load `path` (a tokenizer.json)."""
 
-    kind: str = "wordpiece"
+    kind: str = "wordpiece"  # wordpiece | bpe: trained here; pretrained: `path` is required
     vocab_size: int = 8192
     min_frequency: int = 2
     lowercase: bool = True
@@ -168,7 +168,10 @@ class TokenizerConfig:
     train_samples: int | None = None  # train on the first N training texts only (a large corpus); None: all
 
     def __post_init__(self):
-        check_choice(self.kind, KINDS, "tokenizer.kind")
+        check_choice(self.kind, KINDS + ("pretrained",), "tokenizer.kind")
+        if self.kind == "pretrained" and not self.path:
+            raise ConfigError("tokenizer=pretrained needs the tokenizer to load: add tokenizer.path=/path/to/"
+                              "tokenizer.json (or the folder that holds it)")
         if self.train_samples is not None and self.train_samples < 1:
             raise ConfigError(f"tokenizer.train_samples={self.train_samples} must be a positive number of texts "
                               f"(or null: every training text)")

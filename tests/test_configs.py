@@ -216,6 +216,13 @@ def test_config_errors_name_the_key_even_inside_nested_groups(tmp_path):
         validate(cfg)
 
 
+def test_a_pretrained_tokenizer_without_its_path_is_refused_not_trained(tmp_path):
+    # a `???` in the group file was hidden by the schema's default: a wordpiece tokenizer was silently trained
+    with pytest.raises(ConfigError, match=r"^tokenizer=pretrained needs the tokenizer to load: add tokenizer.path="):
+        validate(compose(["tokenizer=pretrained"], tmp_path))
+    assert validate(compose(["tokenizer=pretrained", "tokenizer.path=t.json"], tmp_path)).tokenizer.path == "t.json"
+
+
 def test_experiment_configs_override_the_entry_config(tmp_path):
     cfg = compose(["experiment=minilm_rotten_tomatoes"], tmp_path)
     assert cfg.name == "minilm_rotten_tomatoes"  # runs go to outputs/minilm_rotten_tomatoes/...
