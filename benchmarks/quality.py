@@ -44,10 +44,15 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     # distillation: a good teacher is patient and consistent", Beyer et al. 2022); its validation still rose at 8
     "minilm_l2_distilled_8ep": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
                                 "model.init_layers=[0,1]", "distill.teacher={teacher}", "trainer.max_epochs=8"],
+    # and for up to 16 (early stopping, patience 3, ends it when validation stops rising)
+    "minilm_l2_distilled_16ep": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
+                                 "model.init_layers=[0,1]", "distill.teacher={teacher}", "trainer.max_epochs=16"],
     # the 3-layer student with half of each layer's feed-forward units (those of largest weights): narrower
     "minilm_l3_ffn768_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.ffn_dim=768",
                                    "model.prune_ffn=true", "distill.teacher={teacher}"],
     "small_distilled": ["distill.teacher={teacher}"],
+    # the default model taught for up to 16 epochs (early stopping, patience 3) instead of 4
+    "small_distilled_16ep": ["distill.teacher={teacher}", "trainer.max_epochs=16"],
     "small_distilled_corpus": ["distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],
     "tiny_distilled": ["model=tiny", "distill.teacher={teacher}"],
     "tiny_distilled_corpus": ["model=tiny", "distill.teacher={teacher}", "distill.extra_text=rotten_tomatoes_corpus"],

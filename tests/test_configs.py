@@ -229,6 +229,17 @@ def test_experiment_configs_override_the_entry_config(tmp_path):
     assert (cfg.model.embed_dim, cfg.model.init_from, cfg.trainer.max_epochs) == (384, "all-MiniLM-L6-v2", 3)
 
 
+def test_the_fastest_student_experiment_is_the_recipe_measured_in_the_readme(tmp_path):
+    # benchmarks/quality.py's minilm_l2_distilled_16ep, whose numbers README: Recipes gives
+    recipe = ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2", "model.init_layers=[0,1]",
+              "distill.teacher=t.ckpt", "trainer.max_epochs=16"]
+    measured, experiment = (resolved(compose(o, tmp_path))
+                            for o in (recipe, ["experiment=minilm_l2_student", "distill.teacher=t.ckpt"]))
+    assert experiment.pop("name") == "minilm_l2_student" and measured.pop("name") == "minilm_rotten_tomatoes"
+    assert experiment["model"]["num_layers"] == 2 and experiment["trainer"]["max_epochs"] == 16
+    assert experiment == measured
+
+
 def test_multirun_gives_each_job_its_own_directory(tmp_path, rt_files):
     from conftest import TINY
 
