@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
+L2_STUDENT = ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2", "model.init_layers=[0,1]",
+              "distill.teacher={teacher}"]  # the teacher's layers 0-1, taught (experiment=minilm_l2_student: 16 epochs)
 RECIPES = {  # train.py overrides; {teacher} is --teacher
     "small": [],
     "small_before": ["model.pooling=cls", "model.attention.dropout=0.1"],  # the default until 0.2
@@ -38,15 +40,12 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     "minilm_teacher": ["experiment=minilm_rotten_tomatoes"],
     "minilm_l3_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "distill.teacher={teacher}"],
     "minilm_l3": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3"],
-    "minilm_l2_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
-                            "model.init_layers=[0,1]", "distill.teacher={teacher}"],
+    "minilm_l2_distilled": L2_STUDENT,
     # the same, taught for 8 epochs instead of the teacher's 3: distillation gains from long schedules ("Knowledge
     # distillation: a good teacher is patient and consistent", Beyer et al. 2022); its validation still rose at 8
-    "minilm_l2_distilled_8ep": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
-                                "model.init_layers=[0,1]", "distill.teacher={teacher}", "trainer.max_epochs=8"],
+    "minilm_l2_distilled_8ep": L2_STUDENT + ["trainer.max_epochs=8"],
     # and for up to 16 (early stopping, patience 3, ends it when validation stops rising)
-    "minilm_l2_distilled_16ep": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.num_layers=2",
-                                 "model.init_layers=[0,1]", "distill.teacher={teacher}", "trainer.max_epochs=16"],
+    "minilm_l2_distilled_16ep": L2_STUDENT + ["trainer.max_epochs=16"],
     # the 3-layer student with half of each layer's feed-forward units (those of largest weights): narrower
     "minilm_l3_ffn768_distilled": ["experiment=minilm_rotten_tomatoes", "model=minilm_l3", "model.ffn_dim=768",
                                    "model.prune_ffn=true", "distill.teacher={teacher}"],

@@ -89,7 +89,7 @@ class TextDataModule(L.LightningDataModule):
         if self.cfg.streaming:
             return self._setup_stream()
         raw = load_splits(self.cfg, self.cache_dir, self.seed, self.labelled)
-        pages.release(tuple(f for ds in raw.values() for f in pages.files_of(ds)))  # (opening a file reads a part)
+        pages.release(pages.files_of(*raw.values()))  # (opening a file reads a part)
         mapping = None
         if self.labelled:
             self.label_names, mapping = prepare_labels(raw, self.cfg, self.task)
@@ -116,7 +116,7 @@ class TextDataModule(L.LightningDataModule):
             real = pc.sum(train.with_format("arrow")["length"]).as_py()  # (an Arrow sum: no list of a column)
             log.info("data.packing: %d texts in %d rows of %d tokens; %.2f%% of their positions are real tokens",
                      len(raw["train"]), len(train), self.cfg.max_length, 100 * real / (len(train) * self.cfg.max_length))
-        pages.release(tuple(f for ds in (*raw.values(), *self.datasets.values()) for f in pages.files_of(ds)))
+        pages.release(pages.files_of(*raw.values(), *self.datasets.values()))
 
     def _setup_stream(self) -> None:
         """data.streaming=true: validation held out of the stream's start and prepared now; the training rows are
@@ -147,11 +147,11 @@ class TextDataModule(L.LightningDataModule):
             return raw
         out = {}
         for split, ds in raw.items():
-            column = self.cfg.text_column
-            out[split] = ds.filter(pages.releasing(pages.files_of(ds), lambda b: [
+            column, files = self.cfg.text_column, pages.files_of(ds)
+            out[split] = ds.filter(pages.releasing(files, lambda b: [
                 bool(as_text(t).strip()) if isinstance(t, str) or t is None else bool(t) for t in b[column]]),
                 batched=True, desc=f"dropping empty texts of {split}")
-            pages.release(pages.files_of(ds))
+            pages.release(files)
             if len(out[split]) < len(ds):
                 log.info("dropped %d empty texts of the %s split", len(ds) - len(out[split]), split)
             if len(out[split]) == 0:

@@ -25,9 +25,9 @@ _MADV_DONTNEED = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def files_of(ds: Dataset) -> tuple[str, ...]:
-    """The Arrow files a dataset reads (none for one held in memory)."""
-    return tuple(sorted({os.path.realpath(f["filename"]) for f in ds.cache_files}))
+def files_of(*datasets: Dataset) -> tuple[str, ...]:
+    """The Arrow files the datasets read (none for one held in memory)."""
+    return tuple(sorted({os.path.realpath(f["filename"]) for ds in datasets for f in ds.cache_files}))
 
 
 def release(files: tuple[str, ...]) -> None:
