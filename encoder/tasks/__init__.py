@@ -58,6 +58,9 @@ class Task(ABC):
     confusion_matrix: bool = False  # TensorBoard draws one per validation epoch
     carries: tuple[str, ...] = ()  # more columns its batches carry (a teacher's outputs: encoder/training/data/teacher.py)
     needs_teacher: bool = False  # it learns from distill.teacher alone (embedding), which must be set
+    # what a teacher gives it, per text (encoder/training/data/teacher.py runs the teacher): "outputs" (a task
+    # teacher's logits or value: distillation), "embeddings" (a sentence embedder's vectors), None: no teacher
+    learns_from: str | None = None
     model_class: type[nn.Module]
     predictor_class: type
 

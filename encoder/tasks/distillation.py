@@ -5,7 +5,7 @@ It is a way to train a task, not a task of its own: `Distilled` wraps classifica
 student's checkpoints are ordinary checkpoints of that task (load_model, predict, export and ONNX work
 unchanged). This module is the tasks' half: the rules, the loss and the metrics. Running the teacher (its
 outputs as a `teacher` column, cached; extra text; augmented variants) is the training layer's half:
-encoder/training/data/teacher.py, whose `taught(task, distill)` builds a `Distilled`.
+encoder/training/data/teacher.py, whose `build_task(name, distill)` builds a `Distilled`.
 
 - The teacher is a checkpoint or export of the same task and labels, with its own tokenizer. Its outputs
   (classification: logits, regression: its value) arrive in each batch as `teacher`.
@@ -50,7 +50,14 @@ class DistilledStep(Step):
     teacher: torch.Tensor | None = None
 
 
-class Distilled(Task):
+class Distilled:
+    """`base` (classification or regression) taught by a teacher. It is the base task in every respect but the
+    loss, the metrics, the label of an extra text and the teacher's column its batches carry: every other
+    attribute and hook is the base task's, looked up on it when asked (`__getattr__`), so a hook added to `Task`
+    reaches distilled tasks without anyone listing it here, and what is saved and served is the base task's."""
+
+    learns_from = "outputs"  # the teacher's logits (classification) or value (regression) of each text
+
     def __init__(self, base: Task, teacher: str, temperature: float = 2.0, alpha: float = 0.5,
                  extra_text: str | None = None, extra_text_column: str = "text", batch_size: int = 128,
                  augment: int = 0, augment_seed: int = 0):
@@ -58,11 +65,16 @@ class Distilled(Task):
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         self.extra_text, self.extra_text_column, self.batch_size = extra_text, extra_text_column, batch_size
         self.augment, self.augment_seed = augment, augment_seed
-        for key in ("name", "labels", "words", "masks_tokens", "monitor", "minimised", "train_metric", "onnx",
-                    "confusion_matrix", "model_class", "predictor_class", "example_input", "label_text", "label_values",
-                    "collate_labels"):
-            setattr(self, key, getattr(base, key))  # what is saved and served is the base task's
-        self.carries = ("teacher",)
+
+    def __getattr__(self, name: str):
+        if name == "base" or name.startswith("__"):  # (not set yet while unpickling; dunders are Python's own)
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    @property
+    def carries(self) -> tuple[str, ...]:
+        """What the base task's batches carry, and the teacher's outputs."""
+        return (*self.base.carries, "teacher")
 
     def target(self, label, mapping):
         """An extra text has no gold label: UNLABELLED[kind], which the loss and metrics skip."""

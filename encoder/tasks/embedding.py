@@ -69,6 +69,7 @@ class Embedding(Task):
     predictor_class = EmbeddingPredictor
     carries = ("teacher",)
     needs_teacher = True  # configs: task=embedding without distill.teacher is refused
+    learns_from = "embeddings"
 
     def __init__(self, teacher: str | None = None, teacher_width: int | None = None, batch_size: int = 128,
                  extra_text: str | None = None, extra_text_column: str = "text", **unused):

@@ -23,7 +23,7 @@ from torch import nn
 from encoder import tasks
 from encoder.checkpoint import architecture, stamp
 from encoder.model import ModelConfig
-from encoder.training.data.teacher import taught
+from encoder.training.data.teacher import build_task
 from encoder.training.config import OptimConfig, TaskConfig
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class EncoderModule(L.LightningModule):
         `distill` (DistillConfig's fields) makes a teacher's outputs part of the loss."""
         super().__init__()
         TaskConfig(task, on_nonfinite_loss)  # the config's own checks, for callers without Hydra
-        self.task = taught(tasks.get(task), distill)
+        self.task = build_task(task, distill)
         model = self.task.architecture(model)  # (before saving: the checkpoint keeps what the task fixed)
         # logger=False: train.py logs the run's whole (flat, readable) config instead of a tokenizer
         # JSON; everything here still goes into the checkpoint.

@@ -23,7 +23,6 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from encoder import tasks
 from encoder.collate import Collator
 from encoder.errors import ConfigError, DataError
 from encoder.tokenizer import SPECIAL_TOKENS, TokenizerConfig, as_text, fingerprint, get_tokenizer
@@ -34,7 +33,7 @@ from encoder.training.data.loading import describe, load_splits
 from encoder.training.data import pages, streaming
 from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
 from encoder.training.data.sources import default_cache_dir
-from encoder.training.data.teacher import taught, teach
+from encoder.training.data.teacher import add_teacher_column, build_task
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class TextDataModule(L.LightningDataModule):
         `distill`: those of `DistillConfig` (a teacher labels the data before tokenization)."""
         super().__init__()
         self.cfg = DataConfig(**data)
-        self.task = taught(tasks.get(task), distill)
+        self.task = build_task(task, distill)
         self.tokenizer_cfg = TokenizerConfig(**(tokenizer or {}))
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.seed = seed
@@ -93,7 +92,7 @@ class TextDataModule(L.LightningDataModule):
         mapping = None
         if self.labelled:
             self.label_names, mapping = prepare_labels(raw, self.cfg, self.task)
-        raw = teach(self.task, self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)  # a teacher's outputs
+        raw = add_teacher_column(self.task, self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)
         self.raw = raw  # the texts as read (predictions.jsonl quotes them)
         self.tokenizer = self._tokenizer(raw.get("train") or next(iter(raw.values())))
         self.collator = self._collator()

@@ -2,12 +2,13 @@
 its outputs become a `teacher` column of the data, cached by `datasets` next to the tokenized data and keyed by
 the teacher's weights and the data's fingerprint; it never runs inside the training loop.
 
-- `taught(task, distill)`: the task a run trains: `task` itself, `task` taught by a task teacher
+- `build_task(name, distill)`: the task a run trains: the task called `name` itself, taught by a task teacher
   (`encoder/tasks/distillation.py`'s `Distilled`: its loss and metrics), or a task that learns from a teacher by
   itself (`needs_teacher`: task=embedding), given the width of the teacher's vectors.
-- `teach(task, raw, ...)`: the raw splits with the teacher's outputs: a task teacher's logits (classification)
-  or value (regression), read by `load_model`; a sentence embedder's L2-normalised vectors (`embedder`: a
-  checkpoint or export of ours, or a BERT-style or sentence-transformers folder).
+- `add_teacher_column(task, raw, ...)`: the raw splits with what the task learns from its teacher
+  (`Task.learns_from`): a task teacher's "outputs", logits (classification) or value (regression), read by
+  `load_model`; or a sentence embedder's L2-normalised "embeddings" (`embedder`: a checkpoint or export of ours,
+  or a BERT-style or sentence-transformers folder).
 - `distill.extra_text`: unlabelled text (an offline source or files) the teacher labels, appended to the
   training split, without any text that reads as a validation or test text.
 - `distill.augment`: N variants of each training text by rules that need no external resource (Tang et al.
@@ -36,6 +37,7 @@ from encoder.hf import load_bert
 from encoder.model import ModelConfig, TaskModel
 from encoder.predictor import Predictor
 from encoder.serving import load_model
+from encoder import tasks
 from encoder.tasks import Task
 from encoder.tasks.distillation import Distilled, check_teaching
 from encoder.tokenizer import as_text, fingerprint
@@ -46,8 +48,9 @@ log = logging.getLogger(__name__)
 teacher_batches_run = 0  # how many batches a task teacher has labelled in this process (tests read it)
 
 
-def taught(task: Task, distill: dict | None) -> Task:
-    """`task` itself, or `task` taught by `distill["teacher"]` (DistillConfig's fields)."""
+def build_task(name: str, distill: dict | None) -> Task | Distilled:
+    """The task called `name` (encoder/tasks/), itself or taught by `distill["teacher"]` (DistillConfig's fields)."""
+    task = tasks.get(name)
     check_teaching(task, distill or {})
     if not distill or not distill.get("teacher"):
         return task
@@ -57,11 +60,13 @@ def taught(task: Task, distill: dict | None) -> Task:
     return Distilled(task, **distill)
 
 
-def teach(task: Task, raw: dict, data, label_names: list[str] | None, cache_dir: Path) -> dict:
-    """The raw splits (after the label checks, before tokenization) with the `teacher` column `task` carries."""
-    if isinstance(task, Distilled):
+def add_teacher_column(task: Task | Distilled, raw: dict, data, label_names: list[str] | None,
+                       cache_dir: Path) -> dict:
+    """The raw splits (after the label checks, before tokenization) with the `teacher` column of what `task`
+    learns from its teacher (`Task.learns_from`); `raw` itself for a task without one."""
+    if task.learns_from == "outputs":
         return _task_outputs(task, raw, data, label_names, cache_dir)
-    if task.needs_teacher:
+    if task.learns_from == "embeddings":
         return _embeddings(task, raw, data, cache_dir)
     return raw
 
@@ -104,7 +109,8 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
     if task.extra_text:
         extra = _extra_texts(task.extra_text, task.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
         raw = {**raw, "train": concatenate_datasets([raw["train"].select_columns([data.text_column]), extra])}
-        log.info("task=embedding: %d extra texts join %d training texts", len(extra), len(raw["train"]) - len(extra))
+        log.info("task=%s: %d extra texts join %d training texts", task.name, len(extra),
+                 len(raw["train"]) - len(extra))
 
     def run_teacher(batch: dict) -> dict:
         vectors = predictor.embed([as_text(t) for t in batch[data.text_column]])
@@ -114,13 +120,13 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
         run_teacher, batched=True, batch_size=1024, desc=f"teacher embeddings ({split})",
         new_fingerprint=fingerprint(ds._fingerprint, data.text_column, digest, "embedding-v1"))
         for split, ds in raw.items()}
-    log.info("task=embedding: teacher %s (%d-wide vectors, weights %s)", task.teacher,
+    log.info("task=%s: teacher %s (%d-wide vectors, weights %s)", task.name, task.teacher,
              len(out["train"][0]["teacher"]), digest)
     return out
 
 
 
-@functools.lru_cache(maxsize=2)  # (taught() asks it for the width, teach() for the vectors: one load)
+@functools.lru_cache(maxsize=2)  # (build_task() asks it for the width, add_teacher_column() for the vectors: one load)
 def embedder(teacher: str, batch_size: int = 128) -> Predictor:
     """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors), or a BERT-style or
     sentence-transformers folder (its last layer pooled as its 1_Pooling config says; mean pooling, as
