@@ -16,8 +16,8 @@ from encoder.training.data.datamodule import TextDataModule  # noqa: E402
 from encoder.model import AttentionConfig, EncoderLayer, ModelConfig  # noqa: E402
 
 SIZES = {  # the configs/model/*.yaml dimensions
-    "small": dict(embed_dim=256, num_layers=4, ffn_dim=1024, attention=AttentionConfig(num_heads=4)),
-    "base": dict(embed_dim=768, num_layers=12, ffn_dim=3072, attention=AttentionConfig(num_heads=12)),
+    "small": dict(embed_dim=256, num_layers=4, ffn_dim=1024, attention=AttentionConfig(num_heads=4, dropout=0.1)),
+    "base": dict(embed_dim=768, num_layers=12, ffn_dim=3072, attention=AttentionConfig(num_heads=12, dropout=0.1)),
 }
 
 
@@ -35,8 +35,8 @@ def default_data(max_length: int = 128, **kwargs) -> TextDataModule:
 
 
 def model_config(size: str, vocab_size: int, **overrides) -> ModelConfig:
-    """BERT's recipe at a given size: post-LN, GELU, learned positions, [CLS] + pooler."""
-    return ModelConfig(vocab_size=vocab_size, **{"pooler": True, **SIZES[size], **overrides})
+    """BERT's recipe at a given size: post-LN, GELU, learned positions, [CLS] + pooler, attention dropout 0.1."""
+    return ModelConfig(vocab_size=vocab_size, **{"pooling": "cls", "pooler": True, **SIZES[size], **overrides})
 
 
 def random_batches(dm: TextDataModule, batch_size: int, count: int, seed: int = 0) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Every config in configs/ composes and instantiates; --help lists the groups; errors come early."""
+"""Every config in configs/ composes and builds what it configures; --help lists the groups; errors come early."""
 
 import dataclasses
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
@@ -17,25 +18,53 @@ from encoder.checkpoint import RUN_SWITCHES
 from encoder.tasks.classification import EncoderForSequenceClassification
 from encoder.training.config import resolved, unused_dir, validate
 from encoder.training.data.datamodule import TextDataModule
+from encoder import tasks
 from encoder.errors import ConfigError
 from encoder.model import ModelConfig
+from encoder.tokenizer import get_tokenizer
+from encoder.training.data.teacher import build_task
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (ROOT / "configs").iterdir() if p.is_dir()}
 CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 
 
 @pytest.mark.parametrize("group,name", CHOICES)
-def test_every_config_composes_and_instantiates(group, name, tmp_path):
+def test_every_config_composes_and_builds_what_it_configures(group, name, tmp_path):
     overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else []) \
         + (["distill.teacher=all-MiniLM-L6-v2"] if (group, name) == ("task", "embedding") else [])
     cfg = compose(overrides, tmp_path)
     checked = validate(cfg)
     resolved(cfg)  # every interpolation resolves
-    if group == "data":
-        assert isinstance(instantiate(cfg.data, _convert_="all"), TextDataModule)
-    elif group == "model":  # the architecture builds a model
+    if group in ("data", "experiment"):
+        datamodule = instantiate(cfg.data, _convert_="all", task=cfg.task.name)
+        assert isinstance(datamodule, TextDataModule) and datamodule.cfg.text_column == cfg.data.text_column
+    if group in ("model", "experiment"):  # the architecture builds a model of that shape
         arch = {k: v for k, v in dataclasses.asdict(checked.model).items() if k not in RUN_SWITCHES}
-        assert EncoderForSequenceClassification(ModelConfig.from_dict(arch)).cfg.embed_dim == cfg.model.embed_dim
+        model = EncoderForSequenceClassification(ModelConfig.from_dict(arch))
+        assert len(model.encoder.layers) == cfg.model.num_layers
+        assert model.encoder.embeddings.tokens.embedding_dim == cfg.model.embed_dim
+    elif group == "task":  # the task the run trains, and its model
+        task = tasks.get(cfg.task.name)
+        assert task.name == name and name in GROUPS["task"]
+        if not task.needs_teacher:
+            built = build_task(cfg.task.name, dataclasses.asdict(checked.distill))
+            assert isinstance(built.build_model(ModelConfig(num_labels=3)), torch.nn.Module)
+    elif group == "tokenizer" and name != "pretrained":  # trains on a few texts, with the config's rules
+        tokenizer = get_tokenizer(checked.tokenizer, lambda: iter(["A Gorgeous Movie", "a dull one"] * 20),
+                                  f"texts-{name}", tmp_path / "cache")
+        assert tokenizer.token_to_id("[CLS]") is not None and tokenizer.get_vocab_size() > 5
+    elif group == "optim":
+        assert checked.optim.lr == cfg.optim.lr and checked.optim.schedule in ("cosine", "linear", "constant", "wsd")
+    elif group == "distill":
+        assert build_task(cfg.task.name, dataclasses.asdict(checked.distill)).name == cfg.task.name
+    elif group == "hparams_search":  # the search space parses as sweeps of keys that exist
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+        parsed = OverridesParser.create().parse_overrides(params)
+        assert parsed and all(o.is_sweep_override() and OmegaConf.select(cfg, o.key_or_group) is not None
+                              for o in parsed)
     elif group == "trainer":
         # no GPU here: the gpu configs are built for the CPU (fsdp needs a GPU, and says so)
         if name == "fsdp":
@@ -50,6 +79,15 @@ def test_every_config_composes_and_instantiates(group, name, tmp_path):
         (logger,) = [instantiate(lg) for lg in cfg.logger.values()]
         where = str(getattr(logger, "log_dir", None) or logger.save_dir or logger._tracking_uri)
         assert where.removeprefix("sqlite:///").startswith(str(tmp_path))
+
+
+def test_the_default_model_is_the_same_from_python_and_from_the_command_line(tmp_path):
+    """ModelConfig() (a Python user) and model=small (configs/model/small.yaml, the command line) are one model."""
+    from encoder.training.config import ModelNode
+
+    composed = dataclasses.asdict(validate(compose(["model=small"], tmp_path)).model)
+    assert composed == dataclasses.asdict(ModelNode())
+    assert {k: v for k, v in composed.items() if k not in RUN_SWITCHES} == dataclasses.asdict(ModelConfig())
 
 
 def test_help_lists_config_groups_and_options():

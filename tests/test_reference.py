@@ -10,7 +10,7 @@ from encoder.tasks.classification import EncoderForSequenceClassification
 
 @pytest.mark.parametrize("unpad", [True, False])
 def test_matches_transformers_bert_for_sequence_classification(unpad):
-    cfg = ModelConfig(vocab_size=120, embed_dim=48, num_layers=3, ffn_dim=96, pooler=True,
+    cfg = ModelConfig(vocab_size=120, embed_dim=48, num_layers=3, ffn_dim=96, pooling="cls", pooler=True,
                       attention=AttentionConfig(num_heads=4))
     torch.manual_seed(0)
     ours = EncoderForSequenceClassification(cfg).eval()
