@@ -91,7 +91,7 @@ def test_fine_tuning_starts_from_the_mlm_encoder_and_keeps_its_tokenizer(mlm, tm
                                if k.startswith("model.encoder.")}  # the encoder only, no MLM head
     out = tmp_path / "finetune"
     metrics = train.train(compose([*TINY, f"model.init_from={mlm['last']}", START], out))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert "test/acc" in metrics  # (what it scores is not this test's claim: where it starts from is)
     ckpt = torch.load(next((out / "checkpoints").glob("best-*.ckpt")), weights_only=True)
     assert ckpt["hyper_parameters"]["task"] == "classification"
     # the tokenizer is the pretrained one, never retrained on the classification data
@@ -116,7 +116,7 @@ def test_mlm_with_document_attention_trains_on_batches_that_say_where_each_text_
 
     from conftest import LastBatch
 
-    metrics = train.train(compose([*MLM, "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+    metrics = train.train(compose([*MLM, "trainer.max_epochs=1", "trainer.limit_train_batches=24",
                                    "data.document_attention=true", "+callbacks.probe._target_=conftest.LastBatch"],
                                   tmp_path))
     batch = LastBatch.seen
@@ -128,7 +128,8 @@ def test_mlm_with_document_attention_trains_on_batches_that_say_where_each_text_
         ends = (original == sep).long()
         assert torch.equal(documents, ends.cumsum(0) - ends)
     assert batch["documents"].max() > 0
-    assert math.isfinite(metrics["val/loss"]) and metrics["val/acc"] > 0
+    # and it trains with the mask: 24 steps take the perplexity from the vocabulary's 1,000 (untrained: 998) to 431
+    assert metrics["val/perplexity"] < 700
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -38,9 +38,12 @@ def test_vader_source_is_real_human_rated_intensity(vader):
 def test_regression_trains_reports_correlations_and_predicts_numbers(vader, tmp_path):
     import train
 
-    metrics = train.train(compose(["task=regression", "data=vader_sentiment", *TINY], tmp_path))
+    metrics = train.train(compose(["task=regression", "data=vader_sentiment", *TINY, "trainer.max_epochs=4",
+                                   "optim.lr=2e-3"], tmp_path))
     for key in ("test/mse", "test/pearson", "test/spearman", "val/pearson", "best_val/pearson"):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
+    # it learnt from 4 x 128 rated texts: 0.39 here, where the same run at lr 1e-9 (untrained) gives 0.12
+    assert metrics["test/pearson"] > 0.25 and metrics["test/spearman"] > 0.25
     assert metrics["objective"] == metrics["best_val/pearson"]
     best = next((tmp_path / "checkpoints").glob("best-epoch*-pearson*.ckpt"))
     assert torch.load(best, weights_only=True)["hyper_parameters"]["task"] == "regression"

@@ -92,6 +92,9 @@ def test_token_classification_trains_scores_entities_and_tags_words(tmp_path):
     for key in ("test/acc", "test/f1", "test/precision", "test/recall", "best_val/f1"):
         assert key in metrics, key
     assert metrics["test/acc"] > 0.6  # the templates are easy: well above always-"O" (~0.4 of words)
+    # entities are scored as wholes: found at all (always-"O" scores 0), and F1 is their precision and recall's
+    p, r = metrics["test/precision"], metrics["test/recall"]
+    assert metrics["test/f1"] > 0.3 and metrics["test/f1"] == pytest.approx(2 * p * r / (p + r), abs=1e-4)
     best = next((out / "checkpoints").glob("best-epoch*-f1*.ckpt"))
     assert torch.load(best, weights_only=True)["hyper_parameters"]["task"] == "token_classification"
     predictor = encoder.load_model(best)

@@ -31,9 +31,16 @@ def run(tmp_path_factory, rt_files):
     return {"dir": out, "metrics": metrics, "best": best}
 
 
-def test_fit_writes_checkpoints_metrics_and_tensorboard_events(run):
+def test_fit_writes_checkpoints_metrics_and_tensorboard_events(run, rt_files):
+    import csv
+
     assert (run["dir"] / "checkpoints" / "last.ckpt").is_file()
-    assert 0.0 <= run["metrics"]["test/acc"] <= 1.0 and "test/f1" in run["metrics"]
+    # test/acc is the best checkpoint's accuracy on the test split (its first 64 texts: data.max_eval_samples)
+    with open(rt_files["test"], encoding="utf-8") as f:
+        rows = [r for _, r in zip(range(64), csv.DictReader(f))]
+    predicted = encoder.load_model(run["best"]).predict([r["text"] for r in rows])
+    right = sum(p["label"] == r["label"] for p, r in zip(predicted, rows))
+    assert run["metrics"]["test/acc"] == pytest.approx(right / 64, abs=1e-6) and "test/f1" in run["metrics"]
     events = EventAccumulator(str(run["dir"] / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss", "val/loss", "val/acc", "val/f1", "test/acc", "test/f1", "lr/decay",
