@@ -53,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --output {args.output} must end in .jsonl or .csv\n")
     if args.output and Path(args.output).exists():
         parser.exit(2, f"error: --output {args.output} exists; choose a new file (nothing is overwritten)\n")
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        parser.exit(2, f"error: --output {args.output}: the folder {Path(args.output).parent} does not exist; "
+                       f"create it first\n")
     rows = read_rows(parser, args)
+    if not rows and args.file:
+        parser.exit(2, f"error: --file {args.file} holds no texts (it is empty, blank or a header without rows)\n")
     if not rows:
         parser.exit(2, "error: give texts as arguments or --file FILE (blank lines are skipped)\n")
     try:
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold is not None:
         set_threshold(parser, predictor, args)
     try:
-        with open_output(args.output) as write:
+        with open_output(args.output, columns(rows)) as write:
             for block in progress(rows, len(rows)):
                 inputs = [inputs_of(r, args) for r in block]
                 if args.embed:
@@ -140,18 +145,36 @@ def read_table(parser: argparse.ArgumentParser, path: str, column: str, pair_col
                 if duplicated:
                     parser.exit(2, f"error: --file {path} names the column {duplicated[0]!r} twice in its header; "
                                    f"give every column its own name\n")
-                rows = [dict(zip(header, values)) for values in reader if values]
+                rows = []
+                for values in reader:
+                    if values and len(values) != len(header):  # a cell lost or shifted: refuse, never guess
+                        parser.exit(2, f"error: --file {path}: line {reader.line_num} has {len(values)} cells where "
+                                       f"the header has {len(header)}; quote cells that hold the delimiter\n")
+                    if values:
+                        rows.append(dict(zip(header, values)))
     except OSError as e:
         parser.exit(2, f"error: cannot read --file {path}: {e.strerror or e}\n")
     except UnicodeDecodeError as e:
         parser.exit(2, f"error: --file {path} is not valid UTF-8 (byte {e.start}); re-encode it, e.g. iconv -t utf-8\n")
     except (ValueError, csv.Error) as e:  # a line that is not JSON, a damaged parquet file, a broken csv
         parser.exit(2, f"error: --file {path} cannot be read as {suffix[1:]}: {str(e).splitlines()[0]}\n")
-    columns = list(rows[0]) if rows else []
     for option, name in (("--text-column", column), ("--text-pair-column", pair_column)):
-        if name is not None and rows and name not in columns:
-            parser.exit(2, f"error: --file {path} has no column {name!r} ({option}); its columns are {columns}\n")
+        if name is None or not rows:
+            continue
+        if name not in rows[0]:
+            parser.exit(2, f"error: --file {path} has no column {name!r} ({option}); its columns are {list(rows[0])}\n")
+        missing = next((i for i, row in enumerate(rows) if row.get(name) is None), None)
+        if missing is not None:  # (a jsonl line without the key, or null): never predicted as an empty text
+            parser.exit(2, f"error: --file {path}: row {missing + 1} has no {name!r} ({option}); give every row "
+                           f"its text (an empty string for an empty one)\n")
     return rows
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """Every input column as csv output writes it (a dict's keys as `<column>.<key>`), in the order they first
+    appear: the lines of a jsonl file may hold different keys."""
+    return list(dict.fromkeys(f"{key}.{sub}" if isinstance(value, dict) else key for row in rows
+                              for key, value in row.items() for sub in (value if isinstance(value, dict) else [None])))
 
 
 def merged(row: dict, result: dict) -> dict:
@@ -169,11 +192,12 @@ def progress(rows: list, total: int) -> Iterator[list]:
 
 
 class open_output:
-    """A context manager giving write(row): JSON lines to stdout or a .jsonl file, or csv rows (whose header
-    is the first row's keys, dict fields spread into `<field>.<key>` columns, lists as JSON)."""
+    """A context manager giving write(row): JSON lines to stdout or a .jsonl file, or csv rows (whose header is
+    every input column, then the prediction's fields of the first row; dict fields spread into `<field>.<key>`
+    columns, lists as JSON; a row without a column leaves its cell empty)."""
 
-    def __init__(self, path: str | None):
-        self.path = path
+    def __init__(self, path: str | None, columns: list[str] = ()):
+        self.path, self.columns = path, list(columns)
 
     def __enter__(self):
         self.handle = open(self.path, "x", newline="", encoding="utf-8") if self.path else sys.stdout
@@ -189,7 +213,8 @@ class open_output:
                 else:
                     flat[k] = json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v
             if self.csv is None:
-                self.csv = csv.DictWriter(self.handle, fieldnames=list(flat), extrasaction="ignore")
+                fields = [*self.columns, *(k for k in flat if k not in self.columns)]
+                self.csv = csv.DictWriter(self.handle, fieldnames=fields, restval="")
                 self.csv.writeheader()
             self.csv.writerow(flat)
         else:

@@ -79,13 +79,35 @@ def test_a_column_named_like_a_prediction_field_is_kept(model, tmp_path):
     assert all(r["predicted_label"] in ("rotten", "fresh") for r in rows)
 
 
-@pytest.mark.parametrize("content, args, message", [
-    ("id,review\n1,good\n", ["--text-column", "text"], "has no column 'text' (--text-column); its columns are ['id', 'review']"),
-    ("text,text\na,b\n", [], "names the column 'text' twice in its header"),
+def test_csv_out_keeps_every_key_of_a_jsonl_whose_lines_differ(model, tmp_path):
+    table = tmp_path / "mixed.jsonl"
+    table.write_text('{"text": "great", "id": 1}\n{"text": "awful", "source": "web", "meta": {"lang": "en"}}\n',
+                     encoding="utf-8")
+    out = tmp_path / "predicted.csv"
+    done = predict(model, "--file", table, "--output", out)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert list(rows[0])[:4] == ["text", "id", "source", "meta.lang"]
+    assert [(r["id"], r["source"], r["meta.lang"]) for r in rows] == [("1", "", ""), ("", "web", "en")]
+
+
+@pytest.mark.parametrize("name, content, args, message", [
+    ("t.csv", "id,review\n1,good\n", ["--text-column", "text"],
+     "has no column 'text' (--text-column); its columns are ['id', 'review']"),
+    ("t.csv", "text,text\na,b\n", [], "names the column 'text' twice in its header"),
+    # a row with a cell too many or too few would shift or lose cells
+    ("t.csv", "text,id\ngood,1\nbad,2,extra\n", [], "t.csv: line 3 has 3 cells where the header has 2"),
+    ("t.tsv", "text\tid\ngood\t1\nbad\n", [], "t.tsv: line 3 has 1 cells where the header has 2"),
+    # a line without the text (or null) is no empty text
+    ("t.jsonl", '{"text": "good"}\n{"review": "bad"}\n', [], "t.jsonl: row 2 has no 'text' (--text-column)"),
+    ("t.jsonl", '{"text": "good"}\n{"text": null}\n', [], "t.jsonl: row 2 has no 'text' (--text-column)"),
+    ("t.csv", "text,id\n", [], "t.csv holds no texts (it is empty, blank or a header without rows)"),
+    ("t.txt", "\n  \n", [], "t.txt holds no texts"),
+    ("t.csv", "text\ngood\n", ["--output", "no/such/folder/out.jsonl"], "the folder no/such/folder does not exist"),
 ])
-def test_table_mistakes_are_one_line(model, tmp_path, content, args, message):
-    table = tmp_path / "t.csv"
+def test_table_mistakes_are_one_line(model, tmp_path, name, content, args, message):
+    table = tmp_path / name
     table.write_text(content, encoding="utf-8")
-    done = predict(model, "--file", table, *args)
+    done = predict(model, "--file", table, *args, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert message in done.stderr
