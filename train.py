@@ -43,7 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from encoder import checkpoint
 from encoder.errors import CheckpointError, ConfigError, DataError
@@ -52,7 +52,7 @@ from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, validate
 from encoder.training.console import quiet, say
 from encoder.training.data import streaming
-from encoder.training.data.sources import PRETRAINED
+from encoder.training.data.teacher import teacher_options
 from encoder.training.evaluation import evaluate, record
 from encoder.training.launch import discard_failed_start, trainer_error
 from encoder.training.loggers import build_loggers
@@ -65,7 +65,7 @@ log = logging.getLogger("encoder")
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with its callbacks and loggers; an argument Lightning refuses is one ConfigError line."""
     if cfg.train and cfg.data.get("streaming"):
-        stream_intervals(cfg)
+        streaming.intervals(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = build_loggers(cfg.logger)
     try:
@@ -73,25 +73,6 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     except InstantiationException as e:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         raise trainer_error(e, overrides) from None
-
-
-def stream_intervals(cfg: DictConfig) -> None:
-    """A streamed run validates and writes last.ckpt every streaming.EVERY_STEPS steps (or at max_steps, when that
-    comes first), unless trainer.val_check_interval or callbacks.last_checkpoint.every_n_train_steps says otherwise."""
-    steps = min(streaming.EVERY_STEPS, cfg.trainer.max_steps)
-    said = []
-    with open_dict(cfg):
-        if cfg.trainer.get("val_check_interval") is None:  # (Lightning counts it in batches, not optimizer steps)
-            cfg.trainer.val_check_interval = steps * (cfg.trainer.get("accumulate_grad_batches") or 1)
-            cfg.trainer.check_val_every_n_epoch = None
-            said.append("validates")
-        last = cfg.callbacks.get("last_checkpoint")
-        if last is not None and last.get("every_n_train_steps") is None:
-            last.every_n_train_steps = steps
-            said.append("writes last.ckpt")
-    if said:
-        log.info("data.streaming: the run %s every %d steps (trainer.val_check_interval, "
-                 "callbacks.last_checkpoint.every_n_train_steps)", " and ".join(said), steps)
 
 
 def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | None = None):
@@ -103,29 +84,15 @@ def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | No
     m = checked.model
     init = pretrained.load(m.init_from, cfg.paths.cache_dir, m.init_layers, m.ffn_dim if m.prune_ffn else None) \
         if m.init_from and not resumed else None
-    if init is not None:  # its tokenizer, never a retrained one
+    if init is not None:
         pretrained.check_matches(init, OmegaConf.to_container(cfg.model, resolve=True))
-        if tokenizer_cfg.get("path") and Path(tokenizer_cfg["path"]).resolve() != init.tokenizer_path.resolve():
-            raise ConfigError(f"tokenizer.path={tokenizer_cfg['path']} differs from the pretrained encoder's "
-                              f"{init.tokenizer_path}; drop tokenizer.path")
-        tokenizer_cfg["path"] = str(init.tokenizer_path)
+        tokenizer_cfg = pretrained.with_its_tokenizer(init, tokenizer_cfg)
     # _convert_="all": our objects get plain dicts/lists (checkpoints then hold no OmegaConf types)
     datamodule = instantiate(cfg.data, _convert_="all", task=checked.task.name, tokenizer=tokenizer_cfg,
-                             cache_dir=cfg.paths.cache_dir, seed=cfg.seed, distill=distill_options(checked))
+                             cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
+                             distill=teacher_options(checked.distill, cfg.paths.cache_dir))
     datamodule.prepare_data()  # loads, checks and tokenizes: the model needs the vocabulary and labels
     return datamodule, init
-
-
-def distill_options(checked: Checked) -> dict | None:
-    if not checked.distill.teacher:
-        return None
-    options = dataclasses.asdict(checked.distill)
-    if options["teacher"] in PRETRAINED:  # a known name (task=embedding's teacher): its folder, fetched once
-        options["teacher"] = str(PRETRAINED[options["teacher"]]())
-    if not Path(options["teacher"]).exists():
-        raise ConfigError(f"distill.teacher={options['teacher']} is neither a file, a folder nor a known name such as "
-                          f"{', '.join(PRETRAINED)}")
-    return options
 
 
 def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderModule:
@@ -136,7 +103,7 @@ def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderM
     module = EncoderModule.create(checked.task.name, arch, tokenizer_json, datamodule.cfg.max_length,
                                   label_names=datamodule.label_names, optim=vars(checked.optim),
                                   on_nonfinite_loss=checked.task.on_nonfinite_loss, unpad=m.unpad, compile=m.compile,
-                                  distill=distill_options(checked))
+                                  distill=datamodule.distill)
     if init is not None and not resuming:
         pretrained.apply(init, module.model, tokenizer_json)  # (a trimmed vocabulary: its embedding rows)
         log.info("encoder initialised from %s", init.folder)
@@ -163,7 +130,7 @@ def train(cfg: DictConfig) -> dict:
     """Run one training job; returns its final metrics (plus `objective` for sweepers)."""
     checked = validate(cfg)
     if not cfg.train:
-        return evaluate(cfg, build_trainer(cfg))
+        return evaluate(cfg, checked, build_trainer(cfg))
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_from(cfg, run_dir)
     continuing = ckpt_path is not None and Path(ckpt_path).resolve().parent == (run_dir / "checkpoints").resolve()

@@ -335,6 +335,15 @@ def _export_config(folder: Path) -> dict:
     return config
 
 
+def task_of(path: str | os.PathLike) -> str:
+    """The task a checkpoint or export was trained for, read without checking its weights (`read` checks them)."""
+    path = Path(path)
+    if path.is_dir():
+        return _export_config(path).get("task") or "classification"
+    ckpt = load_checkpoint(path)
+    return ckpt["hyper_parameters"].get("task") or ckpt.get("task") or "classification"
+
+
 def read(path: str | os.PathLike) -> Saved:
     """A checkpoint file or an export folder."""
     path = Path(path)

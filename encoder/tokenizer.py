@@ -32,6 +32,16 @@ def as_text(value) -> str:
     return "" if value is None else str(value)
 
 
+# a character a tokenizer keeps: not whitespace, not a control character, not one of the zero-width format
+# characters (U+200B-U+200F, U+2060-U+206F, U+FEFF, soft hyphen, ...) that BERT's normaliser removes
+_KEPT = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\ufff9-\ufffb]")
+
+
+def blank(value) -> bool:
+    """Whether a text reads as nothing: it holds no character a tokenizer keeps ("", spaces, "\\u200b\\x00")."""
+    return not _KEPT.search(as_text(value))
+
+
 def _build(kind: str, lowercase: bool) -> tuple[Tokenizer, type]:
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))

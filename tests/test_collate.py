@@ -78,3 +78,17 @@ def test_mlm_masking_selects_at_least_one_token_in_a_tiny_batch():
     for seed in range(20):
         batch = mlm_collator(seed=seed)([{"input_ids": [2, 17, 3]}])
         assert (batch["labels"] != -100).sum() >= 1 and batch["labels"][0, 1] == 17
+
+
+def test_the_sampler_takes_arrows_read_only_lengths_without_a_warning():
+    """The loader hands it the length column as Arrow gives it: a read-only array, which torch warns about on every
+    run unless it is copied (a fresh process: torch says it once per process)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy, warnings; warnings.simplefilter('error')\n"
+            "from encoder.training.data.sampler import LengthGroupedSampler\n"
+            "lengths = numpy.arange(10); lengths.flags.writeable = False\n"
+            "print(sorted(LengthGroupedSampler(lengths, batch_size=4)) == list(range(10)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]

@@ -207,6 +207,22 @@ def test_corpus_long_texts_are_chunked_not_truncated_and_empty_texts_dropped(tmp
     assert batch["labels"].shape == batch["input_ids"].shape  # masked-LM labels, per token
 
 
+def test_texts_that_read_as_nothing_are_dropped_from_a_corpus_and_counted(tmp_path, caplog):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a first text\n\u200b\u200b\n\x00\ufeff\nthe second text\n\u00ad\n", encoding="utf-8")
+    caplog.set_level("INFO")
+    dm = module(tmp_path, path="text", data_files={"train": str(corpus), "validation": str(corpus)},
+                task="mlm", packing=True, mlm_probability=0.15, max_length=32)
+    dm.setup()
+    assert "dropped 3 empty texts of the train split" in caplog.text
+    sep = dm.tokenizer.token_to_id("[SEP]")
+    row = dm.datasets["train"]["input_ids"][0]
+    assert row.count(sep) == 2 and [sep, sep] not in [row[i : i + 2] for i in range(len(row) - 1)]
+    from encoder.tokenizer import blank
+
+    assert blank(None) and blank(" \t\u200b\ufeff") and not blank("\u200bword") and not blank("é")
+
+
 def test_packing_keeps_every_token_once_in_order_in_full_rows_with_sep_between_texts(tmp_path, caplog):
     lines = [f"line {i} " + " ".join(f"word{(i * j) % 41}" for j in range(i % 23)) for i in range(2500)]
     corpus = tmp_path / "corpus.txt"

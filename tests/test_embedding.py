@@ -87,8 +87,32 @@ def test_its_checkpoint_starts_a_task_through_init_from(student, tmp_path):
     assert 0.0 < metrics["test/acc"] <= 1.0
 
 
+def test_an_embedding_checkpoint_is_evaluated_against_a_teacher(student, teacher, tmp_path):
+    import train
+
+    best = next((student / "checkpoints").glob("best-*.ckpt"))
+    given = ["train=false", f"ckpt_path={best}", "task=embedding", "data.max_eval_samples=64"]
+    metrics = train.train(compose([*given, f"distill.teacher={teacher}"], tmp_path / "eval"))
+    last_validation = EventAccumulator(str(student / "tensorboard")).Reload().Scalars("val/cosine")[-1].value
+    assert metrics["test/cosine"] > 0.5 and abs(metrics["test/cosine"] - last_validation) < 0.1
+    with pytest.raises(ConfigError, match="task=embedding learns from a teacher and is scored against it"):
+        train.train(compose(given, tmp_path / "alone"))
+
+
+def test_extra_text_from_a_text_file_joins_the_training_texts(teacher, tmp_path):
+    from encoder.training.data.datamodule import TextDataModule
+
+    extra = tmp_path / "extra.txt"
+    extra.write_text("".join(f"an unseen sentence about film number {i}\n" for i in range(40)), encoding="utf-8")
+    dm = TextDataModule(task="embedding", source="rotten_tomatoes_corpus", label_column=None, max_length=32,
+                        max_train_samples=100, max_eval_samples=20, tokenizer={"vocab_size": 300},
+                        cache_dir=str(tmp_path / "cache"), distill={"teacher": str(teacher), "extra_text": str(extra)})
+    dm.setup()
+    assert len(dm.datasets["train"]) == 100 + 40 and len(dm.datasets["train"][0]["teacher"]) == 48
+
+
 @pytest.mark.parametrize("overrides, message", [
-    ([], "task=embedding learns a teacher's outputs: set distill.teacher"),
+    ([], "task=embedding learns from a teacher and is scored against it: set distill.teacher"),
     (["distill.teacher=x", "distill.augment=2"], "distill.augment varies labelled training texts"),
     (["distill.teacher=nowhere/"], "distill.teacher=nowhere/ is neither a file, a folder nor a known name"),
     (["model.pooler=true", "distill.teacher={teacher}"], "task=embedding projects the pooled vector to the teacher.s width itself"),

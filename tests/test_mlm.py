@@ -13,11 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tokenizers import Tokenizer
 
 import encoder
-from conftest import TINY, WeightsAtStart, compose
+from conftest import ROOT, TINY, WeightsAtStart, compose
 from encoder.tasks.mlm import MaskedLMPredictor
 from encoder.training import pretrained
 from encoder.training.config import validate
-from encoder.errors import ConfigError
+from encoder.errors import ConfigError, DataError
 
 START = "+callbacks.start._target_=conftest.WeightsAtStart"  # records the weights training starts from
 MLM = ["task=mlm", "data=rotten_tomatoes_corpus", *TINY, "callbacks=default", "trainer.max_epochs=2",
@@ -101,6 +101,25 @@ def test_fine_tuning_starts_from_the_mlm_encoder_and_keeps_its_tokenizer(mlm, tm
     assert set(init.state) <= set(WeightsAtStart.seen)
     for name, value in init.state.items():
         assert torch.equal(WeightsAtStart.seen[name], value), name
+
+
+def test_an_mlm_checkpoint_is_evaluated_as_mlm_without_naming_its_task(mlm, tmp_path, capsys):
+    import train
+    from encoder.training.launch import preflight
+
+    given = ["train=false", f"ckpt_path={mlm['last']}", "data=rotten_tomatoes_corpus", "data.max_eval_samples=64"]
+    args = preflight(str(ROOT / "configs"), "train", [*given, "data.splits.test=train"])
+    assert args[-1] == "task=mlm"  # the checkpoint's task: its config sets the masking and packing evaluation needs
+    metrics = train.train(compose(args, tmp_path / "eval"))
+    assert math.isfinite(metrics["test/perplexity"]) and metrics["test/acc"] > 0
+    assert "objective=" not in capsys.readouterr().out  # an evaluation optimises nothing: no "objective=nan"
+    # a corpus without a test split, and a task= that is not the checkpoint's, are one line each
+    with pytest.raises(DataError, match=r"has none of the splits this run reads \(test; it has \['train'\]\); name "
+                                        r"one with data.splits.test=<split>, e.g. data.splits.test=train$"):
+        train.train(compose(preflight(str(ROOT / "configs"), "train", given), tmp_path / "no-test"))
+    with pytest.raises(ConfigError, match=r"is a task=mlm model; evaluate it with task=mlm \(this run has "
+                                          r"task=classification\)$"):
+        train.train(compose([*given, "data.splits.test=train", "task=classification"], tmp_path / "other"))
 
 
 def test_fine_tuning_from_an_mlm_checkpoint_of_another_shape_is_refused(mlm, tmp_path):

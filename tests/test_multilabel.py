@@ -128,6 +128,15 @@ def test_csv_cells_of_comma_separated_names_are_label_lists(tmp_path):
     assert batch["labels"].shape == (4, 3) and set(batch["labels"].flatten().tolist()) <= {0.0, 1.0}
 
 
+def test_json_label_names_are_read_as_csv_cells_are_spaces_and_all(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"text": f"text {i}", "labels": [" joy", "anger "] if i % 2 else ["joy"]} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    dm = _setup(tmp_path, path, path="json")
+    assert dm.label_names == ["anger", "joy"]  # not " joy" and "anger " as labels of their own
+    assert dm.datasets["train"][1]["labels"] == [1.0, 1.0]
+
+
 def test_classlabel_ids_take_the_names_of_the_label_set(tmp_path):
     """What go_emotions on the Hub holds: a list of ClassLabel ids per text."""
     from datasets import ClassLabel, Dataset, Features, List, Value

@@ -2,6 +2,7 @@
 transformers' BertModel, fine-tuning through train.py, and re-using our own exports."""
 
 import csv
+import re
 
 import pytest
 import torch
@@ -228,7 +229,7 @@ def test_bad_layer_choices_are_refused_in_one_line(overrides, message, tmp_path)
         train.train(compose(TINY + overrides, tmp_path))
 
 
-def test_a_trimmed_vocabulary_keeps_the_tokens_the_data_uses_and_their_embeddings(tmp_path):
+def test_a_trimmed_vocabulary_keeps_the_tokens_the_data_uses_and_their_embeddings(tmp_path, caplog):
     import train
 
     from encoder.export import export
@@ -241,6 +242,10 @@ def test_a_trimmed_vocabulary_keeps_the_tokens_the_data_uses_and_their_embedding
                                 "trainer.limit_train_batches=1", START], tmp_path / "student"))
     trimmed = encoder.load_model(next((tmp_path / "student" / "checkpoints").glob("best-*.ckpt"))).tokenizer
     assert 5 < trimmed.get_vocab_size() < full.get_vocab_size() / 2  # 32 texts use a fraction of the vocabulary
+    # which turns much of the validation text into [UNK]: said, with the numbers
+    warned = re.search(r"tokenizer.trim_to_data kept (\d+) of the (\d+) tokens: ([\d.]+)% of the validation text's "
+                       r"tokens are now \[UNK\] \(([\d.]+)% before\)", caplog.text)
+    assert warned and int(warned[1]) == trimmed.get_vocab_size() and float(warned[3]) > float(warned[4]) + 2
     # text it covers reads the same; a word it lost is [UNK]; [CLS]/[SEP] frame every text as before
     covered = " ".join(t for t, i in sorted(trimmed.get_vocab().items(), key=lambda kv: kv[1])
                        if not t.startswith(("[", "##")))[:200]

@@ -85,6 +85,47 @@ def test_a_stream_killed_and_resumed_sees_the_batches_of_one_that_never_stopped(
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
 
 
+def test_a_resume_that_would_read_other_batches_is_refused_in_one_line(corpus, tmp_path):
+    from encoder.training.callbacks import Interrupted
+    from encoder.training.launch import check_honoured
+
+    copy = tmp_path / "corpus.txt"
+    copy.write_bytes(corpus.read_bytes())
+    short = ["trainer.max_steps=8", "data.max_train_samples=30"]
+    with pytest.raises(Interrupted) as stop:
+        stream_run(copy, tmp_path / "first", *short, "+callbacks.signal._target_=test_resume.SignalAtStep",
+                   "+callbacks.signal.step=3")
+    # the loader's workers share a stream's files out: other workers, other batches
+    with pytest.raises(ConfigError, match=r"^the checkpoint was trained with data.num_workers=0; a resume cannot "
+                                          r"honour data.num_workers=1 \(the interrupted epoch's data order"):
+        stream_run(copy, tmp_path / "workers", *short, "data.num_workers=1", f"ckpt_path={stop.value.path}")
+    stream = ["task=mlm", "data.streaming=true", "trainer.max_steps=8"]  # (preflight refuses it too, for a run's own)
+    with pytest.raises(ConfigError, match=r"a resume cannot honour data.num_workers=1"):
+        check_honoured(compose(stream, tmp_path / "a"), compose([*stream, "data.num_workers=1"], tmp_path / "b"),
+                       "last.ckpt", tmp_path)
+    # an edited corpus (a document appended) would give other batches too
+    with open(copy, "a", encoding="utf-8") as f:
+        f.write("a document appended after the checkpoint\n")
+    with pytest.raises(ConfigError, match=r"^the stream's files changed since the checkpoint was written"):
+        stream_run(copy, tmp_path / "edited", *short, f"ckpt_path={stop.value.path}")
+
+
+@pytest.mark.parametrize("content, given, message", [
+    (b"caf\xe9 au lait\nfine\n", "bad.txt", r"bad.txt is not valid UTF-8 \(byte 3\); re-encode it as UTF-8"),
+    (b"", "empty.txt", r"data.data_files.train=.*empty.txt: the file is empty"),
+    (b"x\n", "nothing*.txt", r"data.data_files.train=.*nothing\*.txt matches no file"),
+])
+def test_a_stream_of_unreadable_files_is_refused_before_training(content, given, message, tmp_path):
+    from encoder.errors import DataError
+
+    if "*" not in given:
+        (tmp_path / given).write_bytes(content)
+
+    with pytest.raises(DataError, match=message) as error:
+        stream_run(tmp_path / given, tmp_path / "run", "trainer.max_steps=4")
+    assert "\n" not in str(error.value)
+
+
 def test_a_long_stream_validates_and_keeps_a_checkpoint_as_it_goes(corpus, tmp_path, monkeypatch):
     # one endless epoch has no epoch end until max_steps: without a step interval a run killed before then would
     # have validated never and saved nothing. Unless set, both happen every streaming.EVERY_STEPS steps.

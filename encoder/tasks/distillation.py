@@ -35,8 +35,8 @@ UNLABELLED = {"class": -100, "number": float("nan")}  # the gold label of an ext
 def check_teaching(task: Task, distill: dict) -> None:
     """The rules of teaching `task` with `distill` (DistillConfig's fields): one ConfigError line each."""
     if task.needs_teacher and not distill.get("teacher"):
-        raise ConfigError(f"task={task.name} learns a teacher's outputs: set distill.teacher (e.g. all-MiniLM-L6-v2, a "
-                          f"sentence-transformers folder, or a .ckpt / export of ours)")
+        raise ConfigError(f"task={task.name} learns from a teacher and is scored against it: set distill.teacher (e.g. "
+                          f"all-MiniLM-L6-v2, a sentence-transformers folder, or a .ckpt / export of ours)")
     if task.needs_teacher and distill.get("augment"):
         raise ConfigError(f"distill.augment varies labelled training texts for a task's teacher; task={task.name} "
                           f"learns from any text: add more with distill.extra_text and set distill.augment=0")

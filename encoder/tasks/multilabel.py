@@ -57,7 +57,7 @@ class MultiLabel(SequenceClassifierExport, Task):
         if not isinstance(label, (list, tuple)):
             raise DataError(f"task=multilabel needs a list of labels per text in data.label_column (or a string of "
                             f"names separated by commas); got {label!r:.40}")
-        return list(label)
+        return [name.strip() if isinstance(name, str) else name for name in label]  # (" joy" is "joy", as in csv)
 
     def target(self, label, mapping) -> list[float]:
         """Multi-hot: 1.0 for each label the text has, 0.0 for the others."""

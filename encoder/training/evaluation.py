@@ -17,9 +17,10 @@ from encoder import checkpoint, tasks
 from encoder.errors import ConfigError, LabelSetError
 from encoder.serving import load_model
 from encoder.training import pretrained
-from encoder.training.config import resolved
+from encoder.training.config import Checked, resolved
 from encoder.training.console import say
 from encoder.training.data.datamodule import TextDataModule
+from encoder.training.data.teacher import teacher_options
 from encoder.training.loggers import where
 from encoder.training.module import EncoderModule
 
@@ -41,24 +42,30 @@ def record(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> dict:
         say(f"run directory:   {cfg.paths.output_dir}")
         for logger in trainer.loggers:
             say(f"{type(logger).__name__.removesuffix('Logger').lower() + ':':17s}{where(logger)}")
-        say("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        shown = {k: v for k, v in metrics.items() if k != "objective" or math.isfinite(v)}  # (none: an evaluation)
+        say("metrics:         " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
     return metrics
 
 
-def evaluate(cfg: DictConfig, trainer: L.Trainer) -> dict:
+def evaluate(cfg: DictConfig, checked: Checked, trainer: L.Trainer) -> dict:
     """train=false: the task's test metrics of `ckpt_path` (a .ckpt or an export folder) on this data's test
     split, without training. The checkpoint brings its tokenizer, labels and max_length; data labels outside
-    its label set are refused."""
+    its label set are refused. With distill.teacher the teacher's outputs are scored too (`agreement`), and a
+    task scored against a teacher (task=embedding) is evaluated against it."""
     if not cfg.ckpt_path:
         raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=...")
     saved = checkpoint.read(cfg.ckpt_path)
+    if saved.task != cfg.task.name:  # (the task's config sets what its data needs: masking, packing, ...)
+        raise ConfigError(f"{cfg.ckpt_path} is a task={saved.task} model; evaluate it with task={saved.task} (this "
+                          f"run has task={cfg.task.name})")
     data = {**OmegaConf.to_container(cfg.data, resolve=True), "max_length": saved.max_length,
             "label_names": saved.label_names,
             "splits": {"train": None, "validation": None, "test": cfg.data.splits.get("test") or "test"}}
     data.pop("_target_")
     tokenizer = {"path": str(pretrained.cached_tokenizer(saved.tokenizer_json, cfg.paths.cache_dir))}
+    distill = teacher_options(checked.distill, cfg.paths.cache_dir)
     datamodule = TextDataModule(task=saved.task, tokenizer=tokenizer, cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
-                                **data)
+                                distill=distill, **data)
     try:
         datamodule.prepare_data()
     except LabelSetError as e:
@@ -66,7 +73,7 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer) -> dict:
                           f"trained on (its labels: {e.names}); evaluate it on data with those labels") from None
     # a .ckpt or an export folder: the model as `checkpoint.read` checked it
     module = EncoderModule.create(saved.task, saved.config, saved.tokenizer_json, saved.max_length,
-                                  label_names=saved.label_names)
+                                  label_names=saved.label_names, distill=distill)
     module.model.load_state_dict(saved.state)
     results = trainer.test(module, datamodule=datamodule)[0]
     metrics = {k: float(v) for k, v in results.items()}

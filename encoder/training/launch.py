@@ -104,7 +104,26 @@ def preflight(config_dir: str, config_name: str, args: list[str]) -> list[str]:
         flags = [a for a in args if a.startswith("-")]
         args, overrides = flags + resumed, resumed
         cfg = compose(config_dir, config_name, overrides)
+    task = evaluated_task(cfg, overrides)
+    if task is not None:  # its task config sets what its data needs (labels, masking, packing)
+        args, overrides = args + [f"task={task}"], overrides + [f"task={task}"]
+        cfg = compose(config_dir, config_name, overrides)
+        validate(cfg)
     return args + run_directory(cfg, overrides)
+
+
+def evaluated_task(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """train=false evaluates a checkpoint as the task it was trained for: that task, when no task= was given and
+    the config's differs (a task= given that differs is refused by evaluation, in one line)."""
+    if cfg.train or not cfg.ckpt_path or any(_key(o) == "task" for o in overrides):
+        return None
+    from encoder import checkpoint  # (torch: only an evaluation pays for it here, never a config's check)
+
+    try:
+        task = checkpoint.task_of(cfg.ckpt_path)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    return task if task != cfg.task.name else None
 
 
 def resumed_run(config_dir: str, config_name: str, cfg: DictConfig, given: list[str]) -> list[str] | None:
@@ -149,8 +168,10 @@ def _key(override: str) -> str:
 def check_honoured(before: DictConfig, now: DictConfig, ckpt: str, record: Path) -> None:
     """Refuse, in one line, a change a resume cannot honour exactly; say which schedule keys changed."""
     old, new = _flat(before), _flat(now)
+    # a stream's batches depend on how its files are shared out among the loader's workers
+    free = tuple(k for k in FREE_ON_RESUME if not (k == "data.num_workers" and old.get("data.streaming")))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")
-                     and not _under(k, FREE_ON_RESUME))
+                     and not _under(k, free))
     refused = [k for k in changed if not _under(k, SCHEDULE)]
     if refused:
         key = refused[0]

