@@ -171,7 +171,11 @@ def main(cfg: DictConfig) -> float:
             f"the cache (ENCODER_CACHE) at another disk; what was written before is kept", error=True)
         raise SystemExit(1) from None
     except Interrupted as e:
-        say(f"\ninterrupted: {e}", error=True)  # on a line of its own, not after the progress bar
+        sweep = ""
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # (Hydra runs no later job once one raised)
+            sweep = (f"; the sweep stops here: its jobs after job {HydraConfig.get().job.num} did not run (the sweep's "
+                     f"command starts them all again)")
+        say(f"\ninterrupted: {e}{sweep}", error=True)  # on a line of its own, not after the progress bar
         raise SystemExit(128 + e.signum) from None
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one: stop at once
         print("interrupted: stopped by SIGINT at once; the checkpoints on disk are the last ones written",

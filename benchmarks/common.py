@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -13,16 +12,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoder.training.data.datamodule import TextDataModule  # noqa: E402
+from machine import machine  # noqa: E402,F401  (every benchmark prints it first)
 from encoder.model import AttentionConfig, EncoderLayer, ModelConfig  # noqa: E402
 
 SIZES = {  # the configs/model/*.yaml dimensions
     "small": dict(embed_dim=256, num_layers=4, ffn_dim=1024, attention=AttentionConfig(num_heads=4, dropout=0.1)),
     "base": dict(embed_dim=768, num_layers=12, ffn_dim=3072, attention=AttentionConfig(num_heads=12, dropout=0.1)),
 }
-
-
-def machine() -> str:
-    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def default_data(max_length: int = 128, **kwargs) -> TextDataModule:
@@ -76,6 +72,12 @@ def alternate(contenders: dict, pairs: int, warmup: int = 1) -> dict[str, list[f
 def median_ratio(times: dict, slow: str, fast: str) -> float:
     """Median over rounds of slow/fast time: > 1 means `fast` is faster."""
     return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
+
+
+def spread(times: dict, slow: str, fast: str) -> str:
+    """The per-round slow/fast ratios' range, printed beside a median ratio: " (3 rounds: 1.27-1.33x)"."""
+    ratios = [s / f for s, f in zip(times[slow], times[fast])]
+    return f" ({len(ratios)} round{'s' if len(ratios) > 1 else ''}: {min(ratios):.2f}-{max(ratios):.2f}x)"
 
 
 def peak_flops_fp32(n: int = 2048, repeats: int = 5) -> float:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import alternate, default_data, flops_per_token, full_batches, median_ratio, model_config, random_batches
+from common import machine, alternate, default_data, flops_per_token, full_batches, median_ratio, model_config, random_batches
 from encoder.hf import to_bert
 from encoder.tasks.classification import EncoderForSequenceClassification
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: run this on a GPU machine")
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(f"machine: {machine()}; device: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     dm = default_data()
     vocab = dm.tokenizer.get_vocab_size()
     peak = bf16_peak()

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import alternate, default_data, machine, median_ratio, model_config
+from common import alternate, default_data, machine, median_ratio, model_config, spread
 from tokenizers import Tokenizer
 
 from encoder import checkpoint, load_model
@@ -83,7 +83,8 @@ def against_hf(args) -> None:
                                                                      sort=False)}, args.rounds)
     for name, t in times.items():
         print(f"{name:24s} median {statistics.median(t):.2f} s  ({len(texts) / statistics.median(t):.0f} texts/s)")
-    print(f"\nours / hf sorted (the strongest peer): {median_ratio(times, 'hf sorted', 'ours'):.2f}x; "
+    print(f"\nours / hf sorted (the strongest peer): {median_ratio(times, 'hf sorted', 'ours'):.2f}x"
+          f"{spread(times, 'hf sorted', 'ours')}; "
           f"ours / hf in input order: {median_ratio(times, 'hf input order (weaker)', 'ours'):.2f}x "
           f"(medians of {args.rounds} rounds)")
 
@@ -105,7 +106,7 @@ def trained_models(args) -> None:
               f"{path}")
     first, *others = times
     for other in others:
-        print(f"{other} predicts {median_ratio(times, first, other):.2f}x as fast as {first}")
+        print(f"{other} predicts {median_ratio(times, first, other):.2f}x as fast as {first}{spread(times, first, other)}")
 
 
 def long_texts(count: int, tokenizer, seed: int = 0) -> list[str]:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STEP = """
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--train-overrides", nargs="*", default=[], help="Hydra overrides for the training run")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
+    print(f"machine: {machine()}")
     if not args.skip_train:  # first: RUSAGE_CHILDREN reports the largest child so far
         subprocess.run([sys.executable, "train.py", *args.train_overrides], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

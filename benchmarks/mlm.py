@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import alternate, flops_per_token, machine, median_ratio, model_config, peak_flops_fp32
+from common import alternate, flops_per_token, machine, median_ratio, model_config, peak_flops_fp32, spread
 from encoder import tasks
 from encoder.collate import Collator
 from encoder.hf import bert_config, bert_state_dict
@@ -118,7 +118,7 @@ def main() -> None:
         result["ours_vs_hf"] = round(ratio_vs_hf, 3)
         print(f"mask {ratio:.0%}: ours {result['ours_tokens_per_s']:7d} tokens/s (MFU {result['ours_mfu']:.1%}), "
               f"BertForMaskedLM {result['hf_tokens_per_s']:7d} tokens/s (MFU {result['hf_mfu']:.1%}): "
-              f"ours {ratio_vs_hf:.2f}x", flush=True)
+              f"ours {ratio_vs_hf:.2f}x{spread(times, 'hf', 'ours')}", flush=True)
         if args.document_attention:
             texts = sum(int((torch.tensor(e["input_ids"]) == tok.token_to_id("[SEP]")).sum()) for b in batches for e in b)
             result["ours_documents_vs_ours"] = round(median_ratio(times, "ours_documents", "ours"), 3)

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
@@ -127,12 +128,6 @@ def parameters(run_dir: Path) -> int:
 
     ckpt = torch.load(next((run_dir / "checkpoints").glob("best-*.ckpt")), map_location="cpu", weights_only=True)
     return sum(v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("model."))
-
-
-def machine() -> str:
-    import torch
-
-    return f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"
 
 
 def baselines() -> None:

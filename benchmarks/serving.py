@@ -14,6 +14,8 @@ import statistics
 import subprocess
 import sys
 
+from machine import machine
+
 PROBE = """
 import json, resource, sys, time
 start = time.perf_counter()
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("path")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    print(f"machine: {machine()}")
     runs = [json.loads(subprocess.run([sys.executable, "-c", PROBE, args.path], capture_output=True, text=True,
                                       check=True).stdout) for _ in range(args.rounds)]
     for key in ("import_s", "load_s", "predict_s", "peak_rss_mib"):

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"--help": ["--help"], "a misspelled key (model.embed_dimm=3)": ["model.embed_dimm=3"],
             "import torch alone": None, "import lightning alone": None}
@@ -35,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    print(f"machine: {machine()}")
     for name, command in COMMANDS.items():
         seconds(command, name)  # warm: bytecode and the file cache
         times = [seconds(command, name) for _ in range(args.rounds)]

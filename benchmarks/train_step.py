@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import (NaiveLayer, alternate, default_data, flops_per_token, full_batches, machine, median_ratio,
+from common import (NaiveLayer, alternate, default_data, flops_per_token, full_batches, machine, median_ratio, spread,
                     model_config, peak_flops_fp32, random_batches, real_tokens)
 from encoder.hf import to_bert
 from encoder.model import AttentionConfig
@@ -65,7 +65,8 @@ def bench(size: str, batches: list[dict], vocab: int, pairs: int, peak: float, l
     result["vs_naive"] = median_ratio(times, "naive", "ours")
     print(f"{size:5s} {label:9s} real={result['real']:.0%}  tokens/s ours={result['ours_tok_s']:.0f} "
           f"hf={result['hf_tok_s']:.0f} naive={result['naive_tok_s']:.0f}  MFU ours={result['ours_mfu']:.1%} "
-          f"hf={result['hf_mfu']:.1%}  ours/hf={result['vs_hf']:.2f}x ours/naive={result['vs_naive']:.2f}x",
+          f"hf={result['hf_mfu']:.1%}  ours/hf={result['vs_hf']:.2f}x{spread(times, 'hf', 'ours')} "
+          f"ours/naive={result['vs_naive']:.2f}x",
           flush=True)
     return result
 

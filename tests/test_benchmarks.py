@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "benchmarks"))  # (machine.py: what the scripts print first)
+
 RATIO = r"(\d+\.\d+)x"
 RUNS = {  # the script's cheapest full run, and the line its README row quotes
     "epoch": (["--batches", "2", "--rounds", "1"],
@@ -30,6 +32,11 @@ def test_each_benchmark_runs_and_prints_its_headline(script, rt_files):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # every speed names the machine it was measured on: the CPU, the instruction sets int8 depends on, versions
+    from machine import cpu
+
+    model, sets = cpu()
+    assert f"machine: {model} (" in done.stdout and f"; {', '.join(sets) or 'no AVX2'}), torch " in done.stdout
     found = re.search(headline, done.stdout)
     assert found, done.stdout[-3000:]
     # the headline is what the measurements it prints give (not a constant, not another pair's ratio), within

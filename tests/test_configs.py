@@ -90,6 +90,16 @@ def test_the_default_model_is_the_same_from_python_and_from_the_command_line(tmp
     assert {k: v for k, v in composed.items() if k not in RUN_SWITCHES} == dataclasses.asdict(ModelConfig())
 
 
+@pytest.mark.parametrize("overrides, name", [
+    ([], "rotten_tomatoes_offline"),
+    (["data=local_files", "data.data_files.train=/data/my reviews.csv"], "my_reviews"),  # not every csv in one folder
+    (["task=mlm", "data=local_files", "data.path=text", "data.data_files.train=corpus/*.txt"], "mlm_corpus"),
+    (["data=local_files", "data.data_files.train=[a.jsonl,b.jsonl]", "data.path=json"], "a"),
+])
+def test_runs_are_grouped_by_their_data_your_own_files_by_their_name(overrides, name, tmp_path):
+    assert compose(overrides, tmp_path).name == name
+
+
 def test_help_lists_config_groups_and_options():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
@@ -100,6 +110,9 @@ def test_help_lists_config_groups_and_options():
     # every key with the comment its yaml file gives it
     assert "dropout: 0.0         # on attention probabilities" in out.stdout
     assert "max_length: 128        # tokens per text, [CLS] and [SEP] included" in out.stdout
+    # its first lines show your own csv and text pairs, not only the defaults
+    header = out.stdout.split("Config groups")[0]
+    assert "data.data_files.train=my.csv" in header and "data.text_pair_column=hypothesis" in header
     chosen = subprocess.run([sys.executable, "train.py", "--help", "task=mlm"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert "[mlm]" in chosen.stdout and "mlm_probability: 0.15   # of real, non-special tokens" in chosen.stdout
@@ -287,7 +300,8 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path, rt_files):
     for noise in ("Trainer already configured with model summary", "litlogger", "LeafSpec", "GPU available: False",
                   "TPU available: False", "0         Total Flops", "`weights_only` was not set"):
         assert noise not in out.stdout + out.stderr, noise
-    assert "Total Flops" in out.stdout + out.stderr  # the model summary stays, with real FLOPs
+    # the model summary stays, in one line, with real FLOPs
+    assert re.search(r"^model: [\d.]+ K parameters, [\d.]+ MB, [1-9][\d.]* M FLOPs", out.stdout, re.M)
     jobs = sorted(p.parent.parent.name for p in (tmp_path / "multirun").glob("*/*/checkpoints/last.ckpt"))
     assert jobs == ["0", "1"]
     # the sweep ends with one table of both jobs, also saved as summary.json

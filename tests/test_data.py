@@ -73,6 +73,10 @@ def test_a_carved_validation_split_is_seeded_and_both_parts_keep_the_file_order(
     assert len(validation) == 20 and sorted(train + validation) == list(range(200))
     assert train == sorted(train) and validation == sorted(validation)  # each in the file's order
     assert validation != list(range(180, 200)) and parts[1] == parts[0] and parts[2] != parts[0]  # seeded
+    # at most data.max_eval_samples: what validation would not read of a bigger share stays in training
+    dm = module(tmp_path, data_files={"train": path}, val_fraction=0.1, max_eval_samples=5)
+    dm.setup()
+    assert len(dm.raw["validation"]) == 5 and len(dm.raw["train"]) == 195
 
 
 @pytest.mark.parametrize("fmt", ["json", "parquet"])

@@ -164,3 +164,9 @@ def test_mlm_config_mistakes_fail_in_one_line(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         validate(compose(overrides, tmp_path))
     assert "\n" not in str(error.value)
+
+
+def test_mlm_holds_out_at_most_a_thousand_texts_for_validation(tmp_path):
+    """10% of a big corpus would make validation dominate a short run: the rest of the corpus trains."""
+    cfg = validate(compose(["task=mlm", "data=local_files", "data.path=text", "data.data_files.train=c.txt"], tmp_path))
+    assert cfg.data.max_eval_samples == 1000 and cfg.data.val_fraction == 0.1

@@ -79,3 +79,18 @@ def test_failed_starts_leave_no_run_directory(tmp_path, rt_files):
     done = train_py(tmp_path, *TINY, "data=local_files", f"data.data_files.train={tmp_path / 'missing.csv'}")
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: data.data_files")
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+
+
+def test_an_interrupted_sweep_says_it_stopped_and_its_job_resumes_as_printed(tmp_path, rt_files):
+    done = train_py(tmp_path, "-m", *FIRST, *SIGNAL, "seed=1,2")
+    assert done.returncode == 143, done.stderr[-2000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.endswith("; the sweep stops here: its jobs after job 0 did not run (the sweep's command starts "
+                            "them all again)")
+    job = next((tmp_path / "multirun").iterdir()) / "0"
+    assert not (job.parent / "1").exists()  # never started
+    printed = message.split("resume with: ")[1].split(";")[0]
+    assert printed == f"python train.py ckpt_path={job / 'checkpoints' / 'last.ckpt'}"
+    resumed = train_py(tmp_path, *printed.split()[2:])  # the job's own config, in its own directory
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (job / "metrics.json").is_file() and yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())

@@ -54,6 +54,17 @@ def test_fit_writes_checkpoints_metrics_and_tensorboard_events(run, rt_files):
     assert "hp/test_acc" in tags
 
 
+def test_the_run_folder_holds_its_plots_as_png_files(run):
+    from PIL import Image
+
+    plots = run["dir"] / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == ["curves.png", "test_confusion_matrix.png",
+                                                       "val_confusion_matrix.png"]
+    for path in plots.iterdir():
+        image = Image.open(path).convert("L")
+        assert image.size[0] > 300 and len(set(image.getdata())) > 20  # drawn: not an empty canvas
+
+
 def test_every_tensorboard_name_the_readme_states_is_logged(run):
     section = (ROOT / "README.md").read_text().split("## TensorBoard")[1].split("Every validation epoch")[0]
     stated = set(re.findall(r"`((?:train|val|test|lr|perf|hp)/\w+|epoch)`", section))
@@ -382,3 +393,19 @@ def test_a_model_with_segment_embeddings_exports_to_onnx_for_single_texts(tmp_pa
                                rtol=0)
     with pytest.raises(ValueError, match="the ONNX graph reads single texts"):
         onnx.predict([("a film", "that soars")])
+
+
+def test_a_run_whose_output_no_terminal_reads_prints_plain_lines(tmp_path, rt_files):
+    """A log file or a pipe gets a line per tenth of an epoch and per validation, never a bar redrawn in place with
+    carriage returns (one endless line in the file), and the model in one line, not a table."""
+    shown = [a for a in TINY if a not in ("trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+                                          "~callbacks.model_summary")]
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *shown, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\r" not in done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.startswith("epoch 0 batch ")][-1].startswith("epoch 0 batch 8/8 step 8")
+    assert any(re.match(r"epoch 0 validation: val/acc [\d.]+, val/f1 [\d.]+, val/loss [\d.]+$", line) for line in lines)
+    (summary,) = [line for line in lines if line.startswith("model: ")]
+    assert re.fullmatch(r"model: [\d.]+ K parameters, [\d.]+ MB, [\d.]+ M FLOPs for one 32-token text", summary)

@@ -1,15 +1,19 @@
 """What keeps a run safe and legible: atomic checkpoint files, a clean stop on SIGINT/SIGTERM, a progress
-bar that stays right after a resume."""
+bar that stays right after a resume and prints plain lines where no terminal reads it, a one-line model
+summary."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -33,7 +37,7 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int, step: int, path: Path | None):
         self.signum, self.step, self.path = signum, step, path
-        saved = (f"saved {path}; resume with: python train.py ckpt_path={path}  (or resume=auto)" if path else
+        saved = (f"saved {path}; resume with: python train.py ckpt_path={path}" if path else
                  "every training step was already in a checkpoint")
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; {saved}")
 
@@ -93,9 +97,21 @@ class GracefulShutdown(L.Callback):
 
 class ProgressBar(TQDMProgressBar):
     """Lightning's progress bar, with the epoch, total and ETA also for an epoch resumed in its middle
-    (Lightning does not start that epoch again, so the bar would show `Training: 30/?`)."""
+    (Lightning does not start that epoch again, so the bar would show `Training: 30/?`). Where no terminal reads
+    the output (a log file, a pipe, a scheduler's capture), a bar redrawn in place is one endless line: there it
+    prints a plain line every tenth of an epoch and after each validation instead."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plain = not sys.stdout.isatty()
+        self._started = 0.0
+        if self.plain:
+            self.disable()  # (every bar: sanity check, training, validation, test)
 
     def on_train_start(self, trainer: L.Trainer, *args) -> None:
+        if self.plain:
+            self._started = time.perf_counter()
+            return
         super().on_train_start(trainer, *args)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done and self.train_progress_bar is not None:
@@ -103,6 +119,39 @@ class ProgressBar(TQDMProgressBar):
             bar.reset(total=convert_inf(self.total_train_batches))
             bar.initial = bar.n = done  # the ETA counts from here: the skipped batches took no time
             bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not self.plain:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        total = trainer.num_training_batches
+        every = max(1, int(total) // 10) if total != float("inf") else 100
+        if trainer.is_global_zero and ((batch_idx + 1) % every == 0 or batch_idx + 1 == total):
+            loss = trainer.callback_metrics.get("train/loss")
+            print(f"epoch {trainer.current_epoch} batch {batch_idx + 1}/{convert_inf(total) or '?'} step "
+                  f"{trainer.global_step}" + (f"  train/loss {float(loss):.4f}" if loss is not None else "")
+                  + f"  {time.perf_counter() - self._started:.0f} s", flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.plain:
+            return super().on_validation_end(trainer, pl_module)
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            shown = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted(trainer.callback_metrics.items())
+                              if k.startswith("val/") and "/" not in k[4:])
+            print(f"epoch {trainer.current_epoch} validation: {shown}", flush=True)
+
+
+class OneLineSummary(ModelSummary):
+    """The model in one line (its parameters, size, and FLOPs for one 32-token text) where Lightning's
+    ModelSummary prints a table of every submodule (callbacks.model_summary._target_=lightning.pytorch.callbacks.
+    ModelSummary brings the table back)."""
+
+    def summarize(self, summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes, total_flops: int = 0, **kwargs) -> None:
+        frozen = total_parameters - trainable_parameters
+        print(f"model: {get_human_readable_count(total_parameters)} parameters"
+              + (f" ({get_human_readable_count(frozen)} frozen)" if frozen else "")
+              + f", {model_size:.1f} MB" + (f", {get_human_readable_count(total_flops)} FLOPs for one 32-token text"
+                                            if total_flops else ""))
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -400,6 +400,17 @@ def unused_dir(path: str) -> str:
             n += 1
 
 
+def run_name(data: str, files) -> str:
+    """The experiment name runs are grouped by (outputs/<name>/<time>/): the data config's name, or for your own
+    files (data=local_files) the name of the training file (`reviews` for reviews.csv; a glob's folder)."""
+    train = files.get("train") if isinstance(files, (dict, DictConfig)) else files
+    if data != "local_files" or not train:
+        return data
+    first = Path(str(train if isinstance(train, str) else next(iter(train), "")))
+    name = first.parent.name if any(c in first.name for c in "*?[") else first.stem
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or data
+
+
 def _tasks():
     from encoder import tasks  # (when a resolver runs, after the config is checked: see validate)
 
@@ -408,6 +419,7 @@ def _tasks():
 
 RESOLVERS = {
     "unused_dir": (unused_dir, True),
+    "run_name": (run_name, False),  # ${run_name:${hydra:runtime.choices.data},${data.data_files}}
     "monitor": (lambda task: _tasks().get(task).monitor, False),  # the task's metric: ${monitor:${task.name}}
     "direction": (lambda metric, task: _tasks().direction(metric, task), False),  # min | max: ${direction:m,task}
     "optuna_direction": (lambda metric, task: f"{_tasks().direction(metric, task)}imize", False),  # minimize | ...

@@ -5,6 +5,7 @@ the console and kept in its train.log."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -20,7 +21,11 @@ class _DropNoise(logging.Filter):
 
 
 def quiet() -> None:
-    """Install the filters (once per process; idempotent)."""
+    """Install the filters (once per process; idempotent). Where no terminal reads the output (a log file, a pipe),
+    `datasets`' progress bars, redrawn in place, would be one endless line: they are off there (set before
+    `datasets` is imported, which reads it once; the training bar prints plain lines itself)."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):

@@ -1,5 +1,6 @@
 """TensorBoard that shows the model: attention maps, a confusion matrix, the embedding projector
-and (optionally) weight/gradient histograms, from one Lightning callback.
+and (optionally) weight/gradient histograms, from one Lightning callback; and the plots a user opens without
+TensorBoard, as PNG files in the run's `plots/` folder: the confusion matrices and the training curves.
 
 Every `every_n_epochs` validation epochs (not during the sanity check) it logs, to the run's
 TensorBoardLogger:
@@ -11,6 +12,9 @@ TensorBoardLogger:
   their label and text as metadata.
 - HISTOGRAMS `weights/*` and `grads/*` every `histogram_every_n_steps` optimizer steps, when
   `histograms=true` (off by default: hundreds of histograms per step slow training down).
+- PNG files in `plots` (the run's plots/): `val_confusion_matrix.png` (the latest validation),
+  `test_confusion_matrix.png`, and `curves.png` at the end of training: train/loss and each validation metric
+  against the step, whatever the loggers.
 Drawing costs about 0.45 s per figure on CPU (1 + num_layers figures per sentence): about 7 s per
 validation epoch for model=small. Raise `every_n_epochs` or drop it: ~callbacks.tensorboard_visuals.
 """
@@ -18,6 +22,7 @@ validation epoch for model=small. Raise `every_n_epochs` or drop it: ~callbacks.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 import matplotlib
@@ -74,16 +79,46 @@ def confusion_figure(matrix: torch.Tensor, label_names: list[str], title: str) -
     return fig
 
 
+def curves_figure(history: dict[str, list[tuple[int, float]]], title: str) -> plt.Figure:
+    """One panel per metric (a loss's train and validation values share one), each against the step."""
+    names = sorted({name.split("/", 1)[1] for name in history})
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, layout="constrained")
+    for ax, name in zip(axes.flat, names):
+        for stage in ("train", "val"):
+            points = history.get(f"{stage}/{name}")
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if stage == "val" else None, markersize=3,
+                        label="validation" if stage == "val" else "training")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 class TensorBoardVisuals(L.Callback):
     def __init__(self, num_sentences: int = 3, max_tokens: int = 24, projector_samples: int = 256,
                  every_n_epochs: int = 1, histograms: bool = False, histogram_every_n_steps: int = 100,
-                 enabled: bool = True):
+                 enabled: bool = True, plots: str | None = None):
         self.enabled = enabled  # false: draws nothing (trainer=debug, where seconds matter)
         self.num_sentences, self.max_tokens, self.every_n_epochs = num_sentences, max_tokens, every_n_epochs
         self.projector_samples = projector_samples
         self.histograms, self.histogram_every_n_steps = histograms, histogram_every_n_steps
+        self.plots = Path(plots) if plots else None  # PNG files: the confusion matrices and the curves
         self.confusion: MulticlassConfusionMatrix | None = None
+        self.history: dict[str, list[tuple[int, float]]] = {}  # metric -> (step, value), for curves.png
         self._warned = False
+
+    def _show(self, trainer: L.Trainer, figure: plt.Figure, tag: str, step: int) -> None:
+        """`figure` as a PNG in the plots folder (rank 0) and as IMAGES `tag` in TensorBoard, if the run has it."""
+        if self.plots is not None:
+            self.plots.mkdir(parents=True, exist_ok=True)
+            figure.savefig(self.plots / f"{tag.replace('/', '_')}.png", dpi=100)
+        writer = self._writer(trainer)
+        if writer is not None:
+            writer.add_figure(tag, figure, step)
+        plt.close(figure)
 
     @staticmethod
     def _writer(trainer: L.Trainer):
@@ -96,8 +131,8 @@ class TensorBoardVisuals(L.Callback):
             log.warning("TensorBoardVisuals needs a TensorBoardLogger; it logs nothing in this run")
 
     def _due(self, trainer: L.Trainer) -> bool:
-        return (self.enabled and not trainer.sanity_checking and self._writer(trainer) is not None
-                and trainer.current_epoch % self.every_n_epochs == 0)
+        return (self.enabled and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
+                and (self._writer(trainer) is not None or self.plots is not None))
 
     # ---- confusion matrix: accumulated over the whole validation set (synced across ranks) ---
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -112,7 +147,8 @@ class TensorBoardVisuals(L.Callback):
     # ---- and over the test split, once (test/confusion_matrix) ---------------------------------
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         label_names = pl_module.hparams.get("label_names")
-        due = self.enabled and self._writer(trainer) is not None and label_names and pl_module.task.confusion_matrix
+        due = self.enabled and (self._writer(trainer) is not None or self.plots is not None) and label_names \
+            and pl_module.task.confusion_matrix
         self.confusion = MulticlassConfusionMatrix(len(label_names)).to(pl_module.device) if due else None
 
     on_test_batch_end = on_validation_batch_end
@@ -121,7 +157,26 @@ class TensorBoardVisuals(L.Callback):
         matrix = self.confusion.compute() if self.confusion is not None else None  # all ranks: it syncs
         if matrix is not None and trainer.is_global_zero:
             figure = confusion_figure(matrix, pl_module.hparams.label_names, f"test, step {trainer.global_step}")
-            self._writer(trainer).add_figure("test/confusion_matrix", figure, trainer.global_step)
+            self._show(trainer, figure, "test/confusion_matrix", trainer.global_step)
+
+    # ---- the curves: what the loggers get, kept for curves.png --------------------------------
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if self.enabled and loss is not None and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self.history.setdefault("train/loss", []).append((trainer.global_step, float(loss)))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and not trainer.sanity_checking and trainer.state.fn == "fit":
+            for name, value in trainer.callback_metrics.items():
+                if name.startswith("val/") and "/" not in name[4:] and value.numel() == 1:
+                    self.history.setdefault(name, []).append((trainer.global_step, float(value)))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.plots is not None and self.history and trainer.is_global_zero:
+            self.plots.mkdir(parents=True, exist_ok=True)
+            figure = curves_figure(self.history, f"{pl_module.task.name}, {trainer.global_step} steps")
+            figure.savefig(self.plots / "curves.png", dpi=100)
+            plt.close(figure)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
@@ -130,11 +185,13 @@ class TensorBoardVisuals(L.Callback):
         matrix = self.confusion.compute() if self.confusion is not None else None  # all ranks: it syncs
         if not trainer.is_global_zero:
             return
-        writer = self._writer(trainer)
         if matrix is not None:
             figure = confusion_figure(matrix, pl_module.hparams.label_names, f"validation, step {step}")
-            writer.add_figure("val/confusion_matrix", figure, step)
+            self._show(trainer, figure, "val/confusion_matrix", step)
+        writer = self._writer(trainer)
         datamodule = getattr(trainer, "datamodule", None)
+        if writer is None:
+            return  # the maps and the projector are TensorBoard's
         if datamodule is None or "validation" not in getattr(datamodule, "datasets", {}):
             return  # the sentences and texts below come from our TextDataModule
         self._log_attention(writer, pl_module, datamodule, step)

@@ -121,8 +121,10 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
             raise DataError(f"the train split of {describe(cfg)} has {len(out['train'])} example, too few to carve "
                             f"a validation split from; add examples or give a validation split "
                             f"(data.data_files.validation=...)")
-        out["train"], out["validation"] = _carve(out["train"], cfg.val_fraction, seed)
-        log.info("carved a %.0f%% validation split from train (seed %d)", 100 * cfg.val_fraction, seed)
+        out["train"], out["validation"] = _carve(out["train"], cfg.val_fraction, seed, cfg.max_eval_samples)
+        log.info("carved a validation split of %d texts from train (%.0f%%%s, seed %d)", len(out["validation"]),
+                 100 * cfg.val_fraction, f", at most data.max_eval_samples={cfg.max_eval_samples}"
+                 if cfg.max_eval_samples else "", seed)
     for split, limit in (("train", cfg.max_train_samples), ("validation", cfg.max_eval_samples),
                          ("test", cfg.max_eval_samples)):
         if limit is not None and split in out and len(out[split]) > limit:
@@ -143,12 +145,13 @@ def _refuse_duplicate_headers(raw: DatasetDict, where: str) -> None:
                                 f"second was read as {column!r}); give every column its own name")
 
 
-def _carve(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """(train, validation): a seeded share of the rows as validation, each part kept in the file's order.
-    Not `train_test_split`, whose parts are shuffled views: a corpus read through one is read at random, so
-    every page of it stays resident (or, when memory is short, is read from disk again and again)."""
+def _carve(train: Dataset, fraction: float, seed: int, most: int | None = None) -> tuple[Dataset, Dataset]:
+    """(train, validation): a seeded share of the rows as validation (at most `most`: what validation would read
+    of a bigger share stays in training), each part kept in the file's order. Not `train_test_split`, whose parts
+    are shuffled views: a corpus read through one is read at random, so every page of it stays resident (or, when
+    memory is short, is read from disk again and again)."""
     rows = np.random.default_rng(seed).permutation(len(train))
-    held = max(1, min(len(train) - 1, round(len(train) * fraction)))
+    held = max(1, min(len(train) - 1, round(len(train) * fraction), most or len(train)))
     return train.select(np.sort(rows[held:])), train.select(np.sort(rows[:held]))
 
 
