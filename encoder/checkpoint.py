@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from encoder.errors import CheckpointError
 from encoder.model import ModelConfig
+from encoder.model_config import dotted
 
 EXPORT_FORMAT = "encoder-export-v1"
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -80,7 +81,7 @@ def first_difference(ours: Saved, theirs: Saved) -> tuple[str, object, object] |
     truncation setting); None when they are the same model."""
     if ours.task != theirs.task:
         return "task", ours.task, theirs.task
-    a, b = _flat(dataclasses.asdict(ours.config)), _flat(dataclasses.asdict(theirs.config))
+    a, b = dotted(dataclasses.asdict(ours.config)), dotted(dataclasses.asdict(theirs.config))
     for key in a:
         if key not in ("vocab_size", "pad_token_id", "num_labels") and a[key] != b.get(key):
             return f"model.{key}", a[key], b.get(key)
@@ -91,13 +92,6 @@ def first_difference(ours: Saved, theirs: Saved) -> tuple[str, object, object] |
     if _rules(ours.tokenizer_json) != _rules(theirs.tokenizer_json):
         return "tokenizer", f"{a['vocab_size']} tokens", f"{b['vocab_size']} tokens"
     return None
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 def _rules(tokenizer_json: str) -> str:

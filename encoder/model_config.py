@@ -15,6 +15,15 @@ POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("cls", "mean")
 
 
+def dotted(values: dict, prefix: str = "") -> dict:
+    """Nested plain values as one level of dotted keys ({"attention": {"num_heads": 4}} -> {"attention.num_heads":
+    4}), an empty dict a value of its own: how two configs are compared key by key (checkpoints, resumes)."""
+    out = {}
+    for key, value in values.items():
+        out.update(dotted(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
 @dataclass
 class AttentionConfig:
     """Passed straight to `nn.MultiheadAttention` (its own option names)."""

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelSummary, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -154,16 +154,36 @@ class OneLineSummary(ModelSummary):
                                             if total_flops else ""))
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """last.ckpt: every epoch, or every N steps with every_n_train_steps=N, and always at the end of training.
+class LastCheckpoint(Checkpoint):
+    """last.ckpt, the latest state a resume continues from: after every training epoch, every `every_n_train_steps`
+    optimizer steps when set, and at the end of training, each written once per step. Written with Lightning's
+    public `trainer.save_checkpoint` (through AtomicCheckpointIO), so no Lightning upgrade can take it away; a
+    `Checkpoint`, which Lightning runs after every other callback, so it holds their state of this step."""
 
-    Lightning's step trigger replaces its epoch trigger, so without the final save a run of 8 steps
-    checkpointed every 3 would leave step 6 as its "latest" state.
-    """
+    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int | None = None):
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps} must be a positive "
+                             f"number of steps (or null: every epoch)")
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_at: int | None = None  # the global step last written
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self._saved_at == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step and trainer.global_step % n == 0:  # (an accumulating batch takes no step)
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save(trainer)
 
 
 class LogPointsPerEpoch(L.Callback):

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from encoder.errors import ConfigError
+from encoder.model_config import dotted
 from encoder.training.config import unknown_key, unused_dir, validate
 
 # On resume: keys that may change freely (how a run is watched, logged and evaluated at the end), and keys
@@ -188,19 +189,8 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def _flat(cfg: DictConfig) -> dict:
-    """Every leaf of a composed config (unresolved: interpolations as written), by dotted key."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    out: dict = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            out[prefix] = node
-
-    walk({k: v for k, v in container.items() if k != "hydra"}, "")
-    return out
+    """Every leaf of a composed config (unresolved: interpolations as written), by dotted key, without `hydra`."""
+    return dotted({k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"})
 
 
 def run_directory(cfg: DictConfig, overrides: list[str]) -> list[str]:

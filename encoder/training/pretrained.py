@@ -10,6 +10,7 @@ BERT pooler) is taken; the configured architecture must match it exactly (or kee
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -65,6 +66,7 @@ class Pretrained:
     arch: dict  # architecture keys the configured model must match
     state: dict[str, torch.Tensor]  # encoder (+ pooler) weights under our model's names, no task head
     tokenizer_path: Path  # its tokenizer.json: the run uses it as is
+    pooling: str = "mean"  # how it pools a sentence: ours, or a sentence-transformers folder's 1_Pooling (else mean)
 
 
 def resolve(init_from: str, cache_dir: str | Path | None = None) -> Path:
@@ -100,7 +102,7 @@ def keep_layers(pretrained: Pretrained, layers: list[int]) -> Pretrained:
         state.update({f"{prefix}{new}.{k[len(f'{prefix}{old}.'):]}": v for k, v in pretrained.state.items()
                       if k.startswith(f"{prefix}{old}.")})
     return Pretrained(pretrained.folder, {**pretrained.arch, "num_layers": len(layers)}, state,
-                      pretrained.tokenizer_path)
+                      pretrained.tokenizer_path, pretrained.pooling)
 
 
 def keep_ffn_units(pretrained: Pretrained, ffn_dim: int) -> Pretrained:
@@ -118,21 +120,24 @@ def keep_ffn_units(pretrained: Pretrained, ffn_dim: int) -> Pretrained:
         score = state[w_in].norm(dim=1) * state[w_out].norm(dim=0)
         keep = score.topk(ffn_dim).indices.sort().values
         state[w_in], state[b_in], state[w_out] = state[w_in][keep], state[b_in][keep], state[w_out][:, keep]
-    return Pretrained(pretrained.folder, {**pretrained.arch, "ffn_dim": ffn_dim}, state, pretrained.tokenizer_path)
+    return Pretrained(pretrained.folder, {**pretrained.arch, "ffn_dim": ffn_dim}, state, pretrained.tokenizer_path,
+                      pretrained.pooling)
 
 
 def _load(init_from: str, cache_dir: str | Path | None) -> Pretrained:
     path = resolve(init_from, cache_dir)
     if path.is_dir() and not checkpoint.is_export(path):
         arch, state, _ = load_bert(path)
-        return Pretrained(path, arch, state, path / "tokenizer.json")
+        pooling = path / "1_Pooling" / "config.json"  # (sentence-transformers; all-MiniLM-L6-v2 pools the mean)
+        cls = pooling.is_file() and json.loads(pooling.read_text(encoding="utf-8")).get("pooling_mode_cls_token")
+        return Pretrained(path, arch, state, path / "tokenizer.json", "cls" if cls else "mean")
     saved = checkpoint.read(path)
     tokenizer_path = path / "tokenizer.json" if path.is_dir() else cached_tokenizer(saved.tokenizer_json, cache_dir)
     cfg = saved.config  # defaults filled in
     arch = {k: getattr(cfg, k) for k in SHAPE_KEYS}
     arch["attention"] = {k: getattr(cfg.attention, k) for k in ("num_heads", "bias", "add_bias_kv", "add_zero_attn")}
     state = {k: v for k, v in saved.state.items() if k.startswith(("encoder.", "pooler."))}
-    return Pretrained(path, arch, state, tokenizer_path)
+    return Pretrained(path, arch, state, tokenizer_path, cfg.pooling)
 
 
 def cached_tokenizer(tokenizer_json: str, cache_dir: str | Path | None) -> Path:

@@ -30,19 +30,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from datasets import concatenate_datasets, load_dataset
-from tokenizers import Tokenizer
 
-from encoder import checkpoint
+from encoder import checkpoint, tasks
 from encoder.errors import ConfigError, DataError
-from encoder.hf import load_bert
-from encoder.model import ModelConfig, TaskModel
+from encoder.model import TaskModel
 from encoder.predictor import Predictor
 from encoder.serving import load_model
-from encoder import tasks
 from encoder.tasks import Task
 from encoder.tasks.distillation import Distilled, check_teaching
-from encoder.tokenizer import as_text, fingerprint
+from encoder.tokenizer import as_text, fingerprint, load_tokenizer
 from encoder.training.data.loading import load_error
+from encoder.training import pretrained
 from encoder.training.data.sources import SOURCES
 from encoder.training.pretrained import PRETRAINED
 
@@ -145,23 +143,19 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
 
 @functools.lru_cache(maxsize=2)  # (build_task() asks it for the width, add_teacher_column() for the vectors: one load)
 def embedder(teacher: str, batch_size: int = 128) -> Predictor:
-    """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors), or a BERT-style or
-    sentence-transformers folder (its last layer pooled as its 1_Pooling config says; mean pooling, as
-    all-MiniLM-L6-v2, when it says nothing). A known name arrives here as its folder (train.py resolves it)."""
+    """A teacher's `embed`: a checkpoint or export of ours (its own pooled vectors, through its task's model), or a
+    BERT-style or sentence-transformers folder, read as `model.init_from` reads it (encoder/training/pretrained.py:
+    its last layer pooled as its 1_Pooling config says, the mean when it says nothing, as all-MiniLM-L6-v2). A
+    known name arrives here as its folder (`teacher_options`)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(teacher)  # (teacher_options checked that it exists)
     if path.is_file() or checkpoint.is_export(path):
         return load_model(path, device=device, batch_size=batch_size)
-    arch, state, tokenizer_json = load_bert(path)
-    pooling = "mean"
-    pooling_config = path / "1_Pooling" / "config.json"
-    if pooling_config.is_file():
-        pooling = "cls" if json.loads(pooling_config.read_text()).get("pooling_mode_cls_token") else "mean"
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    cfg = ModelConfig.from_dict({**arch, "vocab_size": tokenizer.get_vocab_size(), "pooling": pooling,
-                                 "pad_token_id": tokenizer.token_to_id("[PAD]") or 0})
+    folder = pretrained.load(str(path))
+    tokenizer = load_tokenizer(folder.tokenizer_path)
+    cfg = checkpoint.architecture({**folder.arch, "pooling": folder.pooling}, tokenizer.to_str())
     model = TaskModel(cfg)
-    model.load_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, strict=False)
+    model.load_state_dict({k: v for k, v in folder.state.items() if k.startswith("encoder.")}, strict=False)
     return Predictor(model, tokenizer, min(cfg.max_positions, 512), batch_size).to(device)
 
 
