@@ -23,7 +23,7 @@ if __name__ == "__main__" and any(a in ("--help", "-h") for a in sys.argv[1:]):
 if __name__ == "__main__":
     # a mistake in the overrides: one line, before Hydra creates a run directory, and before Lightning is
     # imported when the mistake is in the config itself (a misspelled key: benchmarks/startup.py)
-    from encoder.errors import ConfigError
+    from encoder.core.errors import ConfigError
     from encoder.training.console import quiet
     from encoder.training.launch import preflight
 
@@ -45,8 +45,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from encoder import checkpoint
-from encoder.errors import CheckpointError, ConfigError, DataError
+from encoder.core import checkpoint
+from encoder.core.errors import CheckpointError, ConfigError, DataError
 from encoder.training import pretrained
 from encoder.training.callbacks import Interrupted
 from encoder.training.config import Checked, validate
@@ -57,7 +57,8 @@ from encoder.training.evaluation import evaluate, record
 from encoder.training.launch import discard_failed_start, trainer_error
 from encoder.training.loggers import build_loggers
 from encoder.training.module import EncoderModule
-from encoder.training.runs import check_resumable, ddp_ranks_run_this_job_only, remove_stale_temp_files, resume_from
+from encoder.training.runs import (check_resumable, ddp_ranks_run_this_job_only, read_for_resume,
+                                   remove_stale_temp_files, resume_from)
 
 log = logging.getLogger("encoder")
 
@@ -97,7 +98,7 @@ def build_data(cfg: DictConfig, checked: Checked, resumed: checkpoint.Saved | No
 
 def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderModule:
     tokenizer_json = datamodule.tokenizer.to_str()
-    arch = checkpoint.architecture(dataclasses.asdict(checked.model), tokenizer_json,
+    arch = checkpoint.full_config(dataclasses.asdict(checked.model), tokenizer_json,
                                    datamodule.label_names, text_pairs=bool(datamodule.cfg.text_pair_column))
     m = checked.model
     module = EncoderModule.create(checked.task.name, arch, tokenizer_json, datamodule.cfg.max_length,
@@ -139,7 +140,7 @@ def train(cfg: DictConfig) -> dict:
                           f"(to continue that run, pass ckpt_path=...)")
     remove_stale_temp_files(run_dir / "checkpoints")
     # damaged, edited, or trained with other optimizer settings: refused here, before any data is read
-    saved = checkpoint.read_for_resume(ckpt_path, vars(checked.optim)) if ckpt_path else None
+    saved = read_for_resume(ckpt_path, vars(checked.optim)) if ckpt_path else None
     trainer = build_trainer(cfg)  # before the data: Lightning checks its arguments here
     L.seed_everything(cfg.seed, workers=True)
     # continuing in its own directory, the run's config was checked against its record (launch.py)

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoder.training.data.datamodule import TextDataModule  # noqa: E402
 from machine import machine  # noqa: E402,F401  (every benchmark prints it first)
-from encoder.model import AttentionConfig, EncoderLayer, ModelConfig  # noqa: E402
+from encoder.core.model import AttentionConfig, EncoderLayer, ModelConfig  # noqa: E402
 
 SIZES = {  # the configs/model/*.yaml dimensions
     "small": dict(embed_dim=256, num_layers=4, ffn_dim=1024, attention=AttentionConfig(num_heads=4, dropout=0.1)),

@@ -12,7 +12,7 @@ import time
 from datasets import load_dataset
 
 from common import machine
-from encoder.tokenizer import train_tokenizer
+from encoder.core.tokenizer import train_tokenizer
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.data.sources import rotten_tomatoes_critics
 

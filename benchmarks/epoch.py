@@ -32,9 +32,9 @@ from common import default_data, machine, model_config
 from torch.utils.data import DataLoader, RandomSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler as HFLengthGroupedSampler
 
-from encoder.collate import Collator
-from encoder.hf import to_bert
-from encoder.model import AttentionConfig
+from encoder.core.collate import Collator
+from encoder.serving.hf import to_bert
+from encoder.core.model import AttentionConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 RUNS = [("ours", "ours"), ("hf", "group"), ("ours", "group"), ("hf", "random"), ("ours", "random"),

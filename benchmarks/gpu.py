@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import machine, alternate, default_data, flops_per_token, full_batches, median_ratio, model_config, random_batches
-from encoder.hf import to_bert
+from encoder.serving.hf import to_bert
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 

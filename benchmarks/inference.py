@@ -30,8 +30,10 @@ import torch
 from common import alternate, default_data, machine, median_ratio, model_config, spread
 from tokenizers import Tokenizer
 
-from encoder import checkpoint, load_model
-from encoder.hf import to_bert
+from encoder import load_model
+
+from encoder.core import checkpoint
+from encoder.serving.hf import to_bert
 from encoder.tasks.classification import EncoderForSequenceClassification
 from encoder.training.data.sources import rotten_tomatoes_critics
 

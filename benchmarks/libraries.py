@@ -79,13 +79,13 @@ def stream_resume(batches: int, resume_at: int, repeat: int, folder: str) -> Non
     """Part 2: a packed, shuffled stream of the offline corpus's texts, resumed at `resume_at` of `batches`."""
     from datasets import load_dataset
 
-    from encoder.collate import Collator
+    from encoder.core.collate import Collator
     from encoder.training.data import streaming
     from encoder.training.data.encoding import encoder_for
     from encoder.training.config import DataConfig
     from encoder.training.data.sources import rotten_tomatoes_corpus
     from encoder.tasks import get
-    from encoder.tokenizer import train_tokenizer
+    from encoder.core.tokenizer import train_tokenizer
 
     try:
         from torchdata.stateful_dataloader import StatefulDataLoader

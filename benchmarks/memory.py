@@ -24,7 +24,7 @@ import resource, sys, torch, torch.nn.functional as F
 sys.path.insert(0, {bench!r})
 from common import NaiveLayer, full_batches, model_config
 from encoder.tasks.classification import EncoderForSequenceClassification
-from encoder.model import AttentionConfig
+from encoder.core.model import AttentionConfig
 model = EncoderForSequenceClassification(model_config("base", 8192,
                                        attention=AttentionConfig(num_heads=12, dropout={dropout}))).train()
 model.encoder.unpad = False

@@ -28,9 +28,9 @@ import torch
 
 from common import alternate, flops_per_token, machine, median_ratio, model_config, peak_flops_fp32, spread
 from encoder import tasks
-from encoder.collate import Collator
-from encoder.hf import bert_config, bert_state_dict
-from encoder.tokenizer import SPECIAL_TOKENS
+from encoder.core.collate import Collator
+from encoder.serving.hf import bert_config, bert_state_dict
+from encoder.core.tokenizer import SPECIAL_TOKENS
 from encoder.training.data.datamodule import TextDataModule
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mlm.jsonl"

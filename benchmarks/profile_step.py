@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from common import alternate, default_data, machine, median_ratio, model_config, random_batches
-from encoder.model import AttentionConfig
+from encoder.core.model import AttentionConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 

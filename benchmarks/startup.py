@@ -4,7 +4,7 @@
 
 Each command runs in a fresh process (bytecode cached by a first, untimed round), medians of the rounds.
 `--help` is answered before torch and Lightning are imported, and so is a misspelled key: train.py composes
-and checks the config first, with a schema that needs neither (ModelConfig in encoder/model_config.py; the
+and checks the config first, with a schema that needs neither (ModelConfig in encoder/core/options.py; the
 Trainer's arguments cached per Lightning version). The import times of torch and Lightning alone are the peers:
 what answering a mistake would cost if checking it needed them.
 """

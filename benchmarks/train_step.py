@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from common import (NaiveLayer, alternate, default_data, flops_per_token, full_batches, machine, median_ratio, spread,
                     model_config, peak_flops_fp32, random_batches, real_tokens)
-from encoder.hf import to_bert
-from encoder.model import AttentionConfig
+from encoder.serving.hf import to_bert
+from encoder.core.model import AttentionConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 

@@ -8,10 +8,10 @@ them (`python train.py --help`) start without torch.
 
 import importlib
 
-from encoder.errors import CheckpointError, ConfigError, DataError
+from encoder.core.errors import CheckpointError, ConfigError, DataError
 
-_LAZY = {"Encoder": "encoder.model", "EncoderLayer": "encoder.model", "ModelConfig": "encoder.model",
-         "Predictor": "encoder.predictor", "load_model": "encoder.serving"}
+_LAZY = {"Encoder": "encoder.core.model", "EncoderLayer": "encoder.core.model", "ModelConfig": "encoder.core.model",
+         "Predictor": "encoder.core.predictor", "load_model": "encoder.serving"}
 __all__ = ["CheckpointError", "ConfigError", "DataError", *_LAZY]
 __version__ = "0.2.0"
 

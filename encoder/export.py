@@ -1,12 +1,12 @@
 """Command line: python -m encoder.export CHECKPOINT OUT_DIR [--onnx] [--format encoder|hf|sentence-transformers]
 
 --format encoder (the default) writes model.safetensors + config.json + tokenizer.json: a folder that
-`encoder.load_model(OUT_DIR)` loads without unpickling anything (the format: encoder/checkpoint.py).
+`encoder.load_model(OUT_DIR)` loads without unpickling anything (the format: encoder/core/checkpoint.py).
 --onnx adds model.onnx (dynamic batch and sequence axes; inputs input_ids int64 and padding_mask bool,
 True = padding; outputs logits and embeddings) for the tasks that can export one.
 --format hf writes what `transformers` loads with no code of ours (AutoModelForSequenceClassification,
 ...ForTokenClassification, ...ForMaskedLM; AutoTokenizer; pipelines), which is also a sentence-transformers
-model; --format sentence-transformers writes the encoder alone, for embeddings (encoder/hf.py).
+model; --format sentence-transformers writes the encoder alone, for embeddings (encoder/serving/hf.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ from pathlib import Path
 
 import torch
 
-from encoder import checkpoint, hf, tasks
+from encoder import tasks
+
+from encoder.core import checkpoint
+
+from encoder.serving import hf
 from encoder.serving import build
-from encoder.errors import CheckpointError, ConfigError, check_choice
+from encoder.core.errors import CheckpointError, ConfigError, check_choice
 
 
 FORMATS = ("encoder", "hf", "sentence-transformers")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from encoder.errors import CheckpointError, ConfigError
+from encoder.core.errors import CheckpointError, ConfigError
 from encoder.serving import load_model
 
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -89,7 +89,7 @@ def set_threshold(parser: argparse.ArgumentParser, predictor, args) -> None:
     """--threshold on a predictor that has one (several labels per text), or one line saying why not."""
     if not hasattr(predictor, "threshold"):
         parser.exit(2, f"error: --threshold applies to models that predict several labels per text "
-                       f"(task=multilabel); {args.checkpoint} is task={predictor.task}\n")
+                       f"(task=multilabel); {args.checkpoint} is task={predictor.task_name}\n")
     if not 0.0 <= args.threshold <= 1.0:
         parser.exit(2, f"error: --threshold {args.threshold} must be a probability in [0, 1]\n")
     predictor.threshold = args.threshold

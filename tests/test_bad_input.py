@@ -9,8 +9,8 @@ import torch
 
 from conftest import compose
 from encoder.training.data.datamodule import TextDataModule
-from encoder.errors import DataError
-from encoder.errors import ConfigError
+from encoder.core.errors import DataError
+from encoder.core.errors import ConfigError
 from test_data import SENTENCES, module, write_csv
 
 

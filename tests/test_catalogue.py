@@ -17,8 +17,8 @@ import torch
 
 import encoder
 from conftest import ROOT, TINY, LastCheckpointSteps, compose
-from encoder import checkpoint
-from encoder.errors import CheckpointError, ConfigError, DataError
+from encoder.core import checkpoint
+from encoder.core.errors import CheckpointError, ConfigError, DataError
 
 ONE_LINE = (ConfigError, DataError, CheckpointError)  # what the entry points print as `error: <message>`
 

@@ -1,6 +1,6 @@
 import torch
 
-from encoder.collate import Collator
+from encoder.core.collate import Collator
 from encoder.training.data.sampler import LengthGroupedSampler
 
 

@@ -14,14 +14,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from conftest import ROOT, compose
-from encoder.checkpoint import RUN_SWITCHES
+from encoder.core.checkpoint import RUN_SWITCHES
 from encoder.tasks.classification import EncoderForSequenceClassification
-from encoder.training.config import resolved, unused_dir, validate
+from encoder.training.config import validate
+from encoder.training.resolvers import resolved, unused_dir
 from encoder.training.data.datamodule import TextDataModule
 from encoder import tasks
-from encoder.errors import ConfigError
-from encoder.model import ModelConfig
-from encoder.tokenizer import get_tokenizer
+from encoder.core.errors import ConfigError
+from encoder.core.model import ModelConfig
+from encoder.core.tokenizer import get_tokenizer
 from encoder.training.data.teacher import build_task
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (ROOT / "configs").iterdir() if p.is_dir()}
@@ -149,6 +150,9 @@ def test_bad_input_fails_in_one_line_before_training(overrides, message, tmp_pat
     (["optim.lrr=1e-3"], "error: unknown key optim.lrr (did you mean optim.lr?); known keys are ['betas', "
                          "'decay_ratio', 'eps', 'fused', 'lr', 'min_lr_ratio', 'schedule', 'warmup_ratio', "
                          "'warmup_steps', 'weight_decay']"),
+    # a group picked before the typo: the typo is named, with its neighbours (the group's override was named before)
+    (["model=tiny", "model.embed_dimm=3"], "error: unknown key model.embed_dimm (did you mean model.embed_dim?); known "
+                                           "keys are ['activation', 'attention',"),
     (["-m", "optim.lr=1e-4,abc"], "error: optim.lr: Value 'abc' of type 'str' could not be converted to Float"),
     (["optim.lr=[1"], "error: cannot read the override 'optim.lr=[1': no viable alternative at input '[1'"),
 ])

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import compose
-from encoder.errors import ConfigError, DataError
+from encoder.core.errors import ConfigError, DataError
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.data.sources import rotten_tomatoes_critics, split_of
 
@@ -152,7 +152,7 @@ def test_tokenizer_is_trained_once_and_cached(tmp_path):
 def test_a_tokenizer_from_the_first_n_texts_equals_one_trained_on_them_alone(tmp_path, rt_files):
     """tokenizer.train_samples (a corpus of GBs): the same tokenizer as training on the first N training texts
     written to a file of their own; cached apart from the one trained on every text."""
-    from encoder.tokenizer import train_tokenizer
+    from encoder.core.tokenizer import train_tokenizer
 
     settings = {"vocab_size": 2000, "min_frequency": 2}
     dm = TextDataModule(task="mlm", source="rotten_tomatoes_corpus", label_column=None, cache_dir=str(tmp_path / "c"),
@@ -222,7 +222,7 @@ def test_texts_that_read_as_nothing_are_dropped_from_a_corpus_and_counted(tmp_pa
     sep = dm.tokenizer.token_to_id("[SEP]")
     row = dm.datasets["train"]["input_ids"][0]
     assert row.count(sep) == 2 and [sep, sep] not in [row[i : i + 2] for i in range(len(row) - 1)]
-    from encoder.tokenizer import blank
+    from encoder.core.tokenizer import blank
 
     assert blank(None) and blank(" \t\u200b\ufeff") and not blank("\u200bword") and not blank("é")
 
@@ -317,13 +317,13 @@ def test_tokenizer_training_is_deterministic_byte_for_byte(rt_files):
     import subprocess
     import sys
 
-    script = ("import csv, hashlib, sys; from encoder.tokenizer import train_tokenizer; "
+    script = ("import csv, hashlib, sys; from encoder.core.tokenizer import train_tokenizer; "
               "texts = [r['text'] for r in csv.DictReader(open(sys.argv[1], encoding='utf-8'))][:2000]; "
               "print(hashlib.sha256(train_tokenizer(texts).to_str().encode()).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", script, rt_files["train"]], capture_output=True, text=True,
                               check=True).stdout for _ in range(3)}
     assert len(digests) == 1
-    from encoder.tokenizer import train_tokenizer
+    from encoder.core.tokenizer import train_tokenizer
 
     with open(rt_files["train"], encoding="utf-8") as f:
         texts = [r["text"] for r in csv.DictReader(f)][:2000]
@@ -347,7 +347,7 @@ def test_tokenizer_training_is_deterministic_byte_for_byte(rt_files):
 def test_tokenizer_training_skips_long_words_exactly_as_the_regex_does():
     # the byte scan that spares most batches the regex must never miss a long word: 101 characters (not 100), of
     # one byte or two, between any of the separators `\\s` knows; each kind in a batch (1,000 texts) of its own
-    from encoder.tokenizer import MAX_WORD_CHARS, _LONG_WORD, _without_long_words, train_tokenizer
+    from encoder.core.tokenizer import MAX_WORD_CHARS, _LONG_WORD, _without_long_words, train_tokenizer
 
     n = MAX_WORD_CHARS
     words = ["q" * (n + 1), "q" * n, "\u00e9" * (n + 1), "\u00e9" * 60, "\u03a9" * 200, "z\u00a0" * 70]
@@ -375,7 +375,7 @@ def test_integer_labels_match_label_names_that_are_numbers_by_value(tmp_path):
     by_text = {text: star for text, star in rows}
     ids = tokenized_labels(dm)
     assert ids and all(names[label] == str(by_text[text]) for text, label in ids)
-    from encoder.errors import LabelSetError
+    from encoder.core.errors import LabelSetError
 
     with pytest.raises(LabelSetError):
         module(tmp_path, data_files={"train": write_csv(tmp_path / "u.csv", rows)}, label_names=["1", "2", "4"]).setup()

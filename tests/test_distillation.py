@@ -12,10 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import encoder
 from conftest import TINY, compose
-from encoder.checkpoint import stamp
-from encoder.errors import ConfigError, DataError
+from encoder.core.checkpoint import stamp
+from encoder.core.errors import ConfigError, DataError
 from encoder.tasks import Step, get
 from encoder.training.data import teacher as teaching
+from encoder.training.data.augment import augment
 from encoder.training.data.datamodule import TextDataModule
 
 # the teacher has a tokenizer of its own (another vocabulary size)
@@ -46,7 +47,7 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_teacher(teacher, tmp_p
     # an ordinary checkpoint of its task, with the student's own tokenizer
     best = next((out / "checkpoints").glob("best-*.ckpt"))
     student = encoder.load_model(best)
-    assert student.task == "classification"
+    assert student.task_name == "classification"
     assert student.tokenizer.get_vocab_size() != encoder.load_model(teacher).tokenizer.get_vocab_size()
     assert student.predict(["a gorgeous, witty, seductive movie"])[0]["label"] in ("rotten", "fresh")
 
@@ -135,7 +136,7 @@ def test_a_regression_teacher_teaches_a_regression_student_end_to_end(cache_dir,
     assert metrics["test/agreement"] > 0.5  # Pearson with the teacher's values: it learnt them
     assert math.isfinite(metrics["test/pearson"])
     student = encoder.load_model(next((tmp_path / "student" / "checkpoints").glob("best-*.ckpt")))
-    assert student.task == "regression" and student.label_names == ["score"]
+    assert student.task_name == "regression" and student.label_names == ["score"]
     assert isinstance(student.predict(["so good"])[0]["value"], float)
 
 
@@ -191,7 +192,7 @@ def test_the_loss_mixes_the_teacher_term_and_the_gold_labels():
 
 def test_augmented_texts_are_seeded_varied_and_follow_the_rules():
     texts = ["a gorgeous , witty , seductive movie", "dull and lifeless", "a joy to watch from start to end"]
-    first, again, other = (teaching.augment(texts, 20, seed) for seed in (0, 0, 1))
+    first, again, other = (augment(texts, 20, seed) for seed in (0, 0, 1))
     assert first == again and first != other and len(first) == 60
     words = {w for t in texts for w in t.split()}
     assert all(set(v.split()) <= words | {"[MASK]"} for v in first)  # masked, swapped or cut; nothing invented
@@ -225,7 +226,7 @@ def test_no_augmented_variant_reads_as_an_evaluation_text(teacher, tmp_path):
            "test": Dataset.from_dict({"text": ["DULL"]})}
     tokenizer = encoder.load_model(teacher).tokenizer
     kept = teaching._variants(raw, DataConfig(), 30, 0, tmp_path, tokenizer)["text"]
-    everything = teaching.augment(raw["train"]["text"], 30, 0)
+    everything = augment(raw["train"]["text"], 30, 0)
     assert "dull" in everything  # the rules do produce it
     assert kept and all(v.strip().lower() != "dull" for v in kept)
     assert len(kept) == len([v for v in everything if v.strip() and v.lower() != "dull"])

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import encoder
 from conftest import TINY, WeightsAtStart, compose
-from encoder.errors import ConfigError
+from encoder.core.errors import ConfigError
 from encoder.export import export
 
 TEXTS = ["a gorgeous, witty, seductive movie", "the plot is a mess", "", "an hour too long and not funny once"]
@@ -52,7 +52,7 @@ def test_it_embeds_in_the_teachers_space_and_exports_as_sentence_transformers(st
 
     best = next((student / "checkpoints").glob("best-*.ckpt"))
     model = encoder.load_model(best)
-    assert model.task == "embedding"
+    assert model.task_name == "embedding"
     ours = model.embed(TEXTS)
     theirs = SentenceTransformer(str(teacher), device="cpu").encode(TEXTS, convert_to_tensor=True)
     assert ours.shape == theirs.shape == (4, 48)  # the teacher's width, not the student's 64

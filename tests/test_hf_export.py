@@ -11,11 +11,12 @@ import torch
 
 import encoder
 from conftest import ROOT
-from encoder import checkpoint, tasks
-from encoder.errors import ConfigError
+from encoder import tasks
+from encoder.core import checkpoint
+from encoder.core.errors import ConfigError
 from encoder.export import export
-from encoder.model import AttentionConfig, ModelConfig
-from encoder.tokenizer import train_tokenizer
+from encoder.core.model import AttentionConfig, ModelConfig
+from encoder.core.tokenizer import train_tokenizer
 
 TEXTS = ["a gorgeous, witty, seductive movie", "dull", "the plot is thin but the acting is superb and the score soars",
          "", "an utterly forgettable, overlong mess of a film that never finds its footing"]
@@ -33,7 +34,7 @@ def tokenizer():
 
 def saved_model(tmp_path, tokenizer, task: str, **arch) -> str:
     """A randomly initialised model of `task` written as an export of ours (what export() reads)."""
-    cfg = checkpoint.architecture({"embed_dim": 32, "num_layers": 2, "ffn_dim": 64, "max_positions": 64,
+    cfg = checkpoint.full_config({"embed_dim": 32, "num_layers": 2, "ffn_dim": 64, "max_positions": 64,
                                    "attention": {"num_heads": 4, "dropout": 0.0}, **arch},
                                   tokenizer.to_str(), LABELS[task])
     torch.manual_seed(0)
@@ -168,7 +169,7 @@ def test_what_bert_cannot_express_is_refused_in_one_line(tmp_path, tokenizer, ar
 def test_bert_config_rejects_what_it_cannot_express():
     cfg = ModelConfig(vocab_size=50, attention=AttentionConfig(num_heads=4), pooling="cls", pooler=True,
                       norm_first=True)
-    from encoder.hf import bert_config_dict
+    from encoder.serving.hf import bert_config_dict
 
     with pytest.raises(ConfigError, match="model.norm_first"):
         bert_config_dict(cfg)
@@ -176,7 +177,7 @@ def test_bert_config_rejects_what_it_cannot_express():
 
 @pytest.mark.parametrize("fmt, kind", [("hf", "BertForSequenceClassification"), ("sentence-transformers", "BertModel")])
 def test_predict_on_a_hugging_face_folder_says_what_to_use(tmp_path, tokenizer, fmt, kind):
-    from encoder.errors import CheckpointError
+    from encoder.core.errors import CheckpointError
 
     out = export(saved_model(tmp_path, tokenizer, "classification", pooling="cls", pooler=True), tmp_path / fmt,
                  format=fmt)

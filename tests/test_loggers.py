@@ -38,7 +38,7 @@ def test_a_logger_without_its_package_is_one_line(tmp_path, monkeypatch, rt_file
 
     import train
 
-    from encoder.errors import ConfigError
+    from encoder.core.errors import ConfigError
 
     # what a machine without MLflow looks like (here it is installed)
     find_spec = importlib.util.find_spec
@@ -53,7 +53,7 @@ def test_an_unreachable_mlflow_server_is_one_line_in_seconds(tmp_path, rt_files)
 
     import train
 
-    from encoder.errors import ConfigError
+    from encoder.core.errors import ConfigError
 
     with socket.socket() as s:  # a local port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from conftest import ROOT, TINY, WeightsAtStart, compose
 from encoder.tasks.mlm import MaskedLMPredictor
 from encoder.training import pretrained
 from encoder.training.config import validate
-from encoder.errors import ConfigError, DataError
+from encoder.core.errors import ConfigError, DataError
 
 START = "+callbacks.start._target_=conftest.WeightsAtStart"  # records the weights training starts from
 MLM = ["task=mlm", "data=rotten_tomatoes_corpus", *TINY, "callbacks=default", "trainer.max_epochs=2",

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from encoder.collate import Collator
-from encoder.errors import ConfigError
-from encoder.model import AttentionConfig, Encoder, EncoderLayer, ModelConfig
+from encoder.core.collate import Collator
+from encoder.core.errors import ConfigError
+from encoder.core.model import AttentionConfig, Encoder, EncoderLayer, ModelConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 
@@ -204,7 +204,7 @@ def test_mlm_head_is_tied_to_the_token_embeddings_and_scores_selected_positions_
 def test_adamw_decays_weight_matrices_only_and_the_lr_warms_up_then_decays():
     import lightning as L
 
-    from encoder.tokenizer import train_tokenizer
+    from encoder.core.tokenizer import train_tokenizer
     from encoder.training.module import EncoderModule
 
     tokenizer = train_tokenizer(["a b c d e f g"] * 10, vocab_size=30, min_frequency=1)

@@ -13,7 +13,7 @@ import torch
 
 import encoder
 from conftest import TINY, compose
-from encoder.errors import ConfigError, DataError, LabelSetError
+from encoder.core.errors import ConfigError, DataError, LabelSetError
 from encoder.tasks.multilabel import MultiLabelPredictor
 from encoder.training.data.datamodule import TextDataModule
 

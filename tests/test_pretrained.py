@@ -12,10 +12,10 @@ from tokenizers import Tokenizer
 import encoder
 from conftest import TINY, WeightsAtStart, compose
 from encoder.training import pretrained
-from encoder.collate import Collator
-from encoder.model import ModelConfig
+from encoder.core.collate import Collator
+from encoder.core.model import ModelConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
-from encoder.errors import ConfigError
+from encoder.core.errors import ConfigError
 
 
 START = "+callbacks.start._target_=conftest.WeightsAtStart"  # records the weights training starts from

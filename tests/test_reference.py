@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from encoder.hf import to_bert
-from encoder.model import AttentionConfig, ModelConfig
+from encoder.serving.hf import to_bert
+from encoder.core.model import AttentionConfig, ModelConfig
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 

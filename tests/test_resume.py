@@ -96,7 +96,7 @@ def test_resume_at_epoch_boundary_matches_straight_training(straight, tmp_path):
 def test_resume_auto_picks_the_newest_last_checkpoint_of_the_experiment(straight, tmp_path):
     from encoder.training import runs
 
-    from encoder.errors import ConfigError
+    from encoder.core.errors import ConfigError
 
     experiment = tmp_path / "exp"
     old, new, finished = (experiment / name / "checkpoints" for name in ("a", "b", "c"))
@@ -119,7 +119,7 @@ def test_resume_auto_picks_the_newest_last_checkpoint_of_the_experiment(straight
     ("data.label_names=[fresh,rotten]", "labels=['rotten', 'fresh'], this run has labels=['fresh', 'rotten']"),
 ])
 def test_resume_with_another_model_or_data_names_the_first_difference(straight, tmp_path, override, difference):
-    from encoder.errors import ConfigError
+    from encoder.core.errors import ConfigError
 
     last = straight / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match=re.escape(f"{last} was trained with {difference}")) as error:
@@ -209,7 +209,7 @@ def test_checkpoint_writes_are_atomic(tmp_path):
 ])
 def test_a_checkpoint_outside_its_run_refuses_what_a_resume_cannot_honour(straight, tmp_path, override, message):
     # (inside its run directory, train.py refuses these before reading any data: tests/test_resume_as_printed.py)
-    from encoder.errors import CheckpointError, ConfigError
+    from encoder.core.errors import CheckpointError, ConfigError
 
     copy = tmp_path / "elsewhere.ckpt"
     copy.write_bytes((straight / "checkpoints" / "last.ckpt").read_bytes())

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT, compose
-from encoder.errors import ConfigError
-from encoder.tokenizer import train_tokenizer
+from encoder.core.errors import ConfigError
+from encoder.core.tokenizer import train_tokenizer
 from encoder.training.config import DataConfig
 from encoder.training.data import streaming
 from encoder.training.data.datamodule import TextDataModule
@@ -116,7 +116,7 @@ def test_a_resume_that_would_read_other_batches_is_refused_in_one_line(corpus, t
     (b"x\n", "nothing*.txt", r"data.data_files.train=.*nothing\*.txt matches no file"),
 ])
 def test_a_stream_of_unreadable_files_is_refused_before_training(content, given, message, tmp_path):
-    from encoder.errors import DataError
+    from encoder.core.errors import DataError
 
     if "*" not in given:
         (tmp_path / given).write_bytes(content)

@@ -11,7 +11,7 @@ import torch
 
 import encoder
 from conftest import TINY, compose
-from encoder.errors import DataError
+from encoder.core.errors import DataError
 from encoder.training.data.datamodule import TextDataModule
 from encoder.tasks.regression import RegressorPredictor
 from encoder.training.data.sources import vader_sentiment
@@ -101,7 +101,7 @@ def test_sentence_pairs_get_segments_and_train_end_to_end(tmp_path):
     a, b = predictor.probabilities([("a man is playing a guitar", "nobody is making music"),
                                     ("nobody is making music", "a man is playing a guitar")])
     assert not torch.allclose(a, b)
-    from encoder.model import ModelConfig
+    from encoder.core.model import ModelConfig
     from encoder.tasks.classification import ClassifierPredictor, EncoderForSequenceClassification
 
     single = ClassifierPredictor(EncoderForSequenceClassification(ModelConfig(vocab_size=200)), predictor.tokenizer, 32,

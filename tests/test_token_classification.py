@@ -11,9 +11,9 @@ import torch
 
 import encoder
 from conftest import TINY, compose
-from encoder.errors import DataError
+from encoder.core.errors import DataError
 from encoder.training.data.datamodule import TextDataModule
-from encoder.metrics import EntityF1, entities
+from encoder.core.entity_f1 import EntityF1, entities
 
 CONLL = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]  # the Hub's order
 

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import encoder
 from conftest import ROOT, TINY, compose
-from encoder.errors import ConfigError
+from encoder.core.errors import ConfigError
 from encoder.training.module import EncoderModule
 
 TEXTS = ["a gorgeous, witty, seductive movie", "", "   ", "dull " * 20_000, "x" * 100_000,

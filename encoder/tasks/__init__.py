@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from encoder.errors import ConfigError
-from encoder.model import ModelConfig
+from encoder.core.errors import ConfigError
+from encoder.core.model import ModelConfig
 
 def direction(metric: str, task: str) -> str:
     """'min' for a metric `task` says is better lower (`Task.minimised`: its loss, errors), 'max' for the others."""
@@ -48,7 +48,7 @@ class Step:
 
 class Task(ABC):
     name: str = ""
-    labels: str | None = "class"  # the kind of label an example carries ("class", "number", ...); None: raw text
+    label_kind: str | None = "class"  # what an example's label is ("class", "number", ...); None: raw text
     words: bool = False  # its texts are lists of words (pre-split), each with its own label
     masks_tokens: bool = False  # the collator masks tokens (data.mlm_probability > 0)
     monitor: str = "val/acc"  # what checkpoints, early stopping and sweeps follow by default
@@ -121,7 +121,7 @@ class Task(ABC):
         """An example's label as text (TensorBoard's projector), '-' where there is none."""
         return "-"
 
-    # ---- what `--format hf` writes (encoder/hf.py): transformers' class for this task's model -----------
+    # ---- what `--format hf` writes (encoder/serving/hf.py): transformers' class for this task's model -----------
     hf_class: str | None = None  # e.g. BertForSequenceClassification; None: the encoder alone (a BertModel)
     hf_pooler: bool = False  # that class classifies BERT's pooled [CLS] (model.pooling=cls model.pooler=true)
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.model import ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor
+from encoder.core.model import ModelConfig, TaskModel, init_weights
+from encoder.core.predictor import Predictor
 from encoder.tasks import Step, Task
 
 
@@ -78,7 +78,7 @@ class ClassifierPredictor(Predictor):
 
 class Classification(SequenceClassifierExport, Task):
     name = "classification"
-    labels = "class"
+    label_kind = "class"
     monitor = "val/acc"
     train_metric = "acc"
     onnx = True

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.errors import ConfigError
-from encoder.model import ModelConfig
+from encoder.core.errors import ConfigError
+from encoder.core.model import ModelConfig
 from encoder.tasks import Step, Task
 
 UNLABELLED = {"class": -100, "number": float("nan")}  # the gold label of an extra text
@@ -40,7 +40,7 @@ def check_teaching(task: Task, distill: dict) -> None:
     if task.needs_teacher and distill.get("augment"):
         raise ConfigError(f"distill.augment varies labelled training texts for a task's teacher; task={task.name} "
                           f"learns from any text: add more with distill.extra_text and set distill.augment=0")
-    if distill.get("teacher") and task.labels not in UNLABELLED and not task.needs_teacher:
+    if distill.get("teacher") and task.label_kind not in UNLABELLED and not task.needs_teacher:
         raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
                           f"regression: their teachers give one output per text); drop distill.teacher")
 
@@ -78,13 +78,13 @@ class Distilled:
 
     def target(self, label, mapping):
         """An extra text has no gold label: UNLABELLED[kind], which the loss and metrics skip."""
-        return UNLABELLED[self.labels] if label is None else self.base.target(label, mapping)
+        return UNLABELLED[self.label_kind] if label is None else self.base.target(label, mapping)
 
     # ---- training -----------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: dict) -> DistilledStep:
         base = self.base.step(model, batch)
         student, teacher, gold = base.predictions, batch["teacher"].float(), batch["labels"]
-        if self.labels == "class":
+        if self.label_kind == "class":
             T = self.temperature
             soft = F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True,
                             reduction="batchmean") * T * T
@@ -101,11 +101,11 @@ class Distilled:
         from torchmetrics.classification import MulticlassAccuracy
         from torchmetrics.regression import PearsonCorrCoef
 
-        agreement = MulticlassAccuracy(cfg.num_labels, average="micro") if self.labels == "class" else PearsonCorrCoef()
+        agreement = MulticlassAccuracy(cfg.num_labels, average="micro") if self.label_kind == "class" else PearsonCorrCoef()
         return {**self.base.metrics(cfg, label_names), "agreement": agreement}
 
     def update(self, metrics: dict[str, nn.Module], step: DistilledStep) -> None:
         self.base.update({k: m for k, m in metrics.items() if k != "agreement"}, step)
         if "agreement" in metrics and len(step.teacher):
-            teacher = step.teacher.argmax(-1) if self.labels == "class" else step.teacher.squeeze(-1)
+            teacher = step.teacher.argmax(-1) if self.label_kind == "class" else step.teacher.squeeze(-1)
             metrics["agreement"].update(step.predictions, teacher)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.errors import ConfigError
-from encoder.model import ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor
+from encoder.core.errors import ConfigError
+from encoder.core.model import ModelConfig, TaskModel, init_weights
+from encoder.core.predictor import Predictor
 from encoder.tasks import Step, Task
 
 
@@ -60,7 +60,7 @@ class EmbeddingPredictor(Predictor):
 
 class Embedding(Task):
     name = "embedding"
-    labels = None
+    label_kind = None
     monitor = "val/cosine"
     minimised = ("loss", "mse")
     train_metric = "cosine"

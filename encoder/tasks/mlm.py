@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.model import ACTIVATIONS, ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor, checked_texts, finite
+from encoder.core.model import ACTIVATIONS, ModelConfig, TaskModel, init_weights
+from encoder.core.predictor import Predictor, checked_texts, finite
 from encoder.tasks import Step, Task
 
 
@@ -63,7 +63,7 @@ class MaskedLMPredictor(Predictor):
 
 class MaskedLM(Task):
     name = "mlm"
-    labels = None
+    label_kind = None
     masks_tokens = True
     monitor = "val/acc"
     minimised = ("loss", "perplexity")

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.errors import DataError
-from encoder.model import ModelConfig
-from encoder.predictor import Predictor
+from encoder.core.errors import DataError
+from encoder.core.model import ModelConfig
+from encoder.core.predictor import Predictor
 from encoder.tasks import Step, Task
 from encoder.tasks.classification import EncoderForSequenceClassification, SequenceClassifierExport
 
@@ -42,7 +42,7 @@ class MultiLabelPredictor(Predictor):
 class MultiLabel(SequenceClassifierExport, Task):
     name = "multilabel"
     problem_type = "multi_label_classification"  # (--format hf: transformers' pipeline applies a sigmoid per label)
-    labels = "classes"  # several members of the label set per text
+    label_kind = "classes"  # several members of the label set per text
     monitor = "val/micro_f1"
     train_metric = "micro_f1"
     onnx = True

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.errors import DataError
-from encoder.model import ModelConfig
-from encoder.predictor import Predictor
+from encoder.core.errors import DataError
+from encoder.core.model import ModelConfig
+from encoder.core.predictor import Predictor
 from encoder.tasks import Step, Task
 from encoder.tasks.classification import EncoderForSequenceClassification, SequenceClassifierExport
 
@@ -44,7 +44,7 @@ class RegressorPredictor(Predictor):
 class Regression(SequenceClassifierExport, Task):
     name = "regression"
     problem_type = "regression"  # (--format hf: transformers' pipeline gives the raw value)
-    labels = "number"
+    label_kind = "number"
     monitor = "val/pearson"
     minimised = ("loss", "mse")
     train_metric = "mse"

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.collate import first_subtokens
-from encoder.model import ModelConfig, TaskModel, init_weights
-from encoder.predictor import Predictor, checked_texts, finite
+from encoder.core.collate import first_subtokens
+from encoder.core.model import ModelConfig, TaskModel, init_weights
+from encoder.core.predictor import Predictor, checked_texts, finite
 from encoder.tasks import Step, Task
 from encoder.tasks.classification import labels_config
 
@@ -64,7 +64,7 @@ class TokenPredictor(Predictor):
 
 class TokenClassification(Task):
     name = "token_classification"
-    labels = "word"
+    label_kind = "word"
     words = True
     monitor = "val/f1"  # entity F1 (BIO tags); for other tags (POS) follow val/acc
     train_metric = "acc"
@@ -89,7 +89,7 @@ class TokenClassification(Task):
     def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
         from torchmetrics.classification import MulticlassAccuracy
 
-        from encoder.metrics import EntityF1  # (it imports torchmetrics, which serving never loads)
+        from encoder.core.entity_f1 import EntityF1  # (it imports torchmetrics, which serving never loads)
 
         metrics = {"acc": MulticlassAccuracy(cfg.num_labels, average="micro", ignore_index=-100)}
         if is_bio(label_names):

@@ -171,7 +171,7 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or self._saved_at == trainer.global_step:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # (a full checkpoint: resumable)
         self._saved_at = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:

@@ -8,30 +8,26 @@ defaults, so every group node is typed by its dataclass (`model` by `ModelNode`,
 rules across groups. `validate()` turns the composed config into those dataclasses, so every rule
 runs before any data is loaded.
 
-Also here: the resolvers the configs use (`unused_dir`, and `monitor`/`direction` that carry each
-task's metric into checkpoints, early stopping and sweeps). What happens before Hydra starts a run
-(composing, checking, deciding the run directory) is in launch.py.
+The trainer group's schema is read off Lightning's own signature (trainer_arguments.py); the resolvers the configs
+use are in resolvers.py; what happens before Hydra starts a run (composing, checking, deciding the run directory)
+is in launch.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
-import importlib.metadata
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from encoder.errors import ConfigError, check_choice
-from encoder.model_config import ModelConfig
-from encoder.tokenizer import TokenizerConfig
+from encoder.core.errors import ConfigError, check_choice
+from encoder.core.options import ModelConfig
+from encoder.core.tokenizer import TokenizerConfig
 from encoder.training.data.sources import SOURCES
+from encoder.training.trainer_arguments import trainer_schema
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 NONFINITE = ("stop", "skip")
@@ -215,61 +211,7 @@ class DistillConfig:
             raise ConfigError(f"distill.batch_size={self.batch_size} must be a positive integer")
 
 
-def _trainer_schema() -> type:
-    """configs/trainer/: `lightning.Trainer`'s own arguments, typed by its own annotations where OmegaConf
-    can check them (int, float, bool, str, optional ones) and `Any` elsewhere. Lightning checks the rest
-    of the values when train.py builds the Trainer, before any data is loaded.
-
-    Reading them means importing Lightning (seconds); they are read once per Lightning version and kept
-    in the cache (trainer-arguments-<version>.json), so a mistake in the overrides is answered before
-    Lightning is imported (benchmarks/startup.py)."""
-    simple = {"int": int, "float": float, "bool": bool, "str": str}
-    try:
-        version = importlib.metadata.version("lightning")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    cached = Path(os.environ.get("ENCODER_CACHE", Path.home() / ".cache" / "encoder")) / \
-        f"trainer-arguments-{version}.json"
-    try:
-        arguments = json.loads(cached.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        arguments = _trainer_arguments()
-        with contextlib.suppress(OSError):  # a read-only cache: read them again next time
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(arguments), encoding="utf-8")
-            os.replace(tmp, cached)
-    fields = [("_target_", str, field(default="lightning.pytorch.Trainer"))]
-    for name, kind, optional, default in arguments:
-        hint = Any if kind is None else Optional[simple[kind]] if optional else simple[kind]
-        fields.append((name, hint, field(default=default)))
-    return dataclasses.make_dataclass("TrainerConfig", fields)
-
-
-def _trainer_arguments() -> list:
-    """[name, simple type name or None, optional, default] for each argument of `lightning.Trainer`."""
-    import inspect
-    import typing
-
-    import lightning as L
-
-    hints = typing.get_type_hints(L.Trainer.__init__)
-    simple = (int, float, bool, str)
-    out = []
-    for name, parameter in inspect.signature(L.Trainer.__init__).parameters.items():
-        if name in ("self", "callbacks", "logger"):  # train.py passes those
-            continue
-        hint = hints.get(name, Any)
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = typing.get_origin(hint) is typing.Union and len(options) == 1 and options[0] in simple \
-            and len(typing.get_args(hint)) == 2
-        kind = hint.__name__ if hint in simple else options[0].__name__ if optional else None
-        default = parameter.default if isinstance(parameter.default, (*simple, type(None))) else None
-        out.append([name, kind, optional, default])
-    return out
-
-
-TrainerConfig = _trainer_schema()
+TrainerConfig = trainer_schema()  # lightning.Trainer's own arguments (encoder/training/trainer_arguments.py)
 
 
 @dataclass
@@ -331,7 +273,7 @@ def validate(cfg: DictConfig) -> Checked:
     if data.streaming and not (cfg.trainer.get("max_steps") or -1) > 0:
         raise ConfigError("data.streaming=true has no length to plan a schedule from: set trainer.max_steps (e.g. "
                           "100000)")
-    if data.packing and (task.labels is not None or task.carries):
+    if data.packing and (task.label_kind is not None or task.carries):
         raise ConfigError(f"data.packing=true joins texts into rows that belong to no one text, so task={task.name} "
                           f"(a label or a teacher's output per text) cannot use it; set data.packing=false")
     if task.masks_tokens and not data.mlm_probability:
@@ -379,52 +321,3 @@ def unknown_key(key: str, known: list[str]) -> ConfigError:
     extra = (" (a callback or logger takes arguments of its own: add a new one with +key=value)"
              if parent.split(".")[0] in ("callbacks", "logger") else "")
     return ConfigError(f"unknown key {key}{guess}; known keys are {sorted(known)}{extra}")
-
-
-def resolved(cfg: DictConfig) -> dict:
-    """The run's config as plain, resolved values (without Hydra's own `hydra` node)."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-
-
-def unused_dir(path: str) -> str:
-    """`path`, or the first of `path-1`, `path-2`, ... that this process could create. The folder is
-    created here, exclusively (mkdir fails when it exists), so two runs started in the same second never
-    share one. Registered with use_cache=True: Hydra resolves it once per run."""
-    n = 0
-    while True:
-        candidate = Path(path if n == 0 else f"{path}-{n}")
-        try:
-            candidate.mkdir(parents=True)
-            return str(candidate)
-        except FileExistsError:
-            n += 1
-
-
-def run_name(data: str, files) -> str:
-    """The experiment name runs are grouped by (outputs/<name>/<time>/): the data config's name, or for your own
-    files (data=local_files) the name of the training file (`reviews` for reviews.csv; a glob's folder)."""
-    train = files.get("train") if isinstance(files, (dict, DictConfig)) else files
-    if data != "local_files" or not train:
-        return data
-    first = Path(str(train if isinstance(train, str) else next(iter(train), "")))
-    name = first.parent.name if any(c in first.name for c in "*?[") else first.stem
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or data
-
-
-def _tasks():
-    from encoder import tasks  # (when a resolver runs, after the config is checked: see validate)
-
-    return tasks
-
-
-RESOLVERS = {
-    "unused_dir": (unused_dir, True),
-    "run_name": (run_name, False),  # ${run_name:${hydra:runtime.choices.data},${data.data_files}}
-    "monitor": (lambda task: _tasks().get(task).monitor, False),  # the task's metric: ${monitor:${task.name}}
-    "direction": (lambda metric, task: _tasks().direction(metric, task), False),  # min | max: ${direction:m,task}
-    "optuna_direction": (lambda metric, task: f"{_tasks().direction(metric, task)}imize", False),  # minimize | ...
-    "metric_name": (lambda metric: metric.rsplit("/", 1)[-1], False),  # val/acc -> acc (checkpoint names)
-}
-for _name, (_fn, _cache) in RESOLVERS.items():
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn, use_cache=_cache)

@@ -13,11 +13,14 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from encoder import checkpoint, tasks
-from encoder.errors import ConfigError, LabelSetError
+from encoder import tasks
+
+from encoder.core import checkpoint
+from encoder.core.errors import ConfigError, LabelSetError
 from encoder.serving import load_model
 from encoder.training import pretrained
-from encoder.training.config import Checked, resolved
+from encoder.training.config import Checked
+from encoder.training.resolvers import resolved
 from encoder.training.console import say
 from encoder.training.data.datamodule import TextDataModule
 from encoder.training.data.teacher import teacher_options

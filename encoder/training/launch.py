@@ -29,9 +29,10 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from encoder.errors import ConfigError
-from encoder.model_config import dotted
-from encoder.training.config import unknown_key, unused_dir, validate
+from encoder.core.errors import ConfigError
+from encoder.core.options import dotted
+from encoder.training.config import unknown_key, validate
+from encoder.training.resolvers import unused_dir  # (and the resolvers the configs use are registered)
 
 # On resume: keys that may change freely (how a run is watched, logged and evaluated at the end), and keys
 # that extend or shorten the schedule (said in one line). Any other change is refused.
@@ -118,7 +119,7 @@ def evaluated_task(cfg: DictConfig, overrides: list[str]) -> str | None:
     the config's differs (a task= given that differs is refused by evaluation, in one line)."""
     if cfg.train or not cfg.ckpt_path or any(_key(o) == "task" for o in overrides):
         return None
-    from encoder import checkpoint  # (torch: only an evaluation pays for it here, never a config's check)
+    from encoder.core import checkpoint  # (torch: only an evaluation pays for it here, never a config's check)
 
     try:
         task = checkpoint.task_of(cfg.ckpt_path)
@@ -279,7 +280,9 @@ def compose(config_dir: str, config_name: str, overrides: list[str]) -> DictConf
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
     except Exception as e:  # noqa: BLE001 - every composition error becomes one line
-        failed = next((o for o in overrides if o.split("=")[0].lstrip("+~") in str(e)), None)
+        # the override the error names: the longest key it holds (model.embed_dimm=3, not model=tiny before it)
+        named = [o for o in overrides if o.split("=")[0].lstrip("+~") in str(e)]
+        failed = max(named, key=lambda o: len(o.split("=")[0]), default=None)
         known = None
         if failed is not None and "=" in failed:
             parent = failed.split("=")[0].lstrip("+~").rpartition(".")[0]

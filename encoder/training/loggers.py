@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig
 
-from encoder.errors import ConfigError
+from encoder.core.errors import ConfigError
 
 EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}  # config entry -> the package its extra installs
 

@@ -4,7 +4,7 @@ logging, AdamW and its schedule, throughput, the non-finite-loss policy and exac
 
 It receives plain values only (dicts, lists, strings) and builds the model itself, so
 `EncoderModule.load_from_checkpoint(path)` works in any Python process without Hydra, and the
-checkpoint (its format: encoder/checkpoint.py) loads with `torch.load(path, weights_only=True)`.
+checkpoint (its format: encoder/core/checkpoint.py) loads with `torch.load(path, weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from encoder import tasks
-from encoder.checkpoint import architecture, stamp
-from encoder.model import ModelConfig
+from encoder.core.checkpoint import full_config, stamp
+from encoder.core.model import ModelConfig
 from encoder.training.data.teacher import build_task
 from encoder.training.config import OptimConfig, TaskConfig
 
@@ -62,7 +62,7 @@ class EncoderModule(L.LightningModule):
         # JSON; everything here still goes into the checkpoint.
         self.save_hyperparameters(logger=False)
         self.optim = OptimConfig(**(optim or {}))
-        self.cfg: ModelConfig = architecture(model, tokenizer_json, label_names)
+        self.cfg: ModelConfig = full_config(model, tokenizer_json, label_names)
         self.model = self.task.build_model(self.cfg, unpad=unpad)
         self.example_input_array = self.task.example_input(self.cfg)  # the model summary's shapes and FLOPs
         self.train_metric = self.task.metrics(self.cfg, label_names)[self.task.train_metric]

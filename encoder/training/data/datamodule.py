@@ -23,9 +23,9 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from encoder.collate import Collator
-from encoder.errors import ConfigError, DataError
-from encoder.tokenizer import (SPECIAL_TOKENS, TokenizerConfig, as_text, blank, fingerprint, get_tokenizer,
+from encoder.core.collate import Collator
+from encoder.core.errors import ConfigError, DataError
+from encoder.core.tokenizer import (SPECIAL_TOKENS, TokenizerConfig, as_text, blank, fingerprint, get_tokenizer,
                                load_tokenizer)
 from encoder.training.config import DataConfig
 from encoder.training.data.encoding import encoder_for
@@ -73,7 +73,7 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def labelled(self) -> bool:
-        return self.task.labels is not None
+        return self.task.label_kind is not None
 
     # ---- preparing the data, once ---------------------------------------------------------
     def prepare_data(self) -> None:
@@ -104,7 +104,7 @@ class TextDataModule(L.LightningDataModule):
         # everything that changes what encode() produces, so no stale cached tokenization is reused
         settings = fingerprint(self.tokenizer.to_str(), self.cfg.max_length, self.cfg.long_texts, self.cfg.packing,
                                self.cfg.text_column, self.cfg.text_pair_column, self.cfg.label_column,
-                               self.task.name, self.task.labels, self.label_names)
+                               self.task.name, self.task.label_kind, self.label_names)
         for split, ds in raw.items():
             if self._keeps_empty:
                 self._warn_empty(ds, split)
@@ -143,7 +143,7 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def _keeps_empty(self) -> bool:
-        return self.task.labels is not None and not self.task.words
+        return self.task.label_kind is not None and not self.task.words
 
     def _drop_empty(self, raw: dict[str, Dataset]) -> dict[str, Dataset]:
         """A corpus text or a sentence of labelled words that is empty (or reads as nothing: `tokenizer.blank`) has

@@ -21,9 +21,9 @@ from typing import Callable
 
 from tokenizers import Tokenizer
 
-from encoder.collate import first_subtokens
+from encoder.core.collate import first_subtokens
 from encoder.tasks import Task
-from encoder.tokenizer import as_text
+from encoder.core.tokenizer import as_text
 from encoder.training.config import DataConfig
 
 
@@ -35,7 +35,7 @@ def encoder_for(cfg: DataConfig, task: Task, tokenizer: Tokenizer, mapping) -> C
         return lambda batch: _words(batch, cfg, tokenizer, mapping)
     strategy = _packed if cfg.packing else _chunks if cfg.long_texts == "chunk" else \
         _pairs if cfg.text_pair_column else _single
-    label_column, carry = (cfg.label_column if task.labels else None), task.carries
+    label_column, carry = (cfg.label_column if task.label_kind else None), task.carries
 
     def encode(batch: dict) -> dict:
         texts = [as_text(t) for t in batch[cfg.text_column]]

@@ -13,9 +13,9 @@ import logging
 from datasets import ClassLabel, Dataset
 
 from encoder.tasks import Task
-from encoder.errors import DataError, LabelSetError
+from encoder.core.errors import DataError, LabelSetError
 from encoder.training.config import DataConfig
-from encoder.tokenizer import as_text
+from encoder.core.tokenizer import as_text
 
 log = logging.getLogger(__name__)
 

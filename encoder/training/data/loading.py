@@ -12,7 +12,7 @@ import pandas
 import pyarrow
 from datasets import Dataset, DatasetDict, load_dataset
 
-from encoder.errors import DataError
+from encoder.core.errors import DataError
 from encoder.training.config import DataConfig
 from encoder.training.data.sources import SOURCES
 

@@ -33,8 +33,8 @@ from datasets.distributed import split_dataset_by_node
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
-from encoder.errors import DataError
-from encoder.tokenizer import as_text, blank, fingerprint
+from encoder.core.errors import DataError
+from encoder.core.tokenizer import as_text, blank, fingerprint
 from encoder.training.config import DataConfig
 from encoder.training.data.loading import data_files, describe, load_error, local_paths
 

@@ -24,23 +24,25 @@ import hashlib
 import json
 import logging
 import os
-import random
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from datasets import concatenate_datasets, load_dataset
 
-from encoder import checkpoint, tasks
-from encoder.errors import ConfigError, DataError
-from encoder.model import TaskModel
-from encoder.predictor import Predictor
+from encoder import tasks
+from encoder.core import checkpoint
+from encoder.core.digests import sha256
+from encoder.core.errors import ConfigError, DataError
+from encoder.core.model import TaskModel
+from encoder.core.predictor import Predictor
+from encoder.core.tokenizer import as_text, fingerprint, load_tokenizer
 from encoder.serving import load_model
 from encoder.tasks import Task
 from encoder.tasks.distillation import Distilled, check_teaching
-from encoder.tokenizer import as_text, fingerprint, load_tokenizer
-from encoder.training.data.loading import load_error
 from encoder.training import pretrained
+from encoder.training.data.augment import augment
+from encoder.training.data.loading import load_error
 from encoder.training.data.sources import SOURCES
 from encoder.training.pretrained import PRETRAINED
 
@@ -90,8 +92,8 @@ def _task_outputs(task: Distilled, raw: dict, data, label_names: list[str] | Non
     the augmented variants it labels appended to train."""
     predictor = load_model(task.teacher, device="cuda" if torch.cuda.is_available() else "cpu",
                            batch_size=task.batch_size)
-    if predictor.task != task.name or predictor.label_names != label_names:
-        raise DataError(f"distill.teacher={task.teacher} was trained for task={predictor.task} with labels "
+    if predictor.task_name != task.name or predictor.label_names != label_names:
+        raise DataError(f"distill.teacher={task.teacher} was trained for task={predictor.task_name} with labels "
                         f"{predictor.label_names}; this run is task={task.name} with labels {label_names}: "
                         f"train the teacher on this data first")
     digest = _weights_digest(Path(task.teacher))
@@ -153,7 +155,7 @@ def embedder(teacher: str, batch_size: int = 128) -> Predictor:
         return load_model(path, device=device, batch_size=batch_size)
     folder = pretrained.load(str(path))
     tokenizer = load_tokenizer(folder.tokenizer_path)
-    cfg = checkpoint.architecture({**folder.arch, "pooling": folder.pooling}, tokenizer.to_str())
+    cfg = checkpoint.full_config({**folder.arch, "pooling": folder.pooling}, tokenizer.to_str())
     model = TaskModel(cfg)
     model.load_state_dict({k: v for k, v in folder.state.items() if k.startswith("encoder.")}, strict=False)
     return Predictor(model, tokenizer, min(cfg.max_positions, 512), batch_size).to(device)
@@ -162,13 +164,13 @@ def embedder(teacher: str, batch_size: int = 128) -> Predictor:
 def _teacher_digest(path: Path) -> str:
     if path.is_file() or checkpoint.is_export(path):
         return _weights_digest(path)
-    return checkpoint.sha256(path / "model.safetensors")[:16]
+    return sha256(path / "model.safetensors")[:16]
 
 
 def _weights_digest(path: Path) -> str:
     """Identifies the teacher: the sha256 of its file (a .ckpt) or of its weights and config (an export)."""
     files = [path] if path.is_file() else [path / name for name in checkpoint.EXPORT_FILES]
-    return hashlib.sha256("".join(checkpoint.sha256(f) for f in files).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(sha256(f) for f in files).encode()).hexdigest()[:16]
 
 
 def _label(ds, predictor, data, digest: str):
@@ -212,42 +214,6 @@ def _extra_texts(source: str, column: str, data, raw: dict, cache_dir: Path, tok
     log.info("distill.extra_text: %d of %d texts kept (evaluation and empty texts removed)", len(kept), len(extra))
     return kept.select_columns([column]).rename_column(column, data.text_column) if column != data.text_column \
         else kept.select_columns([column])
-
-
-# ---- augmentation (Tang et al. 2019, "Distilling task-specific knowledge from BERT into simple neural
-# networks"): rules that need no external resource, applied word by word -------------------------------
-P_MASK, P_SWAP, P_NGRAM = 0.1, 0.1, 0.25
-
-
-def augment(texts: list[str], n: int, seed: int) -> list[str]:
-    """`n` variants of each text: each word masked ([MASK]) with probability P_MASK, or with P_SWAP replaced by
-    a word of the same kind (one that follows the same word somewhere in `texts`, as Tang et al. replace by
-    part of speech), then with P_NGRAM only an n-gram of 1-5 words of the result kept. Deterministic for a seed."""
-    rng = random.Random(seed)
-    followers: dict[str, list[str]] = {}
-    for text in texts:
-        words = text.split()
-        for before, word in zip(["<s>", *words], words):
-            followers.setdefault(before.lower(), []).append(word)
-    out = []
-    for text in texts:
-        words = text.split()
-        for _ in range(n if words else 0):
-            new = []
-            for before, word in zip(["<s>", *words], words):
-                draw = rng.random()
-                if draw < P_MASK:
-                    new.append("[MASK]")
-                elif draw < P_MASK + P_SWAP:
-                    new.append(rng.choice(followers[before.lower()]))
-                else:
-                    new.append(word)
-            if rng.random() < P_NGRAM:
-                size = rng.randint(1, min(5, len(new)))
-                start = rng.randint(0, len(new) - size)
-                new = new[start : start + size]
-            out.append(" ".join(new))
-    return out
 
 
 def _variants(raw: dict, data, n: int, seed: int, cache_dir: Path, tokenizer):

@@ -1,6 +1,6 @@
 """The base of every task's predictor (core): batching texts through a model in inference mode, `embed`,
 the checks of predict's inputs, and an ONNX graph in place of a model. Each task's `Predictor` subclass (in
-encoder/tasks/) adds `predict`; `encoder.load_model` (encoder/serving.py) picks the subclass for a checkpoint.
+encoder/tasks/) adds `predict`; `encoder.load_model` (encoder/serving/__init__.py) picks the subclass for a checkpoint.
 
 It imports neither Lightning, torchmetrics, datasets, pandas nor matplotlib, and no task.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from encoder.collate import Collator
+from encoder.core.collate import Collator
 
 
 class Predictor:
@@ -32,7 +32,7 @@ class Predictor:
         self.tokenizer.enable_truncation(max_length)
         self.batch_size = batch_size
         self.collator = Collator(pad_token_id=model.cfg.pad_token_id)
-        self.task: str | None = None  # the task's name (load_model sets it)
+        self.task_name: str | None = None  # the name of the task it predicts for (load_model sets it)
 
     @property
     def device(self) -> torch.device:

@@ -4,24 +4,27 @@ A checkpoint (`.ckpt`, written by Lightning during `python train.py`) holds, bes
 training state:
 - `hyper_parameters`: `task` (its name in encoder/tasks/), `model` (the architecture: every
   `ModelConfig` field), `tokenizer_json`, `label_names` (null for MLM), `max_length`, and how the run
-  trained (`optim`, `on_nonfinite_loss`, `unpad`, `compile`), which loading ignores;
+  trained (`optim`, `on_nonfinite_loss`, `unpad`, `compile`, `distill`), which loading ignores;
 - `state_dict`: the task model's weights under `model.`;
-- `rng`: the random state that makes a resume exact (encoder/training/module.py).
+- `rng`: the random state that makes a resume exact (encoder/training/module.py);
+- `weights_sha256` (the model's tensors) and `checkpoint_sha256` (everything else but these two: hyper-parameters,
+  optimizer and scheduler state, loops, RNG), recorded by `stamp` as it is written (encoder/core/digests.py
+  computes them) and checked by every reader.
 
 It is read with `torch.load(weights_only=True)`, which rebuilds tensors and plain Python types only
 and never runs code hidden in a pickle.
 
 An export (`python -m encoder.export`) is a folder of `model.safetensors`, `tokenizer.json` and
-`config.json` (format, task, architecture, labels, max_length, the sha256 of its weight files).
-Reading it needs `json` and `safetensors` only.
+`config.json` (format, task, architecture, labels, max_length, and a manifest: the sha256 of every file of the
+export, ONNX graphs included, and of config.json's own content). Reading it needs `json` and `safetensors` only.
 
-Both read into a `Saved`; `architecture()` is the one place where the fields that the data decides
-(vocabulary size, padding id, number of labels, segment embeddings for pairs) are computed.
+Both read into a `Saved`. `full_config()` computes the fields the data decides (vocabulary size, padding id,
+number of labels, segment embeddings for pairs) for every model train.py builds, a checkpoint or export is read
+into, or a teacher folder is run as; a task fixes its own in `Task.architecture` (embedding: the head's width).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,9 +36,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from encoder.errors import CheckpointError
-from encoder.model import ModelConfig
-from encoder.model_config import dotted
+from encoder.core.digests import content_digest, sha256, weights_digest
+from encoder.core.errors import CheckpointError
+from encoder.core.model import ModelConfig
 
 EXPORT_FORMAT = "encoder-export-v1"
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -57,10 +60,10 @@ class Saved:
 
     @property
     def config(self) -> ModelConfig:
-        return architecture(self.model, self.tokenizer_json, self.label_names)
+        return full_config(self.model, self.tokenizer_json, self.label_names)
 
 
-def architecture(model: dict, tokenizer_json: str, label_names: list[str] | None = None,
+def full_config(model: dict, tokenizer_json: str, label_names: list[str] | None = None,
                  text_pairs: bool = False) -> ModelConfig:
     """The model's full architecture: the configured fields plus those the data decides, computed
     here only: `vocab_size` and `pad_token_id` from the tokenizer, `num_labels` from the labels, and
@@ -73,40 +76,6 @@ def architecture(model: dict, tokenizer_json: str, label_names: list[str] | None
     if text_pairs and not values.get("type_vocab_size"):
         values["type_vocab_size"] = 2
     return ModelConfig.from_dict(values)
-
-
-def first_difference(ours: Saved, theirs: Saved) -> tuple[str, object, object] | None:
-    """(what, ours, theirs) for the first thing that makes two models different models: the task, an
-    architecture field, max_length, the labels, or the tokenizer (its vocabulary and rules, not its
-    truncation setting); None when they are the same model."""
-    if ours.task != theirs.task:
-        return "task", ours.task, theirs.task
-    a, b = dotted(dataclasses.asdict(ours.config)), dotted(dataclasses.asdict(theirs.config))
-    for key in a:
-        if key not in ("vocab_size", "pad_token_id", "num_labels") and a[key] != b.get(key):
-            return f"model.{key}", a[key], b.get(key)
-    if ours.max_length != theirs.max_length:
-        return "data.max_length", ours.max_length, theirs.max_length
-    if ours.label_names != theirs.label_names:
-        return "labels", ours.label_names, theirs.label_names
-    if _rules(ours.tokenizer_json) != _rules(theirs.tokenizer_json):
-        return "tokenizer", f"{a['vocab_size']} tokens", f"{b['vocab_size']} tokens"
-    return None
-
-
-def _rules(tokenizer_json: str) -> str:
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.no_truncation()  # max_length is compared on its own
-    tokenizer.no_padding()
-    return tokenizer.to_str()
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
@@ -144,17 +113,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the model's tensors (names, dtypes, shapes, bytes): checkpoints record it when
-    written and every reader checks it, so flipped bytes in a weight are an error, not NaN predictions."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
 DIGESTS = ("weights_sha256", "checkpoint_sha256")
 
 
@@ -163,32 +121,7 @@ def stamp(checkpoint: dict) -> None:
     record the weights' digest, and one of everything a reader or a resume uses (hyper-parameters, optimizer
     and scheduler state, loops, RNG)."""
     checkpoint["weights_sha256"] = weights_digest(_model_weights(checkpoint["state_dict"]))
-    checkpoint["checkpoint_sha256"] = content_digest(checkpoint)
-
-
-def content_digest(checkpoint: dict) -> str:
-    """sha256 over a checkpoint's whole content but its digests: tensors by their bytes, anything else by
-    its repr, dict keys sorted, so the same content read back gives the same digest."""
-    digest = hashlib.sha256()
-
-    def walk(node, path: str) -> None:
-        if isinstance(node, dict):
-            for key in sorted(node, key=str):
-                if not (path == "" and key in DIGESTS):
-                    walk(node[key], f"{path}/{key}")
-        elif isinstance(node, (list, tuple)):
-            digest.update(f"{path}:{type(node).__name__}:{len(node)};".encode())
-            for i, item in enumerate(node):
-                walk(item, f"{path}/{i}")
-        elif isinstance(node, torch.Tensor):
-            tensor = node.detach().cpu().contiguous()
-            digest.update(f"{path}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        else:
-            digest.update(f"{path}={node!r};".encode())
-
-    walk(checkpoint, "")
-    return digest.hexdigest()
+    checkpoint["checkpoint_sha256"] = content_digest(checkpoint, skip=DIGESTS)
 
 
 def _model_weights(state_dict: dict) -> dict[str, torch.Tensor]:
@@ -196,32 +129,11 @@ def _model_weights(state_dict: dict) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Saved:
-    return _saved(load_checkpoint(path), path)
+    return saved_of(load_checkpoint(path), path)
 
 
-def read_for_resume(path: str | os.PathLike, optim: dict | None = None) -> Saved:
-    """`read_checkpoint`, and the optimizer state a resume would continue from must be finite; with `optim`
-    (this run's optimizer settings), the checkpoint must have trained with the same ones."""
-    ckpt = load_checkpoint(path)
-    saved = _saved(ckpt, path)
-    trained = ckpt["hyper_parameters"].get("optim")
-    if optim is not None and trained is not None:
-        key = next((k for k in sorted(optim) if k in trained and trained[k] != optim[k]), None)
-        if key is not None:
-            raise CheckpointError(f"{path} was trained with optim.{key}={trained[key]!r}; a resume cannot honour "
-                                  f"optim.{key}={optim[key]!r} (the optimizer state and schedule continue): resume "
-                                  f"with the run's settings, or start a new run without ckpt_path")
-    for i, optimizer in enumerate(ckpt.get("optimizer_states") or []):
-        for param, state in (optimizer.get("state") or {}).items():
-            for name, value in state.items():
-                if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-                    raise CheckpointError(f"{path}: its optimizer state is not finite ({name} of parameter {param}); "
-                                          f"resuming would spread it into the weights: resume an earlier checkpoint "
-                                          f"or start a new run")
-    return saved
-
-
-def _saved(ckpt: dict, path: str | os.PathLike) -> Saved:
+def saved_of(ckpt: dict, path: str | os.PathLike) -> Saved:
+    """A checkpoint dict (`load_checkpoint`) as a `Saved`, after checking its digests."""
     hp = ckpt["hyper_parameters"]
     missing = [k for k in ("model", "tokenizer_json", "max_length") if k not in hp]
     if missing:
@@ -233,7 +145,7 @@ def _saved(ckpt: dict, path: str | os.PathLike) -> Saved:
         raise CheckpointError(f"{path}: its weights do not match the digest recorded when it was written (the file "
                               f"was damaged or modified); use another checkpoint (e.g. last.ckpt or best-*.ckpt)")
     recorded = ckpt.get("checkpoint_sha256")  # checkpoints written before 0.3 have none
-    if recorded is not None and content_digest(ckpt) != recorded:
+    if recorded is not None and content_digest(ckpt, skip=DIGESTS) != recorded:
         raise CheckpointError(f"{path}: its hyper-parameters or training state (optimizer, schedule, loops) do not "
                               f"match the digest recorded when it was written (the file was damaged or modified); "
                               f"use another checkpoint (e.g. last.ckpt or best-*.ckpt)")

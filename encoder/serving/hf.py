@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from encoder import tasks
-from encoder.errors import ConfigError
-from encoder.model import ModelConfig
+from encoder.core.errors import ConfigError
+from encoder.core.model import ModelConfig
 from encoder.tasks import Task
-from encoder.tokenizer import finalize, load_tokenizer
+from encoder.core.tokenizer import finalize, load_tokenizer
 
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -133,7 +133,7 @@ def to_bert(model: torch.nn.Module):
 
 
 def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> None:
-    """`saved` (encoder.checkpoint.Saved) as a folder `transformers` loads with no code of ours
+    """`saved` (encoder.core.checkpoint.Saved) as a folder `transformers` loads with no code of ours
     (AutoModelFor<Task>, AutoTokenizer, pipelines) that is also a sentence-transformers model whose
     `encode` is our `embed`. `sentence_transformers_only`: the encoder alone (a BertModel)."""
     from safetensors.torch import save_file

@@ -1,6 +1,6 @@
 """The architecture's options, as plain values: what checkpoints store and the config schema checks.
 
-Kept apart from the model (encoder/model.py) and free of torch, so that composing and checking a config
+Kept apart from the model (encoder/core/model.py) and free of torch, so that composing and checking a config
 (`python train.py` with a mistake in it) is answered before torch is imported.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from encoder.errors import ConfigError, check_choice
+from encoder.core.errors import ConfigError, check_choice
 
-ACTIVATIONS = ("gelu", "relu", "silu")  # encoder/model.py maps each to its torch module
+ACTIVATIONS = ("gelu", "relu", "silu")  # encoder/core/model.py maps each to its torch module
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("cls", "mean")
 

@@ -1,7 +1,7 @@
 """Serving: `encoder.load_model(path)` gives a task's `Predictor`, with `predict(texts)` and `embed(texts)`.
 
 This module, the tasks' predictors and what they use (the model, the tokenizer, the collator and
-encoder/checkpoint.py) import neither Lightning, torchmetrics, datasets, pandas nor matplotlib:
+encoder/core/checkpoint.py) import neither Lightning, torchmetrics, datasets, pandas nor matplotlib:
 serving a model needs torch, tokenizers and safetensors only. It sits above the tasks: it asks the task
 registry which model and predictor a checkpoint's task has.
 """
@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from encoder import checkpoint, tasks
-from encoder.errors import CheckpointError
-from encoder.predictor import OnnxModel, Predictor
+from encoder import tasks
+
+from encoder.core import checkpoint
+from encoder.core.errors import CheckpointError
+from encoder.core.predictor import OnnxModel, Predictor
 
 
 def check_device(device: str | torch.device) -> None:
@@ -54,7 +56,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", batch_size: int = 6
         task, model = build(saved, path)
     predictor = task.predictor_class(model, Tokenizer.from_str(saved.tokenizer_json), saved.max_length, batch_size,
                                      saved.label_names)
-    predictor.task = saved.task
+    predictor.task_name = saved.task
     return predictor.to(device)
 
 

@@ -19,13 +19,13 @@ import math
 import torch
 from torch import nn
 
-from encoder import model_config
-from encoder.model_config import AttentionConfig, ModelConfig  # noqa: F401 (imported from here too)
+from encoder.core import options
+from encoder.core.options import AttentionConfig, ModelConfig  # noqa: F401 (imported from here too)
 
 
-# the options (ModelConfig) are in encoder/model_config.py, free of torch; here what each one builds
+# the options (ModelConfig) are in encoder/core/options.py, free of torch; here what each one builds
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
-assert tuple(ACTIVATIONS) == model_config.ACTIVATIONS
+assert tuple(ACTIVATIONS) == options.ACTIVATIONS
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
