@@ -40,7 +40,7 @@ class ModelNode(ModelConfig):
     """configs/model/: the architecture (what checkpoints store), plus how this run starts and runs it."""
 
     unpad: bool = True  # run everything but attention on real tokens only (same function, faster)
-    compile: bool = False  # torch.compile the model for training (measure first: see README)
+    compile: bool = False  # torch.compile the model for training (measure first: benchmarks/README.md)
     init_from: Optional[str] = None  # start from a pretrained encoder: a known name, a folder or a .ckpt
     # which of init_from's layers to keep, in order (a student made of its teacher's layers, as DistilBERT
     # is); null: all of them. num_layers must be the number kept.
