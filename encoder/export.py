@@ -107,7 +107,7 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'encoder[onnx]'") from None
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install -e '.[onnx]' in your clone") from None
     model = model.eval()
     ids = torch.full((2, 16), model.cfg.pad_token_id + 1, dtype=torch.long)
     mask = torch.zeros(2, 16, dtype=torch.bool)
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m encoder.export", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by train.py (or an export folder)")
     parser.add_argument("out_dir", help="a new (or empty) folder")
-    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs encoder[onnx])")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write model.onnx (needs the onnx extra: pip install -e '.[onnx]')")
     parser.add_argument("--int8", action="store_true", help="with --onnx: also model.int8.onnx (int8 linear layers)")
     parser.add_argument("--format", default="encoder", choices=FORMATS,
                         help="encoder: ours (default); hf: for transformers and sentence-transformers; "

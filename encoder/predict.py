@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor = load_model(args.checkpoint, device=args.device, batch_size=args.batch_size, backend=args.backend,
                                int8=args.int8)
-    except (CheckpointError, ConfigError, ValueError, TypeError) as e:
+    except (CheckpointError, ConfigError, ValueError, TypeError, ImportError) as e:
         parser.exit(2, f"error: {e}\n")
     if args.threshold is not None:
         set_threshold(parser, predictor, args)

@@ -43,7 +43,7 @@ def test_a_logger_without_its_package_is_one_line(tmp_path, monkeypatch, rt_file
     # what a machine without MLflow looks like (here it is installed)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else find_spec(name, *a))
-    with pytest.raises(ConfigError, match=r"^logger=mlflow needs the mlflow package: pip install 'encoder\[mlflow\]'$"):
+    with pytest.raises(ConfigError, match=r"^logger=mlflow needs the mlflow package: pip install -e '\.\[mlflow\]' in your clone$"):
         train.train(compose([*TINY, "logger=mlflow"], tmp_path))
 
 

@@ -3,11 +3,12 @@ its Trainer as written, and every one that can run offline on a small budget run
 with a few budget overrides appended; predict and export through their command lines), its placeholders
 (best.ckpt, my_model/, outputs/.../) filled with what the earlier commands produced."""
 
+import contextlib
+import importlib
+import io
 import json
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,16 @@ def test_the_offline_readme_commands_run_as_written(produced):
     for line in ("python -m encoder.export", "python -m encoder.predict"):  # export first: predict reads it
         for args in filter(offline, commands(line)):
             filled = [fill(a, out, runs, onnx="--onnx" in args) for a in args]
-            done = subprocess.run([sys.executable, "-m", line.split()[-1], *filled], capture_output=True, text=True,
-                                  cwd=ROOT, timeout=300)
-            assert done.returncode == 0 and done.stdout.strip(), (args, done.stderr[-2000:])
+            # the command's own main() with the arguments as written, in this process (a process each would cost
+            # a torch import each; tests/test_catalogue.py runs the commands as processes)
+            with contextlib.redirect_stdout(io.StringIO()) as stdout, contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    code = importlib.import_module(line.split()[-1]).main(filled)
+                except SystemExit as e:
+                    code = e.code
+            assert code == 0 and stdout.getvalue().strip(), (args, err.getvalue()[-2000:])
             if line.endswith("predict"):  # a JSON line per text, holding what its task predicts
-                rows = [json.loads(row) for row in done.stdout.splitlines()]
+                rows = [json.loads(row) for row in stdout.getvalue().splitlines()]
                 assert all({"label", "value", "tags", "masks", "embedding"} & set(row) for row in rows), rows[:2]
                 if len(filled) == 2 and "label" in rows[0]:  # MODEL "text": what load_model predicts for it
                     assert rows[0]["label"] == encoder.load_model(filled[0]).predict([filled[1]])[0]["label"]

@@ -116,7 +116,11 @@ class OnnxModel(torch.nn.Module):
 
     def __init__(self, path: Path, cfg):
         super().__init__()
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ImportError("backend onnx runs the graph with onnxruntime: pip install -e '.[onnx]' in your clone") \
+                from None
 
         self.cfg = cfg
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -26,7 +26,7 @@ def build_loggers(loggers: DictConfig) -> list[Logger]:
             continue
         package = EXTRAS.get(name)
         if package and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"logger={name} needs the {package} package: pip install 'encoder[{name}]'")
+            raise ConfigError(f"logger={name} needs the {package} package: pip install -e '.[{name}]' in your clone")
         if name == "mlflow":
             check_reachable(node.get("tracking_uri"))
         try:
