@@ -111,7 +111,8 @@ def main() -> None:
     print("padding efficiency: " + ", ".join(f"{p} {e:.1%}" for p, e in efficiency.items()))
     ratios = [f / s for s, f in zip(speeds[("hf", "group")], speeds[("ours", "ours")])]
     print(f"ours (model + path) vs HF model on group_by_length, the strongest peer: "
-          f"{ratio(('hf', 'group'), ('ours', 'ours')):.2f}x ({len(ratios)} rounds: {min(ratios):.2f}-{max(ratios):.2f}x)")
+          f"{ratio(('hf', 'group'), ('ours', 'ours')):.2f}x "
+          f"({len(ratios)} rounds: {min(ratios):.2f}-{max(ratios):.2f}x)")
     print(f"  data path alone (our model, ours vs transformers' group_by_length): "
           f"{ratio(('ours', 'group'), ('ours', 'ours')):.2f}x")
     print(f"  model alone (on group_by_length): {ratio(('hf', 'group'), ('ours', 'group')):.2f}x; "

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import machine, alternate, default_data, flops_per_token, full_batches, median_ratio, model_config, random_batches
+from common import (alternate, default_data, flops_per_token, full_batches, machine, median_ratio, model_config,
+                    random_batches)
 from encoder.serving.hf import to_bert
 from encoder.tasks.classification import EncoderForSequenceClassification
 

@@ -108,7 +108,8 @@ def trained_models(args) -> None:
               f"{path}")
     first, *others = times
     for other in others:
-        print(f"{other} predicts {median_ratio(times, first, other):.2f}x as fast as {first}{spread(times, first, other)}")
+        print(f"{other} predicts {median_ratio(times, first, other):.2f}x as fast as {first}"
+              f"{spread(times, first, other)}")
 
 
 def long_texts(count: int, tokenizer, seed: int = 0) -> list[str]:

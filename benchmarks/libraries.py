@@ -149,8 +149,7 @@ def loader_resume(resume_at: int = 100) -> None:
     def ours(processed: int):
         sampler = LengthGroupedSampler(lengths, 32, seed=0)
         sampler.set_epoch(1)
-        loader = ResumableLoader(ds, batch_size=32, sampler=sampler, collate_fn=dm.collator, processed=lambda: processed)
-        return loader
+        return ResumableLoader(ds, batch_size=32, sampler=sampler, collate_fn=dm.collator, processed=lambda: processed)
 
     start = time.perf_counter()
     straight = [digest(b) for b in ours(0)]
@@ -179,9 +178,10 @@ def loader_resume(resume_at: int = 100) -> None:
         pass
     theirs_epoch = time.perf_counter() - start
     expected = straight[resume_at:]
-    print(f"3. loader resume at batch {resume_at} of {len(straight)}: ours {sum(a == b for a, b in zip(after, expected))}"
-          f"/{len(expected)} batches as an epoch that never stopped, an epoch in {ours_epoch:.2f} s; StatefulDataLoader "
-          f"{sum(a == b for a, b in zip(theirs_after, expected))}/{len(expected)} (rest in {theirs_rest:.2f} s), "
+    same, theirs_same = (sum(a == b for a, b in zip(got, expected)) for got in (after, theirs_after))
+    print(f"3. loader resume at batch {resume_at} of {len(straight)}: ours {same}/{len(expected)} batches as an epoch "
+          f"that never stopped, an epoch in {ours_epoch:.2f} s; StatefulDataLoader "
+          f"{theirs_same}/{len(expected)} (rest in {theirs_rest:.2f} s), "
           f"an epoch in {theirs_epoch:.2f} s")
 
 

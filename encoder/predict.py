@@ -28,7 +28,7 @@ TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 BLOCK = 8192  # texts predicted at a time: memory stays bounded, batches inside a block are sorted by length
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m encoder.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .ckpt written by train.py, or a folder from encoder.export")
@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
                                                          "the probability a label needs (default 0.5)")
     parser.add_argument("--pairs", action="store_true",
                         help="each text is a pair 'first<TAB>second' (models trained with data.text_pair_column)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
     if args.output and Path(args.output).suffix not in (".jsonl", ".csv"):
         parser.exit(2, f"error: --output {args.output} must end in .jsonl or .csv\n")

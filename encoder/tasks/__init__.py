@@ -56,7 +56,7 @@ class Task(ABC):
     train_metric: str = "acc"  # logged as train/<train_metric>
     onnx: bool = False  # python -m encoder.export --onnx can write its graph
     confusion_matrix: bool = False  # TensorBoard draws one per validation epoch
-    carries: tuple[str, ...] = ()  # more columns its batches carry (a teacher's outputs: encoder/training/data/teacher.py)
+    carries: tuple[str, ...] = ()  # more columns its batches carry (a teacher's outputs: training/data/teacher.py)
     needs_teacher: bool = False  # it learns from distill.teacher alone (embedding), which must be set
     # what a teacher gives it, per text (encoder/training/data/teacher.py runs the teacher): "outputs" (a task
     # teacher's logits or value: distillation), "embeddings" (a sentence embedder's vectors), None: no teacher

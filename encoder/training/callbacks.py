@@ -120,7 +120,8 @@ class ProgressBar(TQDMProgressBar):
             bar.initial = bar.n = done  # the ETA counts from here: the skipped batches took no time
             bar.set_description(f"Epoch {trainer.current_epoch}")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if not self.plain:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         total = trainer.num_training_batches

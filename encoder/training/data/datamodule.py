@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from encoder.core.collate import Collator
 from encoder.core.errors import ConfigError, DataError
 from encoder.core.tokenizer import (SPECIAL_TOKENS, TokenizerConfig, as_text, blank, fingerprint, get_tokenizer,
-                               load_tokenizer)
+                                    load_tokenizer)
 from encoder.training.config import DataConfig
 from encoder.training.data.encoding import encoder_for
 from encoder.training.data.labels import prepare_labels
@@ -171,7 +171,8 @@ class TextDataModule(L.LightningDataModule):
         return n if n and n > 1 and len(ds) >= 1000 * n else None
 
     def _warn_empty(self, ds: Dataset, split: str) -> None:
-        missing = sum(blank(t) if t is None or isinstance(t, str) else not t for t in pages.texts(ds, self.cfg.text_column))
+        missing = sum(blank(t) if t is None or isinstance(t, str) else not t
+                      for t in pages.texts(ds, self.cfg.text_column))
         if missing:
             log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts", missing, split)
 
@@ -187,14 +188,14 @@ class TextDataModule(L.LightningDataModule):
     def _warn_trimmed(self, validation: Dataset, texts: int = 2000) -> None:
         """A vocabulary cut to little training text turns most words of other text into [UNK]: say so, with the
         share of [UNK] among the validation text's tokens before and after the cut."""
-        sample = [as_text(t) for t in validation.select(range(min(texts, len(validation))))[self.cfg.text_column]]
-        if self.task.words:
-            sample = [" ".join(map(as_text, words)) for words in validation[:texts][self.cfg.text_column]]
+        rows = validation.select(range(min(texts, len(validation))))[self.cfg.text_column]
+        sample = [" ".join(map(as_text, t)) if self.task.words else as_text(t) for t in rows]
         full = load_tokenizer(self.tokenizer_cfg.path)
 
         def unknown(tok) -> float:
             ids = [i for e in tok.encode_batch(sample, add_special_tokens=False) for i in e.ids]
-            return sum(i == tok.token_to_id("[UNK]") for i in ids) / max(1, len(ids))
+            unk = tok.token_to_id("[UNK]")
+            return sum(i == unk for i in ids) / max(1, len(ids))
 
         after, before = unknown(self.tokenizer), unknown(full)
         if after - before > 0.02:
