@@ -105,5 +105,5 @@ class NaiveLayer(EncoderLayer):
     """The seed-style layer: padded everywhere and `need_weights=True` (attention maps computed,
     averaged over heads and returned, which forces the unfused math path)."""
 
-    def attention(self, x, padding_mask, index):
-        return self.attn(x, x, x, key_padding_mask=padding_mask, need_weights=True)[0]
+    def attention(self, x, padding_mask, index, blocked=None):
+        return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=True)[0]
