@@ -30,7 +30,7 @@ from test_data import SENTENCES, module, write_csv
     ("model=huge", "model=huge is not a config of the model group; choose one of ['base', 'minilm_l3', 'minilm_l6', 'small', 'tiny']"),
     ("seed=abc", "seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("model.vocab_size=100", "model.vocab_size is decided by the tokenizer and the data; leave it unset"),
-    ("task.name=nope", "task 'nope' is unknown; known tasks: ['classification', 'embedding', 'mlm', 'multilabel', 'regression'"),
+    ("task.name=nope", "task 'nope' is unknown; known tasks: ['classification', 'contrastive', 'embedding', 'mlm', 'multilabel', 'regression'"),
     ("data.max_length=600", "data.max_length=600 exceeds model.max_positions=512"),
     ("+trainer.max_epoch=3", "unknown key trainer.max_epoch (did you mean trainer.max_epochs?); known keys are"),
     ("trainer.max_epoch=3", "unknown key trainer.max_epoch (did you mean trainer.max_epochs?); known keys are"),

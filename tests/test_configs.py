@@ -32,7 +32,8 @@ CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 @pytest.mark.parametrize("group,name", CHOICES)
 def test_every_config_composes_and_builds_what_it_configures(group, name, tmp_path):
     overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else []) \
-        + (["distill.teacher=all-MiniLM-L6-v2"] if (group, name) == ("task", "embedding") else [])
+        + (["distill.teacher=all-MiniLM-L6-v2"] if (group, name) == ("task", "embedding") else []) \
+        + (["data.text_pair_column=positive"] if (group, name) == ("task", "contrastive") else [])
     cfg = compose(overrides, tmp_path)
     checked = validate(cfg)
     resolved(cfg)  # every interpolation resolves

@@ -76,7 +76,7 @@ def test_mlm_checkpoint_fills_masks_from_python_and_the_command_line(mlm, tmp_pa
     assert json.loads((out / "config.json").read_text())["task"] == "mlm"
     texts = ["a [MASK] movie with a [MASK] plot"]
     assert encoder.load_model(out).predict(texts) == predictor.predict(texts)
-    with pytest.raises(ValueError, match="--onnx exports single-text classification, embedding, multilabel and regression models"):
+    with pytest.raises(ValueError, match="--onnx exports single-text classification, contrastive, embedding, multilabel and regression models"):
         export(mlm["last"], tmp_path / "onnx", onnx=True)
     assert not (tmp_path / "onnx").exists()
 
@@ -157,7 +157,7 @@ def test_mlm_with_document_attention_trains_on_batches_that_say_where_each_text_
     (["task=mlm", "data.mlm_probability=1.5"], "data.mlm_probability=1.5 must be in [0, 1)"),
     (["task=mlm", "data.packing=false", "data.document_attention=true"],
      "data.document_attention=true keeps attention within each text of a packed row: it needs data.packing=true"),
-    (["task.name=nope"], "task 'nope' is unknown; known tasks: ['classification', 'embedding', 'mlm', 'multilabel', "
+    (["task.name=nope"], "task 'nope' is unknown; known tasks: ['classification', 'contrastive', 'embedding', 'mlm', 'multilabel', "
                          "'regression', 'token_classification']"),
 ])
 def test_mlm_config_mistakes_fail_in_one_line(overrides, message, tmp_path):

@@ -27,7 +27,7 @@ BUDGET = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limi
           "trainer.limit_test_batches=1", "data.max_train_samples=64", "data.max_eval_samples=32",
           "~callbacks.tensorboard_visuals", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"]
 # files a reader brings along (their own data, a BERT folder, checkpoints of tasks trained on them)
-OWN_FILES = ("/path/to", "train.jsonl", "corpus.txt", "corpus/", "nli.csv", "new.csv", "pairs.ckpt", "ner.ckpt",
+OWN_FILES = ("/path/to", "pairs.csv", "train.jsonl", "corpus.txt", "corpus/", "nli.csv", "new.csv", "pairs.ckpt", "ner.ckpt",
              "emotions.ckpt", "bert_style.ckpt", "train.csv", "unlabelled.csv", "reviews.csv")  # (tables: tests/test_predict_files.py)
 
 

@@ -14,7 +14,8 @@ class Collator:
     Returns `input_ids` [B, S] (long), `padding_mask` [B, S] (bool, True = padding: what
     `nn.MultiheadAttention(key_padding_mask=...)` expects), `labels` when present (as the task's
     `collate_labels` batches them: [B] class ids, floats for regression, [B, S] labels per token with
-    -100 at padding, ...), and `token_type_ids` [B, S] for sentence pairs.
+    -100 at padding, ...), and `token_type_ids` [B, S] for sentence pairs. Texts encoded apart (`input_ids_1`,
+    `input_ids_2`, ...: a positive and hard negatives) are padded apart, each with its `padding_mask_<i>`.
 
     With `mlm_probability` > 0 (masked-language modelling) it also masks, as BERT does: that share
     of the real, non-special tokens is selected (at least one per batch); of those 80% become
@@ -43,17 +44,12 @@ class Collator:
         self.document_separator = document_separator
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = [len(e["input_ids"]) for e in examples]
-        if min(lengths) == 0:
-            raise ValueError("an example has no tokens; every sequence needs at least its [CLS] token")
-        m = self.pad_to_multiple_of
-        seq = -(-max(lengths) // m) * m
-        input_ids = torch.full((len(examples), seq), self.pad_token_id, dtype=torch.long)
-        padding_mask = torch.ones((len(examples), seq), dtype=torch.bool)
-        for i, e in enumerate(examples):
-            input_ids[i, : lengths[i]] = torch.as_tensor(e["input_ids"], dtype=torch.long)
-            padding_mask[i, : lengths[i]] = False
+        input_ids, padding_mask = self.pad([e["input_ids"] for e in examples])
+        seq, lengths = input_ids.shape[1], [len(e["input_ids"]) for e in examples]
         batch = {"input_ids": input_ids, "padding_mask": padding_mask}
+        for key in [k for k in examples[0] if k.startswith("input_ids_")]:  # texts encoded apart: padded apart
+            suffix = key.removeprefix("input_ids")
+            batch[key], batch[f"padding_mask{suffix}"] = self.pad([e[key] for e in examples])
         if "token_type_ids" in examples[0]:  # sentence pairs: segment 0 then 1; padding gets 0
             batch["token_type_ids"] = torch.zeros_like(input_ids)
             for i, e in enumerate(examples):
@@ -65,9 +61,23 @@ class Collator:
             batch["input_ids"], batch["labels"] = self.mask(input_ids, padding_mask)
         elif "labels" in examples[0]:
             batch["labels"] = self.collate_labels([e["labels"] for e in examples], seq)
-        for key in examples[0].keys() - {"input_ids", "token_type_ids", "labels"}:  # e.g. a teacher's outputs
+        for key in examples[0].keys() - {"input_ids", "token_type_ids", "labels"} - batch.keys():  # a teacher's outputs
             batch[key] = torch.as_tensor([e[key] for e in examples])
         return batch
+
+    def pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids [B, S], padding_mask [B, S]) of token-id sequences, S rounded up to the multiple."""
+        lengths = [len(ids) for ids in sequences]
+        if min(lengths) == 0:
+            raise ValueError("an example has no tokens; every sequence needs at least its [CLS] token")
+        m = self.pad_to_multiple_of
+        seq = -(-max(lengths) // m) * m
+        input_ids = torch.full((len(sequences), seq), self.pad_token_id, dtype=torch.long)
+        padding_mask = torch.ones((len(sequences), seq), dtype=torch.bool)
+        for i, ids in enumerate(sequences):
+            input_ids[i, : lengths[i]] = torch.as_tensor(ids, dtype=torch.long)
+            padding_mask[i, : lengths[i]] = False
+        return input_ids, padding_mask
 
     def mask(self, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(input_ids.numpy().tobytes()))

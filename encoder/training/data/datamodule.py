@@ -177,7 +177,7 @@ class TextDataModule(L.LightningDataModule):
             log.warning("%d texts of the %s split are empty or missing; they are kept as empty texts", missing, split)
 
     def _tokenizer(self, train: Dataset):
-        columns = [c for c in (self.cfg.text_column, self.cfg.text_pair_column) if c]
+        columns = [c for c in (self.cfg.text_column, self.cfg.text_pair_column, *self.cfg.negative_columns) if c]
         as_line = (lambda words: " ".join(map(as_text, words))) if self.task.words else as_text
         tokenizer = get_tokenizer(self.tokenizer_cfg, lambda: (as_line(t) for c in columns for t in pages.texts(train, c)),
                                   train._fingerprint, self.cache_dir)
@@ -236,7 +236,8 @@ class TextDataModule(L.LightningDataModule):
         pages.release(pages.files_of(ds))  # (reading it mapped 64 KB around each of its 4,000 chunks: 300 MB at 2 GB)
         if train:  # our sampler for both modes: it is seeded per epoch and can resume mid-epoch
             sampler = LengthGroupedSampler(lengths, self.cfg.batch_size, mega=50 if self.cfg.group_by_length else 1,
-                                           seed=self.seed, num_replicas=world, rank=rank)
+                                           seed=self.seed, num_replicas=world, rank=rank,
+                                           keys=self._text_keys(ds) if self.task.texts_apart else None)
             if self._resume_at:
                 sampler.resume(self._resume_at["epoch"], self._resume_at["consumed"])
                 self._resume_at = None
@@ -245,8 +246,8 @@ class TextDataModule(L.LightningDataModule):
             sampler = np.argsort(lengths, kind="stable").tolist()[rank::world]
             loader, extra = DataLoader, {}
         return loader(
-            ds.with_format(columns=[c for c in ("input_ids", "token_type_ids", "labels", *self.task.carries)
-                                    if c in ds.column_names]),
+            ds.with_format(columns=[c for c in ds.column_names if c.startswith("input_ids")
+                                    or c in ("token_type_ids", "labels", *self.task.carries)]),
             batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
             sampler=sampler,
             collate_fn=self.collator,
@@ -257,6 +258,16 @@ class TextDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
             **extra,
         )
+
+    @staticmethod
+    def _text_keys(ds: Dataset) -> list[tuple[int, ...]]:
+        """Each example's texts as numbers, the same for the same token ids: a batch of texts encoded apart must not
+        hold one text twice (a repeated positive is a false negative), which the sampler sees by these."""
+        columns = [c for c in ds.column_names if c.startswith("input_ids")]
+        keys = []
+        for batch in ds.select_columns(columns).iter(batch_size=1000):
+            keys += [tuple(hash(tuple(ids)) for ids in texts) for texts in zip(*(batch[c] for c in columns))]
+        return keys
 
     def _batches_processed(self) -> int:
         """Training batches of the current epoch done so far (what a checkpoint must skip on resume)."""

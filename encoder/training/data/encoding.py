@@ -10,9 +10,11 @@
   of each `datasets.map` batch (1,000 texts) may be shorter. Attention crosses the text boundaries.
 - `pairs` (data.text_pair_column): [CLS] a [SEP] b [SEP] with token_type_ids 0 then 1; truncation takes
   tokens from the longer text first.
+- `apart` (a task with `texts_apart`, task=contrastive): the text, its pair and each of data.negative_columns
+  encoded on their own, [CLS] text [SEP] each: `input_ids`, `input_ids_1`, `input_ids_2`, ...
 - `single`: [CLS] text [SEP], truncated to max_length.
-Each returns the columns of the tokenized dataset: input_ids, length (for length-grouped batches),
-labels (when the task has labels), token_type_ids (pairs).
+Each returns the columns of the tokenized dataset: input_ids (and input_ids_<i> for texts apart), length (for
+length-grouped batches: the longest of an example's texts), labels (when the task has labels), token_type_ids (pairs).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ def encoder_for(cfg: DataConfig, task: Task, tokenizer: Tokenizer, mapping) -> C
     if task.words:
         return lambda batch: _words(batch, cfg, tokenizer, mapping)
     strategy = _packed if cfg.packing else _chunks if cfg.long_texts == "chunk" else \
-        _pairs if cfg.text_pair_column else _single
+        _apart if task.texts_apart else _pairs if cfg.text_pair_column else _single
     label_column, carry = (cfg.label_column if task.label_kind else None), task.carries
 
     def encode(batch: dict) -> dict:
         texts = [as_text(t) for t in batch[cfg.text_column]]
         out, owner = strategy(texts, batch, cfg, tokenizer)  # owner[i]: the example row i came from
         out["length"] = [len(ids) for ids in out["input_ids"]]
+        for column in (c for c in out if c.startswith("input_ids_")):  # texts apart: the longest of an example's
+            out["length"] = [max(n, len(ids)) for n, ids in zip(out["length"], out[column])]
         if label_column:
             labels = batch[label_column]
             out["labels"] = [task.target(labels[i], mapping) for i in owner]
@@ -58,6 +62,13 @@ def _single(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
 def _pairs(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
     encodings = tok.encode_batch(list(zip(texts, [as_text(t) for t in batch[cfg.text_pair_column]])))
     return {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings]}, range(len(texts))
+
+
+def _apart(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):
+    out = {"input_ids": [e.ids for e in tok.encode_batch(texts)]}
+    for i, column in enumerate([cfg.text_pair_column, *cfg.negative_columns], 1):
+        out[f"input_ids_{i}"] = [e.ids for e in tok.encode_batch([as_text(t) for t in batch[column]])]
+    return out, range(len(texts))
 
 
 def _chunks(texts: list[str], batch: dict, cfg: DataConfig, tok: Tokenizer):

@@ -182,7 +182,7 @@ def _check_columns(ds: Dataset, split: str, cfg: DataConfig, labelled: bool) -> 
     if len(ds) == 0:
         raise DataError(f"the {split} split of {describe(cfg)} is empty; point data at non-empty files")
     for key, column in (("text_column", cfg.text_column), ("text_pair_column", cfg.text_pair_column),
-                        ("label_column", label_column)):
+                        *(("negative_columns", c) for c in cfg.negative_columns), ("label_column", label_column)):
         if column is not None and column not in ds.column_names:
             raise DataError(f"data.{key}={column!r} is not a column of the {split} split; "
                             f"its columns are {ds.column_names}")

@@ -24,8 +24,9 @@ class LengthGroupedSampler(Sampler[int]):
     """
 
     def __init__(self, lengths: list[int], batch_size: int, mega: int = 50, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, keys: list[tuple] | None = None):
         self.lengths = torch.tensor(lengths)  # a copy: Arrow's arrays are read-only, which torch warns about
+        self.keys = keys  # each example's texts (as numbers): no batch holds one twice (texts encoded apart)
         self.batch_size = batch_size
         self.mega = mega
         self.seed = seed
@@ -40,7 +41,7 @@ class LengthGroupedSampler(Sampler[int]):
         self._skip = (epoch, consumed)
 
     def __len__(self) -> int:
-        if self.num_replicas == 1:
+        if self.num_replicas == 1 and self.keys is None:
             return len(self.lengths)
         return sum(len(b) for b in self._batches()[self.rank :: self.num_replicas])
 
@@ -60,12 +61,34 @@ class LengthGroupedSampler(Sampler[int]):
             chunk = order[start : start + size]
             chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
             batches.extend(chunk.split(self.batch_size))
+        if self.keys is not None:
+            batches = self._distinct(torch.cat(batches).tolist() if batches else [])
         # Only the last batch may be short: keep it last so DataLoader's batch boundaries line up.
         last = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + last
         short = -len(batches) % self.num_replicas  # every rank gets as many batches
         return batches + batches[:short]
 
+    def _distinct(self, order: list[int]) -> list[torch.Tensor]:
+        """`order` in batches of `batch_size` none of which holds a text twice: an example whose text the batch being
+        filled already holds waits for a later batch (as sentence-transformers' NoDuplicatesBatchSampler does). What
+        still waits at the end (duplicates of the last batch's texts) sits this epoch out; another epoch's order
+        places it elsewhere."""
+        batches, batch, seen, waiting = [], [], set(), []
+        for i in order:
+            waiting.append(i)
+            kept = []
+            for j in waiting:
+                if len(batch) < self.batch_size and seen.isdisjoint(self.keys[j]):
+                    batch.append(j)
+                    seen.update(self.keys[j])
+                    if len(batch) == self.batch_size:
+                        batches.append(torch.tensor(batch))
+                        batch, seen = [], set()
+                else:
+                    kept.append(j)
+            waiting = kept
+        return batches + ([torch.tensor(batch)] if batch else [])
 
 
 class ResumableLoader(DataLoader):

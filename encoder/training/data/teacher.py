@@ -64,9 +64,10 @@ def teacher_options(distill, cache_dir: str | Path | None = None) -> dict | None
     return options
 
 
-def build_task(name: str, distill: dict | None) -> Task | Distilled:
-    """The task called `name` (encoder/tasks/), itself or taught by `distill["teacher"]` (DistillConfig's fields)."""
-    task = tasks.get(name)
+def build_task(name: str, distill: dict | None, loss: dict | None = None) -> Task | Distilled:
+    """The task called `name` (encoder/tasks/) with the loss `task.loss` configures, itself or taught by
+    `distill["teacher"]` (DistillConfig's fields)."""
+    task = tasks.get(name).with_loss(loss or {})
     check_teaching(task, distill or {})
     if not distill or not distill.get("teacher"):
         return task
