@@ -112,8 +112,8 @@ class Contrastive(Task):
     def step(self, model: nn.Module, batch: dict) -> ContrastiveStep:
         anchors = model(batch["input_ids"], batch["padding_mask"]).float()
         positives = model(batch["input_ids_1"], batch["padding_mask_1"]).float()
-        negatives = [model(batch[f"input_ids_{i}"], batch[f"padding_mask_{i}"]).float()
-                     for i in range(2, 2 + sum(k.startswith("input_ids_") for k in batch) - 1)]
+        texts = sum(key.startswith("input_ids_") for key in batch)  # the positive and the hard negatives
+        negatives = [model(batch[f"input_ids_{i}"], batch[f"padding_mask_{i}"]).float() for i in range(2, texts + 1)]
         loss, scores = self.loss(anchors, positives, negatives)
         right = (scores.argmax(-1) == torch.arange(len(anchors), device=scores.device)).float()
         return ContrastiveStep(loss, right, torch.ones_like(right), len(anchors), anchors.detach(),
