@@ -122,7 +122,7 @@ class Contrastive(Task):
     def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
         from torchmetrics import MeanMetric
 
-        from encoder.core.pair_retrieval import PairRetrieval
+        from encoder.core.pair_retrieval import PairRetrieval  # (it imports torchmetrics, which serving never loads)
 
         return {"acc": MeanMetric(), "retrieval": PairRetrieval()}
 

@@ -14,7 +14,6 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from encoder import tasks
-
 from encoder.core import checkpoint
 from encoder.core.errors import ConfigError, LabelSetError
 from encoder.serving import load_model

@@ -9,6 +9,7 @@ BERT pooler) is taken; the configured architecture must match it exactly (or kee
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -103,8 +104,7 @@ def keep_layers(pretrained: Pretrained, layers: list[int]) -> Pretrained:
     for new, old in enumerate(layers):
         state.update({f"{prefix}{new}.{k[len(f'{prefix}{old}.'):]}": v for k, v in pretrained.state.items()
                       if k.startswith(f"{prefix}{old}.")})
-    return Pretrained(pretrained.folder, {**pretrained.arch, "num_layers": len(layers)}, state,
-                      pretrained.tokenizer_path, pretrained.pooling)
+    return dataclasses.replace(pretrained, arch={**pretrained.arch, "num_layers": len(layers)}, state=state)
 
 
 def keep_ffn_units(pretrained: Pretrained, ffn_dim: int) -> Pretrained:
@@ -122,8 +122,7 @@ def keep_ffn_units(pretrained: Pretrained, ffn_dim: int) -> Pretrained:
         score = state[w_in].norm(dim=1) * state[w_out].norm(dim=0)
         keep = score.topk(ffn_dim).indices.sort().values
         state[w_in], state[b_in], state[w_out] = state[w_in][keep], state[b_in][keep], state[w_out][:, keep]
-    return Pretrained(pretrained.folder, {**pretrained.arch, "ffn_dim": ffn_dim}, state, pretrained.tokenizer_path,
-                      pretrained.pooling)
+    return dataclasses.replace(pretrained, arch={**pretrained.arch, "ffn_dim": ffn_dim}, state=state)
 
 
 def _load(init_from: str, cache_dir: str | Path | None) -> Pretrained:

@@ -33,6 +33,7 @@ class LengthGroupedSampler(Sampler[int]):
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
+        self._planned: tuple[int, list[torch.Tensor]] | None = None  # (epoch, its batches): len() and iter() share
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -53,6 +54,12 @@ class LengthGroupedSampler(Sampler[int]):
         yield from mine[skip:]
 
     def _batches(self) -> list[torch.Tensor]:
+        """This epoch's batches, planned once (with `keys`, placing each example is a pass in Python)."""
+        if self._planned is None or self._planned[0] != self.epoch:
+            self._planned = (self.epoch, self._plan())
+        return self._planned[1]
+
+    def _plan(self) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g)
         size = self.batch_size * self.mega
