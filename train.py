@@ -43,6 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from encoder.core import checkpoint
@@ -113,7 +114,8 @@ def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderM
 
 def finish(cfg: DictConfig, trainer: L.Trainer, module: EncoderModule, datamodule) -> dict:
     """Test the best checkpoint; the run's final metrics (+ `objective` for sweepers), logged and written."""
-    checkpoint_cb = trainer.checkpoint_callback
+    # the best-checkpoint callback (trainer.checkpoint_callback is the first Checkpoint: last.ckpt's without it)
+    checkpoint_cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if checkpoint_cb is not None and checkpoint_cb.best_model_score is not None:

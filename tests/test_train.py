@@ -409,3 +409,13 @@ def test_a_run_whose_output_no_terminal_reads_prints_plain_lines(tmp_path, rt_fi
     assert any(re.match(r"epoch 0 validation: val/acc [\d.]+, val/f1 [\d.]+, val/loss [\d.]+$", line) for line in lines)
     (summary,) = [line for line in lines if line.startswith("model: ")]
     assert re.fullmatch(r"model: [\d.]+ K parameters, [\d.]+ MB, [\d.]+ M FLOPs for one 32-token text", summary)
+
+
+def test_a_run_without_the_best_checkpoint_callback_tests_its_final_weights(tmp_path):
+    """`~callbacks.model_checkpoint` leaves last.ckpt's callback, which keeps no best checkpoint: the run tests the
+    weights it ends with and says that checkpointing is off (it used to fail reading a best path it has not)."""
+    import train
+
+    metrics = train.train(compose([*TINY, "~callbacks.model_checkpoint", "~callbacks.early_stopping"], tmp_path))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and not list(tmp_path.glob("checkpoints/best-*"))
