@@ -6,7 +6,8 @@ PATH is a checkpoint (.ckpt) or an export folder (python -m encoder.export).
 in --text-column (default `text`; --text-pair-column for pairs). A table's other columns are kept
 beside the prediction (a prediction field that a column already names is called `predicted_<field>`).
 Output: JSON lines on stdout, or --output FILE (.jsonl or .csv; in csv a dict field such as `probs`
-becomes one column per key). Texts are predicted in blocks, with a progress bar on a terminal.
+becomes one column per key; with --embed also .npy: one float32 row per text, in input order, for vector stores
+and numpy.load). Texts are predicted in blocks, with a progress bar on a terminal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from encoder.core.errors import CheckpointError, ConfigError
@@ -37,7 +39,7 @@ def arguments() -> argparse.ArgumentParser:
                                        "table: .csv, .tsv, .jsonl, .parquet")
     parser.add_argument("--text-column", default="text", help="a table's text column (default: text)")
     parser.add_argument("--text-pair-column", help="a table's second text column (models trained on pairs)")
-    parser.add_argument("--output", help="write here instead of stdout: .jsonl or .csv")
+    parser.add_argument("--output", help="write here instead of stdout: .jsonl or .csv (with --embed also .npy)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--embed", action="store_true", help="print sentence embeddings instead of labels")
@@ -54,8 +56,10 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_intermixed_args(argv)  # options may come before or after the texts
-    if args.output and Path(args.output).suffix not in (".jsonl", ".csv"):
-        parser.exit(2, f"error: --output {args.output} must end in .jsonl or .csv\n")
+    if args.output and Path(args.output).suffix not in (".jsonl", ".csv", ".npy"):
+        parser.exit(2, f"error: --output {args.output} must end in .jsonl or .csv (with --embed also .npy)\n")
+    if args.output and Path(args.output).suffix == ".npy" and not args.embed:
+        parser.exit(2, f"error: --output {args.output} holds vectors: add --embed, or write .jsonl or .csv\n")
     if args.output and Path(args.output).exists():
         parser.exit(2, f"error: --output {args.output} exists; choose a new file (nothing is overwritten)\n")
     if args.output and not Path(args.output).resolve().parent.is_dir():
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold is not None:
         set_threshold(parser, predictor, args)
     try:
+        if args.output and args.output.endswith(".npy"):
+            write_vectors(predictor, rows, args)
+            return 0
         with open_output(args.output, columns(rows)) as write:
             for block in progress(rows, len(rows)):
                 inputs = [inputs_of(r, args) for r in block]
@@ -88,6 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
     return 0
+
+
+def write_vectors(predictor, rows: list[dict], args) -> None:
+    """--embed --output X.npy: a [texts, width] float32 array in input order, filled block by block (memory holds
+    one block) under a temporary name, renamed when complete: no half-written file sits at X.npy."""
+    target = Path(args.output)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    vectors = None
+    try:
+        for start, block in zip(range(0, len(rows), BLOCK), progress(rows, len(rows))):
+            embedded = predictor.embed([inputs_of(r, args) for r in block]).numpy().astype(np.float32)
+            if vectors is None:
+                vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                                    shape=(len(rows), embedded.shape[1]))
+            vectors[start : start + len(block)] = embedded
+        vectors.flush()
+        del vectors  # (closes the mapping before the rename)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def set_threshold(parser: argparse.ArgumentParser, predictor, args) -> None:

@@ -104,6 +104,7 @@ def test_csv_out_keeps_every_key_of_a_jsonl_whose_lines_differ(model, tmp_path):
     ("t.csv", "text,id\n", [], "t.csv holds no texts (it is empty, blank or a header without rows)"),
     ("t.txt", "\n  \n", [], "t.txt holds no texts"),
     ("t.csv", "text\ngood\n", ["--output", "no/such/folder/out.jsonl"], "the folder no/such/folder does not exist"),
+    ("t.csv", "text\ngood\n", ["--output", "v.npy"], "--output v.npy holds vectors: add --embed"),
 ])
 def test_table_mistakes_are_one_line(model, tmp_path, name, content, args, message):
     table = tmp_path / name
@@ -111,3 +112,21 @@ def test_table_mistakes_are_one_line(model, tmp_path, name, content, args, messa
     done = predict(model, "--file", table, *args, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert message in done.stderr
+
+
+def test_embeddings_go_to_a_npy_file_in_input_order(model, tmp_path):
+    """--embed --output X.npy: what vector stores and numpy read, one float32 row per text, in the file's order."""
+    import numpy as np
+
+    import encoder
+
+    table = write_table(tmp_path / "reviews.csv")
+    done = predict(model, "--file", table, "--text-column", "review", "--embed", "--output", tmp_path / "v.npy")
+    assert done.returncode == 0, done.stderr
+    vectors = np.load(tmp_path / "v.npy")
+    expected = encoder.load_model(model).embed([t for _, t, _ in REVIEWS]).numpy()
+    assert vectors.dtype == np.float32 and vectors.shape == expected.shape
+    assert np.allclose(vectors, expected, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.csv", "v.npy"]  # (no partial file left)
+    again = predict(model, "--file", table, "--text-column", "review", "--embed", "--output", tmp_path / "v.npy")
+    assert again.returncode == 2 and "exists; choose a new file" in again.stderr
