@@ -24,6 +24,9 @@ RUNS = {  # the script's cheapest full run, and the line its README row quotes
     "corpus": (["--sizes", "1", "--runs", "1x2"], r"prepared at +([\d.]+) s"),
     # (its naive layer went unrun for weeks, broken by a new argument, while this test left the script out)
     "train_step": (["--sizes", "small", "--pairs", "1"], rf"small mixed .* ours/hf={RATIO}"),
+    "contrastive": (["--steps", "7", "--rounds", "1", "--texts", "64"],
+                    rf"training \(pairs/s, batch 64, length-grouped\): ours [\d.]+ pairs/s, sentence-transformers "
+                    rf"[\d.]+: {RATIO}"),
 }
 
 
@@ -79,4 +82,8 @@ FROM_MEASUREMENTS = {  # script -> the interval its headline must lie in, from i
     # one round: the ratio of the two speeds printed (whole tokens/s)
     "train_step": lambda out: around(number(r"small mixed .*tokens/s ours=(\d+)", out)
                                      / number(r"small mixed .*tokens/s ours=\d+ hf=(\d+)", out), 0.01),
+    # one round: the ratio of the two training speeds printed (one decimal)
+    "contrastive": lambda out: around(number(r"length-grouped\): ours ([\d.]+) pairs/s", out)
+                                      / number(r"length-grouped\): ours [\d.]+ pairs/s, sentence-transformers ([\d.]+)",
+                                               out), 0.02),
 }

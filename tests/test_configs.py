@@ -26,6 +26,7 @@ from encoder.core.tokenizer import get_tokenizer
 from encoder.training.data.teacher import build_task
 
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (ROOT / "configs").iterdir() if p.is_dir()}
+PAIR_DATA = {"all_nli", "bible_quotes", "msmarco_triplets", "stsb", "wordnet_senses"}  # for task=contrastive
 CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 
 
@@ -33,7 +34,8 @@ CHOICES = [(group, name) for group, names in GROUPS.items() for name in names]
 def test_every_config_composes_and_builds_what_it_configures(group, name, tmp_path):
     overrides = [f"{group}={name}"] + (["tokenizer.path=/some/tokenizer.json"] if name == "pretrained" else []) \
         + (["distill.teacher=all-MiniLM-L6-v2"] if (group, name) == ("task", "embedding") else []) \
-        + (["data.text_pair_column=positive"] if (group, name) == ("task", "contrastive") else [])
+        + (["data.text_pair_column=positive"] if (group, name) == ("task", "contrastive") else []) \
+        + (["task=contrastive"] if group == "data" and name in PAIR_DATA else [])
     cfg = compose(overrides, tmp_path)
     checked = validate(cfg)
     resolved(cfg)  # every interpolation resolves

@@ -146,6 +146,16 @@ def test_a_tiny_embedder_learns_to_retrieve_the_held_out_positives(pairs, tmp_pa
     again = train.train(compose([*data(pairs), *TINY, *everything, "train=false", f"ckpt_path={folder}"],
                                 tmp_path / "eval"))
     assert again["test/ndcg@10"] == pytest.approx(metrics["test/ndcg@10"], abs=1e-4)
+    # a graded set (STS): each held-out anchor with its rewording (score 5) and another's (score 0)
+    with open(pairs["test"], encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    graded = tmp_path / "sts.csv"
+    with open(graded, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("anchor", "positive", "score"), *((r["anchor"], r["positive"], 5.0) for r in rows),
+                                 *((r["anchor"], r["negative"], 0.0) for r in rows)])
+    sts = train.train(compose([*data({"test": graded}), *TINY, *everything, "train=false", f"ckpt_path={best}"],
+                              tmp_path / "sts"))
+    assert sts["test/spearman"] > 0.5 and "test/ndcg@10" not in sts  # (untrained: 0.06)
 
 
 @pytest.mark.parametrize("extra, error, message", [
@@ -171,3 +181,90 @@ def test_other_tasks_refuse_what_only_texts_apart_mean(tmp_path):
         validate(compose(["data.negative_columns=[x]"], tmp_path))
     with pytest.raises(ConfigError, match="task=classification has one loss, set by the task: drop task.loss"):
         validate(compose(["+task.loss.name=mnrl"], tmp_path))
+
+
+@pytest.mark.parametrize("config, columns, splits", [
+    ("all_nli", ("anchor", "positive", ["negative"]), {"train": "train", "validation": "dev", "test": "test"}),
+    ("msmarco_triplets", ("query", "positive", ["negative"]), {"train": "train"}),
+    ("stsb", ("sentence1", "sentence2", []), {"test": "test"}),
+])
+def test_the_hub_pair_configs_read_data_shaped_as_the_hub_holds_it(config, columns, splits, tmp_path):
+    """Each Hub config composes, validates, and reads parquet files with the columns and split names its dataset has
+    on the Hub (sentence-transformers/all-nli "triplet", msmarco-bm25 "triplet", stsb: a `score` per pair)."""
+    from datasets import Dataset
+
+    from encoder.training.config import validate
+    from encoder.training.data.loading import SPLIT_NAMES as SPLITS
+
+    cfg = compose(["task=contrastive", f"data={config}"], tmp_path)
+    validate(cfg)
+    first, second, negatives = columns
+    assert (cfg.data.text_column, cfg.data.text_pair_column, list(cfg.data.negative_columns)) == columns
+    assert {s: n for s, n in cfg.data.splits.items() if n} == splits
+    words = "river stone cloud lamp bread ocean window tiger paper music garden silver".split()
+    files = {}
+    for ours, theirs in splits.items():
+        rows = {first: [f"{w} {i}" for i, w in enumerate(words * 3)], second: [f"{w}s {i}" for i, w in enumerate(words * 3)],
+                **{n: [f"not {w}" for w in words * 3] for n in negatives}}
+        if config == "stsb":
+            rows["score"] = [(i % 6) / 5 for i in range(len(words) * 3)]
+        files[ours] = str(tmp_path / f"{theirs}.parquet")
+        Dataset.from_dict(rows).to_parquet(files[ours])
+    data = {k: v for k, v in cfg.data.items() if k not in ("_target_", "path", "name", "data_files", "splits")}
+    dm = TextDataModule(task="contrastive", path="parquet", data_files=files, tokenizer={"vocab_size": 200},
+                        cache_dir=str(tmp_path / "cache"), splits={s: s if s in files else None for s in SPLITS},
+                        **{**data, "max_eval_samples": None})
+    dm.setup()
+    row = dm.datasets[next(iter(splits))][0]
+    assert {"input_ids", "input_ids_1", *(f"input_ids_{i}" for i in range(2, 2 + len(negatives)))} <= set(row)
+    assert ("score" in row) == (config == "stsb")
+
+
+def test_graded_validation_pairs_can_be_what_checkpoints_follow(tmp_path):
+    cfg = compose(["task=contrastive", "data=stsb", "objective=val/spearman"], tmp_path)
+    assert (cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode) == ("val/spearman", "max")
+    assert cfg.callbacks.early_stopping.mode == "max"
+
+
+def test_the_offline_pair_sets_are_real_text_split_apart():
+    """data=bible_quotes and data=wordnet_senses: read out of Debian's packages (hash-checked), the Bible verses
+    split by reference (no verse in two splits), the WordNet set a test split only."""
+    from encoder.training.data.sources import bible_quotes, wordnet_senses
+
+    splits = {}
+    for split, path in bible_quotes().items():
+        with open(path, encoding="utf-8") as f:
+            splits[split] = list(csv.DictReader(f))
+    assert 24_000 < len(splits["train"]) < 25_500 and 3_000 < len(splits["test"]) < 3_400
+    refs = [{r["ref"] for r in rows} for rows in splits.values()]
+    assert not (refs[0] & refs[1] or refs[0] & refs[2] or refs[1] & refs[2])
+    every = {r["ref"]: r for rows in splits.values() for r in rows}
+    assert every["Gen 1:1"]["verse"] == "In the beginning God created the heaven and the earth."
+    assert every["John 11:35"] == {"ref": "John 11:35", "quote": "Jesus wept.", "verse": "Jesus wept."}
+    quote = every["Gen 1:3"]["quote"]  # six words of the World English Bible's "God said, “Let there be light,”..."
+    assert len(quote.split()) == 6 and quote in "God said, “Let there be light,” and there was light."
+    assert not any("<" in r["verse"] or "<" in r["quote"] for r in every.values())  # (no markup left)
+    with open(wordnet_senses()["test"], encoding="utf-8") as f:
+        senses = list(csv.DictReader(f))
+    assert 3_400 < len(senses) < 3_800 and all(len(r["example"].split()) >= 4 and r["definition"] for r in senses)
+
+
+def test_a_package_whose_hash_differs_is_refused_and_nothing_is_kept(tmp_path):
+    from encoder.training.packages import fetch_deb
+
+    with pytest.raises(RuntimeError, match=r"wordnet-base_1%3a3.0-37_all.deb has sha256 61060d96\w+, expected 0{64}; "
+                                           r"refusing to use it") as e:
+        fetch_deb("wordnet-base", "1:3.0-37", "0" * 64, tmp_path)
+    assert "\n" not in str(e.value) and not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_an_empty_set_of_judged_pairs_is_refused_in_one_line_and_leaves_nothing(tmp_path):
+    import train
+
+    empty = tmp_path / "qrels.csv"
+    empty.write_text("query,document\n", encoding="utf-8")  # the header and no judged pair
+    with pytest.raises(DataError, match="the test split of data.data_files is empty; point data at non-empty files"):
+        train.train(compose(["task=contrastive", "data=local_files", f"data.data_files.test={empty}",
+                             "data.text_column=query", "data.text_pair_column=document", "train=false",
+                             "ckpt_path=all-MiniLM-L6-v2"], tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -143,7 +143,7 @@ def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
         "my_model/": str(out / ("my_model_onnx" if onnx else "my_model")),
         "my_model_int8/": str(out / "my_model_int8"), "st_model/": str(out / "st_model"),
         "my_export/": str(out / "my_export"),  # the README's model=tiny run, exported
-        "texts.txt": str(out / "texts.txt"),
+        "texts.txt": str(out / "texts.txt"), "vectors.npy": str(out / "vectors.npy"),
     }
     for placeholder, value in replacements.items():
         arg = arg.replace(placeholder, value)
@@ -170,6 +170,11 @@ def test_the_offline_readme_commands_run_as_written(produced):
                     code = importlib.import_module(line.split()[-1]).main(filled)
                 except SystemExit as e:
                     code = e.code
+            if "--output" in args:  # (a file of vectors: one row per text of texts.txt)
+                import numpy as np
+
+                assert code == 0 and np.load(filled[filled.index("--output") + 1]).shape[0] == 2, err.getvalue()
+                continue
             assert code == 0 and stdout.getvalue().strip(), (args, err.getvalue()[-2000:])
             if line.endswith("predict"):  # a JSON line per text, holding what its task predicts
                 rows = [json.loads(row) for row in stdout.getvalue().splitlines()]
@@ -187,5 +192,6 @@ def test_the_offline_readme_commands_run_as_written(produced):
     for i, args in enumerate(later):
         filled = [fill(a, out, runs) for a in args]
         resumed = next((a.split("=", 1)[1] for a in filled if a.startswith("ckpt_path=")), None)
+        resumed = None if "train=false" in filled else resumed  # (an evaluation writes a run folder of its own)
         # a resume continues in its checkpoint's run directory; anything else starts a new one
         train.train(compose([*filled, *BUDGET], Path(resumed).parents[1] if resumed else out / f"later{i}"))

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from encoder.core.retrieval import retrieval_metrics, top
+from encoder.core.pair_retrieval import PairRetrieval
+from encoder.core.retrieval import retrieval_metrics, retrieval_set, top
 
 
 def test_a_toy_ranking_gives_the_values_computed_by_hand():
@@ -48,3 +49,36 @@ def test_the_numbers_are_sentence_transformers_numbers():
 def test_a_query_without_a_relevant_document_is_refused():
     with pytest.raises(ValueError, match="query 1 has no relevant document"):
         retrieval_metrics(torch.zeros(2, 3), [{0}, set()])
+
+
+def test_rows_of_judged_pairs_are_a_retrieval_set_with_each_text_once():
+    # rows (query, relevant document); "q1" is judged twice, "d1" is relevant to two queries
+    queries, documents, relevant = retrieval_set(["q1", "q2", "q1", "q3"], ["d1", "d2", "d3", "d1"])
+    assert queries == [0, 1, 3]          # the first row of each distinct query
+    assert documents == [0, 1, 2]        # the first row of each distinct document
+    assert relevant == [{0, 2}, {1}, {0}]
+
+
+def test_held_out_pairs_are_scored_as_the_retrieval_set_they_make():
+    # 3 rows: anchor A paired with documents X and Y, anchor B with X; embeddings chosen so A ranks Y, Z(=B's), X
+    metric = PairRetrieval()
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])        # rows 0 and 2 are the same anchor A
+    positives = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.1]])      # X (rows 0, 1: one document), Y
+    metric.update(anchors, positives, torch.tensor([7, 8, 7]), torch.tensor([1, 1, 2]))
+    got = {k: float(v) for k, v in metric.compute().items()}
+    # A (relevant X, Y): Y first, X second -> recall@1 = 1/2, NDCG@10 = 1; B (relevant X): X first -> 1, 1
+    assert got["recall@1"] == pytest.approx((0.5 + 1) / 2)
+    assert got["ndcg@10"] == pytest.approx(1.0)
+    assert got["mrr@10"] == pytest.approx(1.0)
+
+
+def test_graded_pairs_are_scored_by_the_rank_correlation_of_cosines_with_the_scores():
+    metric = PairRetrieval()
+    keys = torch.arange(2)
+    angles = torch.tensor([0.1, 0.5, 0.9, 1.3])  # cosines falling with the angle: cos 0.995, 0.878, 0.622, 0.267
+    first = torch.stack([torch.ones(4), torch.zeros(4)], 1)
+    second = torch.stack([angles.cos(), angles.sin()], 1)
+    metric.update(first[:2], second[:2], keys, keys, torch.tensor([4.0, 1.0]))  # (two batches: the whole split)
+    metric.update(first[2:], second[2:], keys + 2, keys + 2, torch.tensor([3.0, 0.5]))
+    # cosine ranks 4, 3, 2, 1 against score ranks 4, 2, 3, 1: Spearman = 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8
+    assert {k: float(v) for k, v in metric.compute().items()} == {"spearman": pytest.approx(0.8)}

@@ -1,16 +1,19 @@
-"""Retrieval over held-out pairs, as a torchmetrics Metric (task=contrastive's validation and test): every anchor is
-a query, every distinct positive a document of the corpus, and an anchor's own positive its relevant document; the
-scores are cosine similarities. Imported only inside a task's metrics() (which only training calls): it imports
-torchmetrics, which serving never loads."""
+"""Held-out pairs scored as a torchmetrics Metric (task=contrastive's validation and test). Pairs are a retrieval
+set: every distinct anchor is a query, every distinct positive a document of the corpus, and the positives an anchor
+is paired with its relevant documents (`retrieval_set`), ranked by cosine similarity. Pairs that carry a graded
+score (an STS set) are scored instead by the Spearman rank correlation of each pair's cosine with its score, what
+sentence-transformers' EmbeddingSimilarityEvaluator reports as spearman_cosine. Imported only inside a task's
+metrics() (which only training calls): it imports torchmetrics, which serving never loads."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
+from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.utilities import dim_zero_cat
 
-from encoder.core.retrieval import retrieval_metrics
+from encoder.core.retrieval import retrieval_metrics, retrieval_set
 
 
 class PairRetrieval(Metric):
@@ -20,19 +23,30 @@ class PairRetrieval(Metric):
         super().__init__(**kwargs)
         self.add_state("anchors", default=[], dist_reduce_fx="cat")
         self.add_state("positives", default=[], dist_reduce_fx="cat")
-        self.add_state("keys", default=[], dist_reduce_fx="cat")  # the same number for the same positive text
+        # the same number for the same text (a hash of its token ids): a text repeated is one query or document
+        self.add_state("anchor_keys", default=[], dist_reduce_fx="cat")
+        self.add_state("positive_keys", default=[], dist_reduce_fx="cat")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")  # graded pairs only
 
-    def update(self, anchors: torch.Tensor, positives: torch.Tensor, keys: torch.Tensor) -> None:
+    def update(self, anchors: torch.Tensor, positives: torch.Tensor, anchor_keys: torch.Tensor,
+               positive_keys: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         self.anchors.append(anchors.float())
         self.positives.append(positives.float())
-        self.keys.append(keys)
+        self.anchor_keys.append(anchor_keys)
+        self.positive_keys.append(positive_keys)
+        if scores is not None:
+            self.scores.append(scores.float())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        anchors, positives, keys = (dim_zero_cat(s) for s in (self.anchors, self.positives, self.keys))
-        distinct, document = torch.unique(keys, return_inverse=True)  # (a text repeated is one document)
-        first = torch.full((len(distinct),), len(keys), device=keys.device).scatter_reduce(
-            0, document, torch.arange(len(keys), device=keys.device), reduce="amin")
-        corpus = F.normalize(positives[first], dim=-1)
-        scores = F.normalize(anchors, dim=-1) @ corpus.T
-        values = retrieval_metrics(scores.cpu(), [{d} for d in document.tolist()])
+        """NDCG@10, MRR@10, MAP@100, recall@1/10/100; for graded pairs, spearman."""
+        anchors, positives = dim_zero_cat(self.anchors), dim_zero_cat(self.positives)
+        if self.scores:
+            if len(dim_zero_cat(self.scores)) != len(anchors):
+                raise ValueError("some held-out pairs carry a score and some do not; grade every pair or none")
+            cosines = F.cosine_similarity(anchors, positives, dim=-1)
+            return {"spearman": spearman_corrcoef(cosines, dim_zero_cat(self.scores))}
+        keys = dim_zero_cat(self.anchor_keys).tolist(), dim_zero_cat(self.positive_keys).tolist()
+        queries, documents, relevant = retrieval_set(*keys)
+        scores = F.normalize(anchors[queries], dim=-1) @ F.normalize(positives[documents], dim=-1).T
+        values = retrieval_metrics(scores.cpu(), relevant)
         return {name: torch.tensor(value) for name, value in values.items()}

