@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from machine import machine
+from quality import spread  # mean ± sd in points, as the accuracy table prints it
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "embeddings.jsonl"
@@ -152,12 +153,6 @@ def table() -> None:
               f"{spread([r['in_domain']['mrr@10'] for r in rs]):>14s} "
               f"{spread([r['transfer']['ndcg@10'] for r in rs]):>18s} "
               f"{f'{statistics.mean(walls):.1f}' if walls else '-':>9s}")
-
-
-def spread(values: list[float]) -> str:
-    """mean ± sd in points (x 100)."""
-    values = [100 * v for v in values]
-    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
 def main() -> None:
