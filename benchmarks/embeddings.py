@@ -34,6 +34,8 @@ IN_DOMAIN, TRANSFER = "bible_quotes", "wordnet_senses"  # configs/data/
 COLUMNS = {"bible_quotes": ("quote", "verse"), "wordnet_senses": ("example", "definition")}
 RECIPES = {  # train.py overrides
     "minilm": ["experiment=minilm_bible_quotes"],  # all-MiniLM-L6-v2 fine-tuned, one epoch
+    # the same, with batches drawn at random as sentence-transformers draws them (not grouped by length)
+    "minilm_unsorted": ["experiment=minilm_bible_quotes", "data.group_by_length=false"],
     "small": ["task=contrastive", f"data={IN_DOMAIN}", "trainer.max_epochs=10", "optim.lr=1e-3"],  # from scratch
 }
 SHOWN = ("ndcg@10", "mrr@10", "recall@10")
