@@ -79,6 +79,14 @@ class Task(ABC):
             raise ConfigError(f"task={self.name} has one loss, set by the task: drop task.loss")
         return self
 
+    # its head is fitted on the training rows' embeddings before each validation (`fit_head`), not by the optimizer
+    fits_head: bool = False
+
+    def fit_head(self, model: nn.Module, batches, label_names: list[str] | None) -> None:
+        """A task with `fits_head`: set `model`'s head from its embeddings of `batches` (every training row once); a
+        one-line DataError for rows it cannot learn from."""
+        raise NotImplementedError(f"task={self.name} trains its head with the optimizer")
+
     def with_teacher(self, teacher_width: int, **distill) -> "Task":
         """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields), whose
         vectors are `teacher_width` wide (encoder/training/data/teacher.py runs the teacher and measures it)."""

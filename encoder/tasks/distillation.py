@@ -40,6 +40,9 @@ def check_teaching(task: Task, distill: dict) -> None:
     if task.needs_teacher and distill.get("augment"):
         raise ConfigError(f"distill.augment varies labelled training texts for a task's teacher; task={task.name} "
                           f"learns from any text: add more with distill.extra_text and set distill.augment=0")
+    if distill.get("teacher") and task.fits_head:
+        raise ConfigError("distill.teacher: task.loss.name=setfit learns from label pairs and fits its head; distil "
+                          "afterwards (its checkpoint as distill.teacher of a student), or drop distill.teacher")
     if distill.get("teacher") and task.label_kind not in UNLABELLED and not task.needs_teacher:
         raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
                           f"regression: their teachers give one output per text); drop distill.teacher")

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.core.errors import DataError
+from encoder.core.errors import ConfigError, DataError
 from encoder.core.model import ModelConfig
 from encoder.core.predictor import Predictor
 from encoder.tasks import Step, Task
-from encoder.tasks.classification import EncoderForSequenceClassification, SequenceClassifierExport
+from encoder.tasks.classification import (EncoderForSequenceClassification, FittedHead, SequenceClassifierExport,
+                                          logistic_regression)
 
 
 class MultiLabelPredictor(Predictor):
@@ -82,6 +83,32 @@ class MultiLabel(SequenceClassifierExport, Task):
 
     def label_text(self, label, label_names: list[str] | None) -> str:
         return ",".join(name for name, hot in zip(label_names, label) if hot) or "(none)"
+
+    def with_loss(self, loss: dict) -> "MultiLabel":
+        options = dict(loss or {})
+        name = options.pop("name", "binary_cross_entropy")
+        if name not in ("binary_cross_entropy", "setfit"):
+            raise ConfigError(f"task.loss.name={name!r} is unknown; choose one of ['binary_cross_entropy', 'setfit']")
+        if name == "binary_cross_entropy" and options:
+            raise ConfigError(f"task.loss: binary_cross_entropy takes no options; drop {sorted(options)}")
+        return TASK if name == "binary_cross_entropy" else MultiLabelSetFit(**options)
+
+
+class MultiLabelSetFit(FittedHead, MultiLabel):
+    """Several labels per text learnt as SetFit learns them (task.loss.name=setfit): two rows are alike when they share
+    a label (SetFit's multi-label pairs: a positive pair through each label a row has), and the head is one logistic
+    regression per label, each a yes/no question (SetFit's one-vs-rest head)."""
+
+    def alike(self, targets: torch.Tensor) -> torch.Tensor:
+        hot = targets.float()
+        return hot @ hot.T > 0
+
+    def rows_per_label(self, labels: torch.Tensor, classes: int) -> list[int]:
+        return labels.long().sum(0).tolist()
+
+    def fit_linear(self, x: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        fits = [logistic_regression(x, labels[:, k], 2, self.C) for k in range(classes)]  # rows (0, w): take w
+        return torch.stack([w[1] for w, _ in fits]), torch.stack([b[1] for _, b in fits])
 
 
 TASK = MultiLabel()

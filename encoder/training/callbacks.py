@@ -156,15 +156,20 @@ class OneLineSummary(ModelSummary):
 
 
 class LastCheckpoint(Checkpoint):
-    """last.ckpt, the latest state a resume continues from: after every training epoch, every `every_n_train_steps`
-    optimizer steps when set, and at the end of training, each written once per step. Written with Lightning's
+    """last.ckpt, the latest state a resume continues from: after every `every_n_epochs` training epochs (1: each),
+    every `every_n_train_steps` optimizer steps when set, and at the end of training, each written once per step. Written with Lightning's
     public `trainer.save_checkpoint` (through AtomicCheckpointIO), so no Lightning upgrade can take it away; a
     `Checkpoint`, which Lightning runs after every other callback, so it holds their state of this step."""
 
-    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int | None = None):
+    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int | None = None,
+                 every_n_epochs: int = 1):
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps} must be a positive "
                              f"number of steps (or null: every epoch)")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"callbacks.last_checkpoint.every_n_epochs={every_n_epochs!r} must be a positive number "
+                             f"of epochs")
+        self.every_n_epochs = every_n_epochs
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.every_n_train_steps = every_n_train_steps
         self._saved_at: int | None = None  # the global step last written
@@ -181,7 +186,8 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)

@@ -118,7 +118,7 @@ class DataConfig:
     negative_columns: List[str] = field(default_factory=list)  # task=contrastive: hard negatives, each encoded alone
     label_column: Optional[str] = "label"
     label_names: Optional[List[str]] = None
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: no rows carved; validation reads the training rows (a few-row run's fixed schedule)
     max_length: int = 128
     long_texts: str = "truncate"
     packing: bool = False  # texts joined by [SEP] into rows of exactly max_length (task=mlm's default)
@@ -141,8 +141,9 @@ class DataConfig:
         self.splits = {"train": "train", "validation": "validation", "test": "test", **self.splits}
         if self.source is not None:
             check_choice(self.source, SOURCES, "data.source")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 1) (0: validation reads the "
+                              f"training rows)")
         check_choice(self.long_texts, LONG_TEXTS, "data.long_texts")
         if not 0.0 <= self.mlm_probability < 1.0:
             raise ConfigError(f"data.mlm_probability={self.mlm_probability} must be in [0, 1) (BERT: 0.15)")
@@ -286,6 +287,7 @@ def validate(cfg: DictConfig) -> Checked:
                           "or tokenizer.path (a trained tokenizer already fits its data)")
     if checked.distill.augment and checked.data.text_pair_column:
         raise ConfigError("distill.augment varies single texts; with data.text_pair_column set distill.augment=0")
+    task = task.with_loss(checked.task.loss)  # (refused in one line by a task with one loss, or a bad option)
     check_teaching(task, dataclasses.asdict(checked.distill))  # (encoder/tasks/distillation.py: stated there once)
     if task.texts_apart and not data.text_pair_column:
         raise ConfigError(f"task={task.name} learns from pairs: set data.text_pair_column to the column of each "
@@ -296,7 +298,9 @@ def validate(cfg: DictConfig) -> Checked:
     if data.negative_columns and not task.texts_apart:
         raise ConfigError(f"data.negative_columns are hard negatives of a task that encodes its texts apart "
                           f"(task=contrastive); task={task.name} does not: drop them")
-    task.with_loss(checked.task.loss)  # (refused in one line by a task with one loss, or a bad option)
+    if task.fits_head and data.batch_size < 2:
+        raise ConfigError(f"task.loss.name=setfit learns from pairs of a batch's rows: data.batch_size="
+                          f"{data.batch_size} has none; use 2 or more (experiment=small_data: 16)")
     if data.mlm_probability and not task.masks_tokens:
         raise ConfigError(f"data.mlm_probability={data.mlm_probability} masks tokens, which only task=mlm uses; "
                           f"set it to 0")

@@ -18,6 +18,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
 from encoder import tasks
@@ -112,6 +113,22 @@ class EncoderModule(L.LightningModule):
         step = self._step(batch, "test")
         self.task.update(self.test_metrics, step)
         return step.predictions  # for callbacks (the confusion matrix)
+
+    # A task whose head is fitted, not trained (classification's setfit loss), fits it on every training row as
+    # training starts (it refuses rows it cannot learn from there, before any step) and before each validation of a
+    # fit, so validation, the checkpoints it chooses and the test all use the head of the body they hold.
+    def on_fit_start(self) -> None:
+        self._fit_head()
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._fit_head()
+
+    def _fit_head(self) -> None:
+        if self.task.fits_head:
+            self.task.fit_head(self.model, (move_data_to_device(batch, self.device)
+                                            for batch in self.trainer.datamodule.head_dataloader()),
+                               self.hparams.label_names)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)

@@ -219,10 +219,10 @@ class TextDataModule(L.LightningDataModule):
                         document_separator=tok.token_to_id("[SEP]") if self.cfg.document_attention else None)
 
     # ---- loaders ----------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, shard: bool = True) -> DataLoader:
         ds = self.datasets[split]
         # We shard across processes ourselves (the trainer configs set use_distributed_sampler=false).
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer and shard else (1, 0)
         if train and self.cfg.streaming:
             loader = streaming.StreamLoader(ds.select_columns(["input_ids"]), rank, world,
                                             batch_size=self.cfg.batch_size, collate_fn=self.collator,
@@ -306,6 +306,11 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
+
+    def head_dataloader(self) -> DataLoader:
+        """Every training row once, in length order, on every process: what a task that fits its head on the training
+        rows' embeddings reads (`Task.fit_head`: classification with task.loss.name=setfit)."""
+        return self._loader("train", train=False, shard=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", train=False)

@@ -116,7 +116,7 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
         raise DataError(f"{describe(cfg)} has none of the splits this run reads ({', '.join(wanted)}; it has "
                         f"{list(raw)}); name one with data.splits.{wanted[-1] if wanted else 'test'}=<split>, e.g. "
                         f"data.splits.test={next(iter(raw))}")
-    if "validation" not in out and "train" in out:
+    if "validation" not in out and "train" in out and cfg.val_fraction:
         if len(out["train"]) < 2:  # one example for each of train and validation, at least
             raise DataError(f"the train split of {describe(cfg)} has {len(out['train'])} example, too few to carve "
                             f"a validation split from; add examples or give a validation split "
@@ -129,6 +129,10 @@ def load_splits(cfg: DataConfig, cache_dir: Path, seed: int, labelled: bool) -> 
                          ("test", cfg.max_eval_samples)):
         if limit is not None and split in out and len(out[split]) > limit:
             out[split] = out[split].select(range(limit))
+    if "validation" not in out and "train" in out:  # data.val_fraction=0: too few rows to spare any
+        out["validation"] = out["train"]
+        log.warning("data.val_fraction=0: validation reads the training rows, so its metrics say how well the model "
+                    "fits them, not how it generalises; choose the checkpoint by a fixed schedule (experiment=small_data)")
     for split, ds in out.items():
         _check_columns(ds, split, cfg, labelled)
     return out
@@ -164,8 +168,9 @@ def _pick_splits(raw: DatasetDict, cfg: DataConfig) -> dict[str, Dataset]:
         if wanted in raw:
             out[split] = raw[wanted]
         elif split != "train" and wanted == split:  # a default name this dataset lacks: carve validation, skip test
-            log.warning("%s has no %s split; %s", describe(cfg), split,
-                        "carving one from train" if split == "validation" else "skipping the test")
+            if split != "validation" or cfg.val_fraction:  # (val_fraction=0 says what it does below)
+                log.warning("%s has no %s split; %s", describe(cfg), split,
+                            "carving one from train" if split == "validation" else "skipping the test")
         else:
             hint = "one of them" if split == "train" else "one of them or null"
             raise DataError(f"{describe(cfg)} has no split {wanted!r} (it has {list(raw)}); "
