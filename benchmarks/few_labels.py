@@ -159,16 +159,16 @@ def run(sizes: list[int], draws: list[int], methods: list[str]) -> None:
 
 
 def table() -> None:
+    """Mean ± sd over the draws per size and method, as a markdown table (benchmarks/README.md holds it)."""
     records = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     latest = {(r["method"], r["per_class"], r["draw"]): r for r in records}  # a draw run again replaces its line
-    print(f"{'per class':>9s} {'method':16s} {'draws':>5s} {'test acc (mean ± sd)':>22s} {'out of domain':>22s} "
-          f"{'wall s':>8s}")
+    print("| rows per label | method | draws | test accuracy | out of domain | wall s (median) |\n|---|---|---|---|---|---|")
     for n in sorted({n for _, n, _ in latest}):
         for method in METHODS:
             rs = [r for (m, size, _), r in latest.items() if m == method and size == n]
             if rs:
-                print(f"{n:>9d} {method:16s} {len(rs):>5d} {spread([r['test_acc'] for r in rs]):>22s} "
-                      f"{spread([r['ood_acc'] for r in rs]):>22s} {statistics.mean(r['wall_s'] for r in rs):8.1f}")
+                print(f"| {n} | {method} | {len(rs)} | {spread([r['test_acc'] for r in rs])} | "
+                      f"{spread([r['ood_acc'] for r in rs])} | {statistics.median(r['wall_s'] for r in rs):.1f} |")
 
 
 def main() -> None:

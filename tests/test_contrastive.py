@@ -179,8 +179,10 @@ def test_other_tasks_refuse_what_only_texts_apart_mean(tmp_path):
 
     with pytest.raises(ConfigError, match="data.negative_columns are hard negatives of a task that encodes"):
         validate(compose(["data.negative_columns=[x]"], tmp_path))
-    with pytest.raises(ConfigError, match="task=classification has one loss, set by the task: drop task.loss"):
-        validate(compose(["+task.loss.name=mnrl"], tmp_path))
+    with pytest.raises(ConfigError, match="task.loss.name='mnrl' is unknown; choose one of \\['cross_entropy', 'setfit'\\]"):
+        validate(compose(["task.loss.name=mnrl"], tmp_path))
+    with pytest.raises(ConfigError, match="task=regression has one loss, set by the task: drop task.loss"):
+        validate(compose(["task=regression", "+task.loss.name=mnrl", "data=vader_sentiment"], tmp_path))
 
 
 @pytest.mark.parametrize("config, columns, splits", [
