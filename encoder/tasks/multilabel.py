@@ -87,11 +87,11 @@ class MultiLabel(SequenceClassifierExport, Task):
     def with_loss(self, loss: dict) -> "MultiLabel":
         options = dict(loss or {})
         name = options.pop("name", "binary_cross_entropy")
-        if name not in ("binary_cross_entropy", "setfit"):
-            raise ConfigError(f"task.loss.name={name!r} is unknown; choose one of ['binary_cross_entropy', 'setfit']")
+        if name not in LOSSES:
+            raise ConfigError(f"task.loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")
         if name == "binary_cross_entropy" and options:
             raise ConfigError(f"task.loss: binary_cross_entropy takes no options; drop {sorted(options)}")
-        return TASK if name == "binary_cross_entropy" else MultiLabelSetFit(**options)
+        return TASK if name == "binary_cross_entropy" else LOSSES[name](**options)
 
 
 class MultiLabelSetFit(FittedHead, MultiLabel):
@@ -110,5 +110,7 @@ class MultiLabelSetFit(FittedHead, MultiLabel):
         fits = [logistic_regression(x, labels[:, k], 2, self.C) for k in range(classes)]  # rows (0, w): take w
         return torch.stack([w[1] for w, _ in fits]), torch.stack([b[1] for _, b in fits])
 
+
+LOSSES = {"binary_cross_entropy": MultiLabel, "setfit": MultiLabelSetFit}  # task.loss.name -> the task learning with it
 
 TASK = MultiLabel()
