@@ -5,9 +5,10 @@
 - `setfit`: SetFit's method for a few labelled rows (Tunstall et al. 2022, "Efficient Few-Shot Learning Without
   Prompts"). The body learns from pairs of each batch's rows, as SetFit's CosineSimilarityLoss does from the pairs
   it draws: the cosine of two rows' embeddings pulled to 1 for the same label and to 0 for different labels, the
-  positive and negative pairs weighed alike (SetFit's oversampling). The head is no optimizer's: before each
-  validation a logistic regression (scikit-learn's LogisticRegression, L2 with `C`, solved with torch's L-BFGS) is fitted on the embeddings of every training row
-  and becomes the linear classifier. The checkpoint is an ordinary classifier's.
+  positive and negative pairs weighed alike (SetFit's oversampling). The head is no optimizer's: as training starts
+  and before each validation, a logistic regression (scikit-learn's LogisticRegression, L2 with `C`, solved with
+  torch's L-BFGS) is fitted on the embeddings of every training row and becomes the linear classifier. The
+  checkpoint is an ordinary classifier's.
 """
 
 from __future__ import annotations
@@ -111,13 +112,19 @@ class Classification(SequenceClassifierExport, Task):
         return label_names[label]
 
     def with_loss(self, loss: dict) -> "Classification":
-        options = dict(loss or {})
-        name = options.pop("name", "cross_entropy")
-        if name not in LOSSES:
-            raise ConfigError(f"task.loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")
-        if name == "cross_entropy" and options:
-            raise ConfigError(f"task.loss: cross_entropy takes no options; drop {sorted(options)}")
-        return TASK if name == "cross_entropy" else LOSSES[name](**options)
+        return learning_with(loss, LOSSES, TASK, "cross_entropy")
+
+
+def learning_with(loss: dict | None, losses: dict, task, default: str):
+    """The task `losses[task.loss.name]` names, built with the loss's options; `default` names `task` itself, which
+    takes none."""
+    options = dict(loss or {})
+    name = options.pop("name", default)
+    if name not in losses:
+        raise ConfigError(f"task.loss.name={name!r} is unknown; choose one of {sorted(losses)}")
+    if name == default and options:
+        raise ConfigError(f"task.loss: {default} takes no options; drop {sorted(options)}")
+    return task if name == default else losses[name](**options)
 
 
 class FittedHead:

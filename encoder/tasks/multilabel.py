@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.core.errors import ConfigError, DataError
+from encoder.core.errors import DataError
 from encoder.core.model import ModelConfig
 from encoder.core.predictor import Predictor
 from encoder.tasks import Step, Task
 from encoder.tasks.classification import (EncoderForSequenceClassification, FittedHead, SequenceClassifierExport,
-                                          logistic_regression)
+                                          learning_with, logistic_regression)
 
 
 class MultiLabelPredictor(Predictor):
@@ -85,13 +85,7 @@ class MultiLabel(SequenceClassifierExport, Task):
         return ",".join(name for name, hot in zip(label_names, label) if hot) or "(none)"
 
     def with_loss(self, loss: dict) -> "MultiLabel":
-        options = dict(loss or {})
-        name = options.pop("name", "binary_cross_entropy")
-        if name not in LOSSES:
-            raise ConfigError(f"task.loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")
-        if name == "binary_cross_entropy" and options:
-            raise ConfigError(f"task.loss: binary_cross_entropy takes no options; drop {sorted(options)}")
-        return TASK if name == "binary_cross_entropy" else LOSSES[name](**options)
+        return learning_with(loss, LOSSES, TASK, "binary_cross_entropy")
 
 
 class MultiLabelSetFit(FittedHead, MultiLabel):
