@@ -17,7 +17,8 @@ Methods (each on the same rows, drawn by `draw(n, d)`: n per class from the defa
 Wall time: from the start of a method to its test-split predictions (train.py's whole process for ours, tiny and
 minilm_finetune), without the out-of-domain evaluation, which every method gets the same way (its model's
 predictions on the vader texts, in this process). One line per (method, size, draw) goes to
-benchmarks/results/few_labels.jsonl; runs to outputs/few_labels/.
+benchmarks/results/few_labels.jsonl; runs to outputs/few_labels/. The setfit method needs the `setfit` package, in no
+extra of ours: `pip install setfit` (1.2.0 was measured; it also needs `evaluate`).
 """
 
 from __future__ import annotations
