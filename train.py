@@ -105,7 +105,8 @@ def build_module(checked: Checked, datamodule, init, resuming: bool) -> EncoderM
     module = EncoderModule.create(checked.task.name, arch, tokenizer_json, datamodule.cfg.max_length,
                                   label_names=datamodule.label_names, optim=vars(checked.optim),
                                   on_nonfinite_loss=checked.task.on_nonfinite_loss, unpad=m.unpad, compile=m.compile,
-                                  distill=datamodule.distill, loss=checked.task.loss)
+                                  distill=datamodule.distill, loss=checked.task.loss,
+                                  truncate_dim=checked.task.truncate_dim)
     if init is not None and not resuming:
         pretrained.apply(init, module.model, tokenizer_json)  # (a trimmed vocabulary: its embedding rows)
         log.info("encoder initialised from %s", init.folder)

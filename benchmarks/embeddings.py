@@ -6,6 +6,7 @@ a WordNet usage example -> the definition of its sense), beside BM25 and all-Min
     python benchmarks/embeddings.py baselines                 # BM25 (bm25s) and all-MiniLM-L6-v2 zero-shot
     python benchmarks/embeddings.py run minilm --seeds 42 1 2 # python train.py per seed; results appended
     python benchmarks/embeddings.py peer --seeds 42           # the peer: SentenceTransformerTrainer, same settings
+    python benchmarks/embeddings.py widths minilm minilm_matryoshka --dim 96  # their runs cut to 96 dimensions
     python benchmarks/embeddings.py table                     # mean ± sd of everything recorded
 
 Every number is NDCG@10 (and MRR@10, recall@10) from encoder/core/retrieval.py: the trained runs and all-MiniLM-L6-v2
@@ -37,6 +38,8 @@ RECIPES = {  # train.py overrides
     # the same, with batches drawn at random as sentence-transformers draws them (not grouped by length)
     "minilm_unsorted": ["experiment=minilm_bible_quotes", "data.group_by_length=false"],
     "small": ["task=contrastive", f"data={IN_DOMAIN}", "trainer.max_epochs=10", "optim.lr=1e-3"],  # from scratch
+    # the loss also at 96 and 192 of the 384 dimensions (sentence-transformers' MatryoshkaLoss)
+    "minilm_matryoshka": ["experiment=minilm_bible_quotes", "task.loss.matryoshka_dims=[96,192,384]"],
 }
 SHOWN = ("ndcg@10", "mrr@10", "recall@10")
 
@@ -50,10 +53,11 @@ def train_py(*overrides: str) -> dict:
     return json.loads((Path(out) / "metrics.json").read_text())["metrics"]
 
 
-def evaluate(checkpoint: str, data: str, out: Path) -> dict:
+def evaluate(checkpoint: str, data: str, out: Path, *extra: str) -> dict:
     """{metric: value} of a checkpoint or embedder folder on a data config's test split (`train=false`)."""
     if not (out / "metrics.json").exists():
-        train_py("task=contrastive", f"data={data}", "train=false", f"ckpt_path={checkpoint}", f"hydra.run.dir={out}")
+        train_py("task=contrastive", f"data={data}", "train=false", f"ckpt_path={checkpoint}", f"hydra.run.dir={out}",
+                 *extra)
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     return {k.removeprefix("test/"): v for k, v in metrics.items() if k.removeprefix("test/") in SHOWN}
 
@@ -77,6 +81,20 @@ def run(name: str, seeds: list[int]) -> None:
                "in_domain": {k: metrics[f"test/{k}"] for k in SHOWN},
                "transfer": evaluate(str(best), TRANSFER, out / f"transfer-{TRANSFER}"),
                "run_dir": str(out.relative_to(ROOT))})
+
+
+def widths(recipes: list[str], dim: int) -> None:
+    """Each recorded run of `recipes` (its best checkpoint), scored on its first `dim` dimensions only
+    (task.truncate_dim), in domain and on the transfer set: recorded as recipe '<recipe>@<dim>d'."""
+    records = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for (recipe, seed), record in {(r["recipe"], r["seed"]): r for r in records if r["recipe"] in recipes}.items():
+        run_dir = ROOT / record["run_dir"]
+        best = str(next((run_dir / "checkpoints").glob("best-*.ckpt")))
+        cut = f"task.truncate_dim={dim}"
+        write({"recipe": f"{recipe}@{dim}d", "seed": seed, "overrides": [*record.get("overrides", []), cut],
+               "in_domain": evaluate(best, IN_DOMAIN, run_dir / f"{IN_DOMAIN}-{dim}d", cut),
+               "transfer": evaluate(best, TRANSFER, run_dir / f"{TRANSFER}-{dim}d", cut),
+               "run_dir": record["run_dir"]})
 
 
 def peer(seeds: list[int]) -> None:
@@ -159,14 +177,20 @@ def table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "peer", "baselines", "table"])
-    parser.add_argument("recipe", nargs="?", choices=sorted(RECIPES))
+    parser.add_argument("command", choices=["run", "widths", "peer", "baselines", "table"])
+    parser.add_argument("recipe", nargs="*", help=f"one or more of {sorted(RECIPES)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--dim", type=int, default=96, help="widths: the dimensions kept")
     args = parser.parse_args()
+    if args.command in ("run", "widths") and not args.recipe:
+        parser.error(f"{args.command} needs a recipe")
+    if any(recipe not in RECIPES for recipe in args.recipe):
+        parser.error(f"recipes: {sorted(RECIPES)}")
     if args.command == "run":
-        if not args.recipe:
-            parser.error("run needs a recipe")
-        run(args.recipe, args.seeds)
+        for recipe in args.recipe:
+            run(recipe, args.seeds)
+    elif args.command == "widths":
+        widths(args.recipe, args.dim)
     elif args.command == "peer":
         peer(args.seeds)
     elif args.command == "baselines":

@@ -100,14 +100,15 @@ def test_the_loss_is_cross_entropy_over_scaled_cosines_with_the_batchs_positives
     anchors = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     positives = torch.tensor([[2.0, 0.1], [0.0, 1.0]])
     negatives = [torch.tensor([[1.0, 1.0], [-1.0, 0.0]])]
-    loss, scores = MultipleNegativesRankingLoss(scale=10.0)(anchors, positives, negatives)
+    loss, hits = MultipleNegativesRankingLoss(scale=10.0)(anchors, positives, negatives)
     cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
     candidates = [positives[0], positives[1], negatives[0][0], negatives[0][1]]
     expected = 0.0
     for i, a in enumerate(anchors):
         logits = [10.0 * cos(a, c) for c in candidates]
         expected += -(logits[i] - math.log(sum(math.exp(x) for x in logits))) / 2
-    assert scores.shape == (2, 4) and loss.item() == pytest.approx(expected, rel=1e-6)
+    # the first anchor's own positive is its nearest candidate, the second's is not (the first negative is)
+    assert hits.tolist() == [1.0, 0.0] and loss.item() == pytest.approx(expected, rel=1e-6)
     symmetric, _ = MultipleNegativesRankingLoss(scale=10.0, symmetric=True)(anchors, positives, negatives)
     back = sum(-(10.0 * cos(p, anchors[i]) - math.log(sum(math.exp(10.0 * cos(p, a)) for a in anchors)))
                for i, p in enumerate(positives)) / 2

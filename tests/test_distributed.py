@@ -66,3 +66,20 @@ def test_multirun_of_ddp_jobs_gives_one_directory_per_job_not_per_rank(tmp_path,
         assert ckpt["global_step"] == 2
     assert out.stdout.count("sweep summary (2 jobs") == 1
     assert out.stdout.count("best checkpoint:") == 2  # one line per job, from its rank 0
+
+
+def test_a_two_process_contrastive_run_gathers_negatives_from_both_ranks(tmp_path, rt_files):
+    """task=contrastive under DDP with every rank's candidates and the cached loss, through train.py: it trains, and
+    the retrieval metrics (whose states the ranks sync) are reported once."""
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY if o != "trainer=debug"] + [
+        "task=contrastive", "data=local_files", *(f"data.data_files.{s}={p}" for s, p in rt_files.items()),
+        "data.text_pair_column=text", "data.label_column=null", "trainer=ddp", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "task.loss.gather_across_devices=true", "task.loss.mini_batch_size=4",
+        "~callbacks.tensorboard_visuals"]
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert 0.0 < metrics["test/ndcg@10"] <= 1.0 and out.stdout.count("best checkpoint:") == 1

@@ -19,8 +19,11 @@ from encoder.core.retrieval import retrieval_metrics, retrieval_set
 class PairRetrieval(Metric):
     full_state_update = False
 
-    def __init__(self, **kwargs):
+    def __init__(self, prefixes: list[int] = (), **kwargs):
+        """`prefixes`: widths at which NDCG@10 is also reported (`ndcg@10@64d`), the vectors cut to their first
+        that many dimensions (a Matryoshka embedding's narrower embeddings)."""
         super().__init__(**kwargs)
+        self.prefixes = list(prefixes)
         self.add_state("anchors", default=[], dist_reduce_fx="cat")
         self.add_state("positives", default=[], dist_reduce_fx="cat")
         # the same number for the same text (a hash of its token ids): a text repeated is one query or document
@@ -38,15 +41,22 @@ class PairRetrieval(Metric):
             self.scores.append(scores.float())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """NDCG@10, MRR@10, MAP@100, recall@1/10/100; for graded pairs, spearman."""
+        """NDCG@10, MRR@10, MAP@100, recall@1/10/100 (and NDCG@10 at each prefix); for graded pairs, spearman."""
         anchors, positives = dim_zero_cat(self.anchors), dim_zero_cat(self.positives)
-        if self.scores:
+        if len(self.scores):  # (a list here, a tensor once DDP ranks have synced their states: maybe empty)
             if len(dim_zero_cat(self.scores)) != len(anchors):
                 raise ValueError("some held-out pairs carry a score and some do not; grade every pair or none")
-            cosines = F.cosine_similarity(anchors, positives, dim=-1)
-            return {"spearman": spearman_corrcoef(cosines, dim_zero_cat(self.scores))}
+            paired = F.cosine_similarity(anchors, positives, dim=-1)
+            return {"spearman": spearman_corrcoef(paired, dim_zero_cat(self.scores))}
         keys = dim_zero_cat(self.anchor_keys).tolist(), dim_zero_cat(self.positive_keys).tolist()
         queries, documents, relevant = retrieval_set(*keys)
-        scores = F.normalize(anchors[queries], dim=-1) @ F.normalize(positives[documents], dim=-1).T
-        values = retrieval_metrics(scores.cpu(), relevant)
+        values = retrieval_metrics(cosines(anchors[queries], positives[documents]), relevant)
+        for width in self.prefixes:
+            cut = cosines(anchors[queries, :width], positives[documents, :width])
+            values[f"ndcg@10@{width}d"] = retrieval_metrics(cut, relevant)["ndcg@10"]
         return {name: torch.tensor(value) for name, value in values.items()}
+
+
+def cosines(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    """[queries, documents] cosine similarity, on the CPU."""
+    return (F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T).cpu()

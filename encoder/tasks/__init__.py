@@ -79,6 +79,16 @@ class Task(ABC):
             raise ConfigError(f"task={self.name} has one loss, set by the task: drop task.loss")
         return self
 
+    def evaluated_at(self, truncate_dim: int | None) -> "Task":
+        """This task scoring the first `truncate_dim` dimensions of each embedding (`task.truncate_dim`); a task
+        that scores no embedding refuses any."""
+        if truncate_dim is not None:
+            raise ConfigError(f"task.truncate_dim cuts sentence embeddings; task={self.name} scores none: drop it")
+        return self
+
+    def check_data(self, data) -> None:
+        """Refuse, in one ConfigError line, data settings (DataConfig) that this task's options cannot work with."""
+
     # its head is fitted on the training rows' embeddings before each validation (`fit_head`), not by the optimizer
     fits_head: bool = False
 

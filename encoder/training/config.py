@@ -181,6 +181,7 @@ class TaskConfig:
     name: str = "classification"
     on_nonfinite_loss: str = "stop"  # stop | skip
     loss: Dict[str, Any] = field(default_factory=dict)  # the task's loss and options (task=contrastive); {}: its own
+    truncate_dim: Optional[int] = None  # task=contrastive: score the first N dimensions of each vector; null: all
 
     def __post_init__(self):  # (the name is checked against the registry in validate(), which imports the tasks)
         check_choice(self.on_nonfinite_loss, NONFINITE, "task.on_nonfinite_loss")
@@ -287,7 +288,9 @@ def validate(cfg: DictConfig) -> Checked:
                           "or tokenizer.path (a trained tokenizer already fits its data)")
     if checked.distill.augment and checked.data.text_pair_column:
         raise ConfigError("distill.augment varies single texts; with data.text_pair_column set distill.augment=0")
-    task = task.with_loss(checked.task.loss)  # (refused in one line by a task with one loss, or a bad option)
+    # (refused in one line by a task with one loss, or a bad option)
+    task = task.with_loss(checked.task.loss).evaluated_at(checked.task.truncate_dim)
+    task.check_data(data)
     check_teaching(task, dataclasses.asdict(checked.distill))  # (encoder/tasks/distillation.py: stated there once)
     if task.texts_apart and not data.text_pair_column:
         raise ConfigError(f"task={task.name} learns from pairs: set data.text_pair_column to the column of each "

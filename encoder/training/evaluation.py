@@ -81,7 +81,8 @@ def evaluate(cfg: DictConfig, checked: Checked, trainer: L.Trainer) -> dict:
                           f"trained on (its labels: {e.names}); evaluate it on data with those labels") from None
     # a .ckpt or an export folder: the model as `checkpoint.read` checked it
     module = EncoderModule.create(saved.task, saved.config, saved.tokenizer_json, saved.max_length,
-                                  label_names=saved.label_names, distill=distill)
+                                  label_names=saved.label_names, distill=distill, loss=checked.task.loss,
+                                  truncate_dim=checked.task.truncate_dim)
     module.model.load_state_dict(saved.state)
     results = trainer.test(module, datamodule=datamodule)[0]
     metrics = {k: float(v) for k, v in results.items()}

@@ -51,14 +51,16 @@ def warmup_then_decay(step: int, warmup: int, total: int, schedule: str, min_rat
 class EncoderModule(L.LightningModule):
     def __init__(self, task: str, model: dict, tokenizer_json: str, max_length: int,
                  label_names: list[str] | None = None, optim: dict | None = None, on_nonfinite_loss: str = "stop",
-                 unpad: bool = True, compile: bool = False, distill: dict | None = None, loss: dict | None = None):
+                 unpad: bool = True, compile: bool = False, distill: dict | None = None, loss: dict | None = None,
+                 truncate_dim: int | None = None):
         """`model`: the architecture (a `ModelConfig` as a dict; fields the data decides are derived
         from `tokenizer_json` and `label_names`). `unpad` and `compile` say how this run computes it;
         `distill` (DistillConfig's fields) makes a teacher's outputs part of the loss; `loss` (task.loss) picks the
-        task's loss and its options, where a task has several."""
+        task's loss and its options, where a task has several; `truncate_dim` (task.truncate_dim) how many dimensions
+        of each embedding its metrics score."""
         super().__init__()
-        TaskConfig(task, on_nonfinite_loss, dict(loss or {}))  # the config's own checks, for callers without Hydra
-        self.task = build_task(task, distill, loss)
+        TaskConfig(task, on_nonfinite_loss, dict(loss or {}), truncate_dim)  # its checks, for callers without Hydra
+        self.task = build_task(task, distill, loss, truncate_dim)
         model = self.task.architecture(model)  # (before saving: the checkpoint keeps what the task fixed)
         # logger=False: train.py logs the run's whole (flat, readable) config instead of a tokenizer
         # JSON; everything here still goes into the checkpoint.

@@ -64,10 +64,11 @@ def teacher_options(distill, cache_dir: str | Path | None = None) -> dict | None
     return options
 
 
-def build_task(name: str, distill: dict | None, loss: dict | None = None) -> Task | Distilled:
-    """The task called `name` (encoder/tasks/) with the loss `task.loss` configures, itself or taught by
-    `distill["teacher"]` (DistillConfig's fields)."""
-    task = tasks.get(name).with_loss(loss or {})
+def build_task(name: str, distill: dict | None, loss: dict | None = None,
+               truncate_dim: int | None = None) -> Task | Distilled:
+    """The task called `name` (encoder/tasks/) with the loss `task.loss` configures (and `task.truncate_dim`),
+    itself or taught by `distill["teacher"]` (DistillConfig's fields)."""
+    task = tasks.get(name).with_loss(loss or {}).evaluated_at(truncate_dim)
     check_teaching(task, distill or {})
     if not distill or not distill.get("teacher"):
         return task

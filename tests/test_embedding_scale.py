@@ -1,0 +1,167 @@
+"""Embedding training that scales (encoder/tasks/contrastive.py): the cached loss (GradCache) gives the uncached
+loss and gradients, negatives gathered from two real gloo processes give one process's loss and gradients on the
+concatenated batch, Matryoshka prefixes and truncated evaluation, and the bad values refused in one line."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import TINY, compose
+from encoder.core.errors import ConfigError
+from encoder.core.model import AttentionConfig, ModelConfig
+from encoder.tasks.contrastive import Contrastive, EncoderForSentenceEmbedding, MultipleNegativesRankingLoss, embedded
+
+
+def tiny_model(dropout: float = 0.0, seed: int = 0) -> EncoderForSentenceEmbedding:
+    torch.manual_seed(seed)
+    return EncoderForSentenceEmbedding(ModelConfig(vocab_size=60, embed_dim=16, num_layers=2, ffn_dim=32,
+                                                   attention=AttentionConfig(num_heads=2, dropout=dropout),
+                                                   dropout=dropout, max_positions=32))
+
+
+def batch_of(rows: int, texts: int = 3, seed: int = 1) -> dict:
+    """`rows` examples of `texts` texts each (anchor, positive, negatives), of varied lengths, padded apart."""
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for t in range(texts):
+        lengths = torch.randint(2, 12, (rows,), generator=g)
+        ids = torch.randint(5, 60, (rows, 12), generator=g)
+        mask = torch.arange(12)[None, :] >= lengths[:, None]
+        suffix = "" if t == 0 else f"_{t}"
+        batch[f"input_ids{suffix}"], batch[f"padding_mask{suffix}"] = ids.masked_fill(mask, 0), mask
+    return batch
+
+
+def loss_and_grads(task: Contrastive, model, batch) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = task.step(model, batch).loss
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("options", [{}, {"symmetric": True}, {"matryoshka_dims": [4, 8, 16]}])
+def test_the_cached_loss_gives_the_uncached_loss_and_gradients(options):
+    model, batch = tiny_model(), batch_of(10)
+    plain = loss_and_grads(Contrastive(options), model, batch)
+    cached = loss_and_grads(Contrastive({**options, "mini_batch_size": 3}), model, batch)  # 4 chunks, the last of 1
+    assert cached[0] == pytest.approx(plain[0], abs=1e-5)
+    for a, b in zip(plain[1], cached[1]):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_cached_loss_replays_dropout_as_the_first_pass_drew_it():
+    """With dropout, the cached gradient is the gradient of the loss of the embeddings the first pass computed: the
+    second pass draws the same masks (the same run embedding chunk by chunk with its graph alive gives it)."""
+    model, batch = tiny_model(dropout=0.3).train(), batch_of(8)
+    torch.manual_seed(5)
+    cached = loss_and_grads(Contrastive({"mini_batch_size": 3}), model, batch)
+    torch.manual_seed(5)
+    model.zero_grad()
+    texts = [(batch[k], batch[k.replace("input_ids", "padding_mask")]) for k in ("input_ids", "input_ids_1",
+                                                                             "input_ids_2")]
+    vectors = [embedded(model, ids, mask, 3) for ids, mask in texts]  # the same chunks, in the same order
+    loss, _ = MultipleNegativesRankingLoss()(vectors[0], vectors[1], vectors[2:])
+    loss.backward()
+    assert cached[0] == pytest.approx(loss.item(), abs=1e-5)
+    for p, g in zip(model.parameters(), cached[1]):
+        assert torch.allclose(p.grad, g, atol=1e-5)
+    torch.manual_seed(6)  # (and another draw gives another loss: dropout is on)
+    assert loss_and_grads(Contrastive({"mini_batch_size": 3}), model, batch)[0] != pytest.approx(cached[0], abs=1e-4)
+
+
+def _rank(rank: int, world: int, store: str, options: dict, sizes: list[int], out: str) -> None:
+    """One DDP rank: its own rows of the batch, the loss with every rank's candidates, weighted by its share of the
+    rows (as one process's mean over all of them), then the gradients summed over ranks."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model, batch = tiny_model(), batch_of(sum(sizes))
+        start = sum(sizes[:rank])
+        mine = {k: v[start : start + sizes[rank]] for k, v in batch.items()}
+        loss = Contrastive({"gather_across_devices": True, **options}).step(model, mine).loss
+        (loss * sizes[rank] / sum(sizes)).backward()
+        total = loss.detach() * sizes[rank] / sum(sizes)
+        dist.all_reduce(total)
+        grads = [p.grad for p in model.parameters()]
+        for g in grads:
+            dist.all_reduce(g)
+        if rank == 0:
+            torch.save({"loss": total.item(), "grads": grads}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+# ranks may hold different numbers of rows (an epoch's last batch); the cached loss takes each rank's loss as DDP
+# weighs it, alike (its cached gradients are each rank's loss's, unweighted): equal shares
+@pytest.mark.parametrize("options, sizes", [({"symmetric": True}, [5, 3]), ({"mini_batch_size": 2}, [4, 4])])
+def test_negatives_gathered_from_two_processes_give_one_process_on_the_whole_batch(tmp_path, options, sizes):
+    mp.spawn(_rank, args=(2, str(tmp_path / "store"), options, sizes, str(tmp_path / "out.pt")), nprocs=2)
+    ranks = torch.load(tmp_path / "out.pt")
+    alone = loss_and_grads(Contrastive(options), tiny_model(), batch_of(sum(sizes)))
+    assert ranks["loss"] == pytest.approx(alone[0], abs=1e-5)
+    for a, b in zip(alone[1], ranks["grads"]):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_without_the_gather_each_process_sees_only_its_own_rows(tmp_path):
+    """(What the gather changes: the same two processes without it are not one process on the whole batch.)"""
+    sizes = [4, 4]
+    mp.spawn(_rank, args=(2, str(tmp_path / "store"), {"gather_across_devices": False}, sizes,
+                          str(tmp_path / "out.pt")), nprocs=2)
+    alone = loss_and_grads(Contrastive(), tiny_model(), batch_of(8))
+    apart = torch.load(tmp_path / "out.pt")["loss"]
+    assert apart < alone[0] - 0.1, (apart, alone[0])  # fewer candidates: an easier loss
+
+
+def test_the_matryoshka_loss_sums_the_loss_of_each_prefix():
+    anchors, positives, negatives = torch.randn(6, 16), torch.randn(6, 16), [torch.randn(6, 16)]
+    plain = MultipleNegativesRankingLoss()
+    expected = sum(plain(anchors[:, :d], positives[:, :d], [negatives[0][:, :d]])[0] for d in (4, 8, 16))
+    assert Contrastive({"matryoshka_dims": [4, 8, 16]}).loss(anchors, positives, negatives)[0].item() == \
+        pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["task.loss.matryoshka_dims=[32,16]"], "task.loss.matryoshka_dims=[32, 16] must be increasing widths"),
+    (["task.loss.matryoshka_dims=[16,128]"], "task.loss.matryoshka_dims goes up to 128, above the embedding's 64 "
+                                             "dimensions"),
+    (["task.truncate_dim=65"], "task.truncate_dim goes up to 65, above the embedding's 64 dimensions"),
+    (["task.truncate_dim=0"], "task.truncate_dim=0 must be a positive integer"),
+    (["task.loss.mini_batch_size=64"], "task.loss.mini_batch_size=64 is above data.batch_size=16"),
+    (["task.loss.mini_batch_size=0"], "task.loss.mini_batch_size=0 must be a positive integer"),
+    (["task.loss.gather_across_devices=yes"], "task.loss.gather_across_devices='yes' must be true or false"),
+])
+def test_bad_values_are_refused_in_one_line(tmp_path, rt_files, extra, message):
+    import train
+
+    overrides = ["task=contrastive", "data=local_files", *(f"data.data_files.{s}={p}" for s, p in rt_files.items()),
+                 "data.text_pair_column=text", "data.label_column=null", *TINY, "data.batch_size=16", *extra]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as e:
+        train.train(compose(overrides, tmp_path))
+    assert "\n" not in str(e.value) and not (tmp_path / "checkpoints").exists()
+
+
+def test_truncate_dim_is_refused_by_a_task_without_embeddings(tmp_path, rt_files):
+    import train
+
+    with pytest.raises(ConfigError, match="task.truncate_dim cuts sentence embeddings; task=classification"):
+        train.train(compose([*TINY, "task.truncate_dim=8"], tmp_path))
+
+
+def test_a_cached_run_trains_the_same_weights_as_an_uncached_one(tmp_path, rt_files):
+    """Through train.py and Lightning's backward, 8 optimizer steps: the same weights either way (no dropout: the
+    two runs draw no random numbers differently)."""
+    import train
+
+    overrides = ["task=contrastive", "data=local_files", *(f"data.data_files.{s}={p}" for s, p in rt_files.items()),
+                 "data.text_pair_column=text", "data.label_column=null", *TINY, "model.dropout=0",
+                 "model.attention.dropout=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    weights = []
+    for name, extra in (("plain", []), ("cached", ["task.loss.mini_batch_size=5"])):
+        train.train(compose([*overrides, *extra], tmp_path / name))
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
