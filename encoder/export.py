@@ -36,10 +36,20 @@ FORMATS = ("encoder", "hf", "sentence-transformers")
 
 
 def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = False, format: str = "encoder",
-           int8: bool = False) -> Path:
+           int8: bool = False, normalize: bool = False, truncate_dim: int | None = None) -> Path:
     """Export a checkpoint (or re-export an export) into a new or empty folder `out_dir`. `int8`: with
-    `onnx`, also model.int8.onnx, its linear layers quantized to int8 by onnxruntime (dynamic quantization)."""
+    `onnx`, also model.int8.onnx, its linear layers quantized to int8 by onnxruntime (dynamic quantization).
+    `normalize`, `truncate_dim` (the hf and sentence-transformers formats): sentence-transformers' `encode` gives
+    unit vectors, or each vector's first `truncate_dim` dimensions (a Matryoshka model)."""
     check_choice(format, FORMATS, "--format")
+    if (normalize or truncate_dim is not None) and format == "encoder":
+        raise ValueError("--normalize and --truncate-dim shape what sentence-transformers' encode gives: add --format "
+                         "sentence-transformers (our own predictor takes them at predict time: predict --embed "
+                         "--normalize --truncate-dim N)")
+    if normalize and truncate_dim is not None:
+        raise ValueError("sentence-transformers normalises a vector before it truncates it (the cut vectors would "
+                         "not be unit length): export with --truncate-dim alone and encode with "
+                         "normalize_embeddings=True")
     if onnx and format != "encoder":
         raise ValueError("--onnx goes with --format encoder (transformers users export ONNX with optimum)")
     if int8 and not onnx:
@@ -58,7 +68,11 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, onnx: bool = F
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:  # written next to `out` and renamed when complete: no half-written export ever sits at `out`
         if format != "encoder":
-            hf.write_hf(saved, tmp, sentence_transformers_only=format == "sentence-transformers")
+            width = model.eval().embed(*task.example_input(saved.config)).shape[-1]
+            if truncate_dim is not None and not 0 < truncate_dim <= width:
+                raise ValueError(f"--truncate-dim {truncate_dim} must be from 1 to the embedding's {width} dimensions")
+            hf.write_hf(saved, tmp, sentence_transformers_only=format == "sentence-transformers", normalize=normalize,
+                        truncate_dim=truncate_dim)
         else:
             if onnx:
                 export_onnx(model, tmp / "model.onnx")
@@ -162,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="encoder", choices=FORMATS,
                         help="encoder: ours (default); hf: for transformers and sentence-transformers; "
                              "sentence-transformers: the encoder alone, for embeddings")
+    parser.add_argument("--normalize", action="store_true",
+                        help="sentence-transformers: encode gives vectors of unit length (a Normalize module)")
+    parser.add_argument("--truncate-dim", type=int,
+                        help="sentence-transformers: encode gives each vector's first N dimensions (Matryoshka)")
     args = parser.parse_args(argv)
     try:
-        out = export(args.checkpoint, args.out_dir, onnx=args.onnx, format=args.format, int8=args.int8)
+        out = export(args.checkpoint, args.out_dir, onnx=args.onnx, format=args.format, int8=args.int8,
+                     normalize=args.normalize, truncate_dim=args.truncate_dim)
     except (CheckpointError, ConfigError, FileExistsError, ValueError, ImportError) as e:
         parser.exit(2, f"error: {e}\n")
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))

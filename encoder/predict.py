@@ -7,7 +7,8 @@ in --text-column (default `text`; --text-pair-column for pairs). A table's other
 beside the prediction (a prediction field that a column already names is called `predicted_<field>`).
 Output: JSON lines on stdout, or --output FILE (.jsonl or .csv; in csv a dict field such as `probs`
 becomes one column per key; with --embed also .npy: one float32 row per text, in input order, for vector stores
-and numpy.load). Texts are predicted in blocks, with a progress bar on a terminal.
+and numpy.load). --embed --truncate-dim N keeps each vector's first N dimensions, --normalize makes it unit length.
+Texts are predicted in blocks, with a progress bar on a terminal.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--embed", action="store_true", help="print sentence embeddings instead of labels")
+    parser.add_argument("--truncate-dim", type=int, help="with --embed: the first N dimensions of each vector (a "
+                                                         "model trained with task.loss.matryoshka_dims)")
+    parser.add_argument("--normalize", action="store_true", help="with --embed: vectors of unit length (after "
+                                                                 "--truncate-dim), for dot-product search")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                         help="onnx: run an export's model.onnx with onnxruntime (export ... --onnx)")
     parser.add_argument("--int8", action="store_true", help="with --backend onnx: the int8 graph (export --onnx --int8)")
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --output {args.output} must end in .jsonl or .csv (with --embed also .npy)\n")
     if args.output and Path(args.output).suffix == ".npy" and not args.embed:
         parser.exit(2, f"error: --output {args.output} holds vectors: add --embed, or write .jsonl or .csv\n")
+    if (args.truncate_dim is not None or args.normalize) and not args.embed:
+        parser.exit(2, "error: --truncate-dim and --normalize shape embeddings: add --embed\n")
     if args.output and Path(args.output).exists():
         parser.exit(2, f"error: --output {args.output} exists; choose a new file (nothing is overwritten)\n")
     if args.output and not Path(args.output).resolve().parent.is_dir():
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             for block in progress(rows, len(rows)):
                 inputs = [inputs_of(r, args) for r in block]
                 if args.embed:
-                    results = [{"embedding": v} for v in predictor.embed(inputs).tolist()]
+                    results = [{"embedding": v} for v in embedded(predictor, inputs, args).tolist()]
                 else:
                     results = predictor.predict(inputs)
                 for row, result in zip(block, results):
@@ -105,16 +112,21 @@ def write_vectors(predictor, rows: list[dict], args) -> None:
     vectors = None
     try:
         for start, block in zip(range(0, len(rows), BLOCK), progress(rows, len(rows))):
-            embedded = predictor.embed([inputs_of(r, args) for r in block]).numpy().astype(np.float32)
+            block_vectors = embedded(predictor, [inputs_of(r, args) for r in block], args).numpy().astype(np.float32)
             if vectors is None:
                 vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                                    shape=(len(rows), embedded.shape[1]))
-            vectors[start : start + len(block)] = embedded
+                                                    shape=(len(rows), block_vectors.shape[1]))
+            vectors[start : start + len(block)] = block_vectors
         vectors.flush()
         del vectors  # (closes the mapping before the rename)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def embedded(predictor, inputs: list, args):
+    """The inputs' vectors as --truncate-dim and --normalize shape them."""
+    return predictor.embed(inputs, truncate_dim=args.truncate_dim, normalize=args.normalize)
 
 
 def set_threshold(parser: argparse.ArgumentParser, predictor, args) -> None:

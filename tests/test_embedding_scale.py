@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TINY, compose
+from test_contrastive import data, pairs  # noqa: F401 (pairs: the fixture of ciphered pairs)
 from encoder.core.errors import ConfigError
 from encoder.core.model import AttentionConfig, ModelConfig
 from encoder.tasks.contrastive import Contrastive, EncoderForSentenceEmbedding, MultipleNegativesRankingLoss, embedded
@@ -165,3 +166,98 @@ def test_a_cached_run_trains_the_same_weights_as_an_uncached_one(tmp_path, rt_fi
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.allclose(weights[0][key], weights[1][key], atol=1e-5), key
+
+
+@pytest.fixture(scope="module")
+def matryoshka_run(tmp_path_factory, pairs):
+    """A tiny embedder trained with the loss at 8 and 64 of its 64 dimensions, and its test metrics."""
+    import train
+
+    out = tmp_path_factory.mktemp("matryoshka")
+    metrics = train.train(compose([*data(pairs), *TINY, "task.loss.matryoshka_dims=[8,64]", "trainer.max_epochs=2",
+                                   "optim.lr=3e-3", "data.max_eval_samples=null", "trainer.limit_test_batches=null"],
+                                  out / "run"))
+    return out, next((out / "run" / "checkpoints").glob("best-*.ckpt")), metrics
+
+
+def test_a_truncated_evaluation_scores_the_first_dimensions_as_a_user_would(matryoshka_run, pairs):
+    import csv
+
+    import train
+    from encoder import load_model
+    from encoder.core.retrieval import retrieval_metrics, retrieval_set
+
+    out, best, metrics = matryoshka_run
+    assert 0.0 < metrics["test/ndcg@10@8d"] < 1.0 and "test/ndcg@10@64d" not in metrics  # (64: test/ndcg@10)
+    cut = train.train(compose([*data(pairs), *TINY, "train=false", f"ckpt_path={best}", "task.truncate_dim=8",
+                               "data.max_eval_samples=null", "trainer.limit_test_batches=null"], out / "cut"))
+    assert cut["test/ndcg@10"] == pytest.approx(metrics["test/ndcg@10@8d"], abs=1e-5)
+    with open(pairs["test"], encoding="utf-8") as f:  # by hand: the vectors predict gives, cut to 8 dimensions
+        rows = list(csv.DictReader(f))
+    queries, documents, relevant = retrieval_set([r["anchor"] for r in rows], [r["positive"] for r in rows])
+    model = load_model(best)
+    a = model.embed([rows[q]["anchor"] for q in queries], truncate_dim=8, normalize=True)
+    d = model.embed([rows[i]["positive"] for i in documents], truncate_dim=8, normalize=True)
+    assert a.shape[1] == 8 and torch.allclose(a.norm(dim=1), torch.ones(len(a)), atol=1e-5)
+    assert retrieval_metrics(a @ d.T, relevant)["ndcg@10"] == pytest.approx(cut["test/ndcg@10"], abs=1e-4)
+    assert cut["test/ndcg@10"] < metrics["test/ndcg@10"]  # (8 of 64 dimensions carry less)
+
+
+def test_the_sentence_transformers_export_gives_our_normalised_and_truncated_vectors(matryoshka_run, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from encoder import load_model
+    from encoder.export import export
+
+    _, best, _ = matryoshka_run
+    texts = ["a gorgeous, witty, seductive movie", "dull and lifeless", "an hour too long"]
+    ours = load_model(best)
+    unit = SentenceTransformer(str(export(best, tmp_path / "unit", format="sentence-transformers", normalize=True)),
+                               device="cpu")
+    assert torch.allclose(unit.encode(texts, convert_to_tensor=True), ours.embed(texts, normalize=True), atol=1e-5)
+    short = SentenceTransformer(str(export(best, tmp_path / "short", format="sentence-transformers",
+                                           truncate_dim=8)), device="cpu")
+    assert short.truncate_dim == 8
+    assert torch.allclose(short.encode(texts, convert_to_tensor=True), ours.embed(texts, truncate_dim=8), atol=1e-5)
+    assert torch.allclose(short.encode(texts, convert_to_tensor=True, normalize_embeddings=True),
+                          ours.embed(texts, truncate_dim=8, normalize=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"format": "sentence-transformers", "truncate_dim": 65}, "--truncate-dim 65 must be from 1 to the embedding's "
+                                                               "64 dimensions"),
+    ({"format": "sentence-transformers", "truncate_dim": 8, "normalize": True}, "sentence-transformers normalises a "
+                                                                                "vector before it truncates it"),
+    ({"truncate_dim": 8}, "--normalize and --truncate-dim shape what sentence-transformers' encode gives"),
+])
+def test_bad_export_options_are_refused_in_one_line_and_write_nothing(matryoshka_run, tmp_path, options, message):
+    from encoder.export import export
+
+    with pytest.raises(ValueError, match=message) as e:
+        export(matryoshka_run[1], tmp_path / "out", **options)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_predict_writes_truncated_unit_vectors_in_input_order(matryoshka_run, tmp_path):
+    import json
+
+    import numpy as np
+
+    from encoder import load_model
+    from encoder.predict import main
+
+    _, best, _ = matryoshka_run
+    texts = ["dull and lifeless", "a gorgeous, witty, seductive movie", "an hour too long"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    expected = load_model(best).embed(texts, truncate_dim=8, normalize=True).numpy()
+    for name in ("v.npy", "v.jsonl"):
+        assert main([str(best), "--file", str(tmp_path / "texts.txt"), "--embed", "--truncate-dim", "8",
+                     "--normalize", "--output", str(tmp_path / name)]) == 0
+    assert np.allclose(np.load(tmp_path / "v.npy"), expected, atol=1e-6)
+    lines = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in lines] == texts and np.allclose([r["embedding"] for r in lines], expected, atol=1e-6)
+    with pytest.raises(SystemExit) as e:
+        main([str(best), "a text", "--truncate-dim", "8"])
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="truncate_dim=65 must be a whole number from 1 to the embedding's 64"):
+        load_model(best).embed(texts, truncate_dim=65)

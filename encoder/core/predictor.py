@@ -73,9 +73,22 @@ class Predictor:
                 outputs[i] = result[row]
         return torch.stack(outputs) if outputs else torch.empty(0)
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """[len(texts), embed_dim] pooled sentence vectors (model.pooling: [CLS] or mean)."""
-        return self._run(texts, self.model.embed)
+    def embed(self, texts: list[str], truncate_dim: int | None = None, normalize: bool = False) -> torch.Tensor:
+        """[len(texts), embed_dim] pooled sentence vectors (model.pooling: [CLS] or mean). `truncate_dim`: their
+        first that many dimensions (a Matryoshka model's narrower embedding); `normalize`: each (after the cut) of
+        unit length, so that a dot product is their cosine (sentence-transformers' encode(truncate_dim=...,
+        normalize_embeddings=True))."""
+        if truncate_dim is not None and (not isinstance(truncate_dim, int) or isinstance(truncate_dim, bool)
+                                         or not 0 < truncate_dim <= self.width):
+            raise ValueError(f"truncate_dim={truncate_dim!r} must be a whole number from 1 to the embedding's "
+                             f"{self.width} dimensions")
+        vectors = self._run(texts, self.model.embed)[..., :truncate_dim]
+        return torch.nn.functional.normalize(vectors, dim=-1) if normalize and len(vectors) else vectors
+
+    @property
+    def width(self) -> int:
+        """How many dimensions `embed` gives."""
+        return self._run(["width"], self.model.embed).shape[-1]
 
 
 def finite(outputs: torch.Tensor, chunk: list[int]) -> torch.Tensor:

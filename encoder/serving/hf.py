@@ -132,10 +132,12 @@ def to_bert(model: torch.nn.Module):
     return bert.train(model.training)
 
 
-def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> None:
+def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, normalize: bool = False,
+             truncate_dim: int | None = None) -> None:
     """`saved` (encoder.core.checkpoint.Saved) as a folder `transformers` loads with no code of ours
     (AutoModelFor<Task>, AutoTokenizer, pipelines) that is also a sentence-transformers model whose
-    `encode` is our `embed`. `sentence_transformers_only`: the encoder alone (a BertModel)."""
+    `encode` is our `embed`. `sentence_transformers_only`: the encoder alone (a BertModel). `normalize`: its
+    vectors of unit length (a Normalize module), `truncate_dim`: their first that many dimensions (its config)."""
     from safetensors.torch import save_file
 
     # a task without a transformers class of its own (embedding: its projection is sentence-transformers'
@@ -172,6 +174,13 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False) -> N
         (folder / "2_Dense").mkdir()
         save_file({k: v.contiguous() for k, v in dense.items()}, folder / "2_Dense" / "model.safetensors",
                   metadata={"format": "pt"})
+    if normalize:
+        files["modules.json"].append({"idx": len(files["modules.json"]), "name": str(len(files["modules.json"])),
+                                      "path": f"{len(files['modules.json'])}_Normalize",
+                                      "type": "sentence_transformers.models.Normalize"})
+        (folder / files["modules.json"][-1]["path"]).mkdir()
+    if truncate_dim is not None:
+        files["config_sentence_transformers.json"] = {"truncate_dim": truncate_dim}
     (folder / "1_Pooling").mkdir()
     for name, content in files.items():
         (folder / name).write_text(json.dumps(content, indent=2), encoding="utf-8")
