@@ -261,3 +261,77 @@ def test_predict_writes_truncated_unit_vectors_in_input_order(matryoshka_run, tm
     assert e.value.code == 2
     with pytest.raises(ValueError, match="truncate_dim=65 must be a whole number from 1 to the embedding's 64"):
         load_model(best).embed(texts, truncate_dim=65)
+
+
+def mined_by_hand(model, rows: list[dict], negatives: int, first: int, last: int, margin: float) -> list[list[str]]:
+    """Each kept anchor's negatives, from the whole score matrix at once."""
+    corpus = list(dict.fromkeys(r["positive"] for r in rows))
+    scores = model.embed([r["anchor"] for r in rows], normalize=True) @ model.embed(corpus, normalize=True).T
+    out = []
+    for i, r in enumerate(rows):
+        own = {corpus.index(x["positive"]) for x in rows if x["anchor"] == r["anchor"]}
+        ranked = [d for d in scores[i].argsort(descending=True).tolist() if d not in own][first - 1 : last]
+        chosen = [corpus[d] for d in ranked if scores[i, d] <= scores[i, corpus.index(r["positive"])] - margin]
+        out.append(chosen[:negatives] if len(chosen) >= negatives else None)
+    return out
+
+
+def test_mining_takes_negatives_within_the_rank_range_and_below_the_margin(matryoshka_run, pairs, tmp_path,
+                                                                            monkeypatch, capsys):
+    import csv
+    import json
+
+    from encoder import load_model, mine
+
+    _, best, _ = matryoshka_run
+    with open(pairs["validation"], encoding="utf-8") as f:
+        rows = [{"anchor": r["anchor"], "positive": r["positive"]} for r in csv.DictReader(f)]
+    monkeypatch.setattr(mine, "BLOCK", 37)  # anchors and corpus in many blocks: the running top-k across them
+    args = [str(best), str(pairs["validation"]), "--negatives", "2", "--range", "3", "40", "--margin", "0.003",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert mine.main([*args[:2], str(tmp_path / "mined.jsonl"), *args[2:]]) == 0
+    expected = mined_by_hand(load_model(best), rows, 2, 3, 40, 0.003)  # (this weak model's cosines lie close)
+    written = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+    kept = [(r, e) for r, e in zip(rows, expected) if e is not None]
+    assert 0 < len(kept) < len(rows)  # (some anchors have too few candidates below the margin: left out)
+    assert [(w["anchor"], w["positive"], [w["negative_1"], w["negative_2"]]) for w in written] == \
+        [(r["anchor"], r["positive"], e) for r, e in kept]
+    assert f"{len(kept)} of {len(rows)} pairs" in capsys.readouterr().err
+    cached = list((tmp_path / "cache" / "mined").iterdir())
+    assert len(cached) == 1  # the corpus's vectors, read back by the next mining of the same corpus:
+    assert mine.main([*args[:2], str(tmp_path / "again.csv"), *args[2:]]) == 0
+    assert list((tmp_path / "cache" / "mined").iterdir()) == cached
+    with open(tmp_path / "again.csv", encoding="utf-8") as f:
+        assert [r["negative_2"] for r in csv.DictReader(f)] == [w["negative_2"] for w in written]
+
+
+def test_mining_with_bm25_never_takes_a_positive_as_a_negative(rt_files, tmp_path):
+    import csv
+    import json
+
+    from encoder.mine import main
+
+    with open(rt_files["validation"], encoding="utf-8") as f:  # five words of a snippet -> the snippet
+        texts = [r["text"] for _, r in zip(range(300), csv.DictReader(f))]
+    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("anchor", "positive"), *((" ".join(t.split()[:5]), t) for t in texts)])
+    assert main(["bm25", str(tmp_path / "pairs.csv"), str(tmp_path / "bm25.jsonl"), "--range", "1", "5"]) == 0
+    written = [json.loads(line) for line in (tmp_path / "bm25.jsonl").read_text().splitlines()]
+    positives = {}
+    for w in written:
+        positives.setdefault(w["anchor"], set()).add(w["positive"])
+    assert len(written) > 100 and all(w["negative_1"] not in positives[w["anchor"]] for w in written)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--margin", "-0.1"], "--margin -0.1 0 or more"),
+    (["--range", "9", "3"], "--range 9 3 ranks from 1 up"),
+    (["--range", "1", "2", "--negatives", "3"], "--range 1 2 holds 2 ranks, fewer than --negatives 3"),
+])
+def test_bad_mining_options_are_refused_in_one_line(pairs, tmp_path, capsys, extra, message):
+    from encoder.mine import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bm25", str(pairs["validation"]), str(tmp_path / "out.jsonl"), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "out.jsonl").exists()

@@ -123,7 +123,7 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
     """`raw` splits with a `teacher` column: the teacher's L2-normalised sentence vector of each text (extra text
     appended to train)."""
     predictor = embedder(task.teacher, task.batch_size)
-    digest = _teacher_digest(Path(task.teacher))
+    digest = embedder_digest(Path(task.teacher))
     if task.extra_text:
         extra = _extra_texts(task.extra_text, task.extra_text_column, data, raw, cache_dir, predictor.tokenizer)
         train = raw["train"].select_columns([data.text_column])
@@ -163,7 +163,8 @@ def embedder(teacher: str, batch_size: int = 128) -> Predictor:
     return Predictor(model, tokenizer, min(cfg.max_positions, 512), batch_size).to(device)
 
 
-def _teacher_digest(path: Path) -> str:
+def embedder_digest(path: Path) -> str:
+    """Identifies an embedder: its weights' digest (ours), its model.safetensors' (a BERT-style folder)."""
     if path.is_file() or checkpoint.is_export(path):
         return _weights_digest(path)
     return sha256(path / "model.safetensors")[:16]
