@@ -281,7 +281,8 @@ def test_mining_takes_negatives_within_the_rank_range_and_below_the_margin(matry
     import csv
     import json
 
-    from encoder import load_model, mine
+    from encoder import load_model
+    from encoder.training import mine
 
     _, best, _ = matryoshka_run
     with open(pairs["validation"], encoding="utf-8") as f:
@@ -309,7 +310,7 @@ def test_mining_with_bm25_never_takes_a_positive_as_a_negative(rt_files, tmp_pat
     import csv
     import json
 
-    from encoder.mine import main
+    from encoder.training.mine import main
 
     with open(rt_files["validation"], encoding="utf-8") as f:  # five words of a snippet -> the snippet
         texts = [r["text"] for _, r in zip(range(300), csv.DictReader(f))]
@@ -329,7 +330,7 @@ def test_mining_with_bm25_never_takes_a_positive_as_a_negative(rt_files, tmp_pat
     (["--range", "1", "2", "--negatives", "3"], "--range 1 2 holds 2 ranks, fewer than --negatives 3"),
 ])
 def test_bad_mining_options_are_refused_in_one_line(pairs, tmp_path, capsys, extra, message):
-    from encoder.mine import main
+    from encoder.training.mine import main
 
     with pytest.raises(SystemExit) as e:
         main(["bm25", str(pairs["validation"]), str(tmp_path / "out.jsonl"), *extra])

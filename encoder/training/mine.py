@@ -1,4 +1,4 @@
-"""Command line: python -m encoder.mine EMBEDDER PAIRS OUT [--negatives N] [--range FROM TO] [--margin M] -> OUT.
+"""Command line: python -m encoder.training.mine EMBEDDER PAIRS OUT [--negatives N] [--range FROM TO] [--margin M] -> OUT.
 
 Hard negatives for task=contrastive, as sentence-transformers' mine_hard_negatives finds them: every distinct
 positive of PAIRS (and every text of --corpus) is a candidate; each anchor's candidates are ranked by EMBEDDER (the
@@ -38,7 +38,7 @@ BLOCK = 1024  # anchors scored at once, and corpus rows per block: the scores in
 
 
 def arguments() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m encoder.mine", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m encoder.training.mine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("embedder", help="a checkpoint or export, a sentence-transformers folder, all-MiniLM-L6-v2, "
                                          "or bm25")
