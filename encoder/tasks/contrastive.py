@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -93,11 +94,10 @@ def gathered(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(every DDP rank's `rows`, concatenated in rank order, with gradients flowing back to each rank's own; how
     many rows the ranks before this one hold). `rows` itself outside DDP. Ranks may hold different numbers of rows
     (the last batch of an epoch)."""
-    import torch.distributed as dist
-    from torch.distributed._functional_collectives import all_gather_single_autograd
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return rows, 0
+    from torch.distributed._functional_collectives import all_gather_single_autograd  # (under DDP only)
+
     counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
     counts = [int(c) for c in counts]
