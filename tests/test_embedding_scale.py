@@ -336,3 +336,19 @@ def test_bad_mining_options_are_refused_in_one_line(pairs, tmp_path, capsys, ext
         main(["bm25", str(pairs["validation"]), str(tmp_path / "out.jsonl"), *extra])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_onnx_and_int8_graphs_give_the_embeddings(matryoshka_run, tmp_path):
+    import torch.nn.functional as F
+
+    from encoder import load_model
+    from encoder.export import export
+
+    _, best, _ = matryoshka_run
+    folder = export(best, tmp_path / "onnx", onnx=True, int8=True)
+    texts = ["a gorgeous, witty, seductive movie", "dull and lifeless", "an hour too long"]
+    ours = load_model(best).embed(texts, truncate_dim=8, normalize=True)
+    graph = load_model(folder, backend="onnx").embed(texts, truncate_dim=8, normalize=True)
+    assert torch.allclose(graph, ours, atol=1e-4)
+    int8 = load_model(folder, backend="onnx", int8=True).embed(texts, truncate_dim=8, normalize=True)
+    assert F.cosine_similarity(int8, ours).min() > 0.99 and not torch.equal(int8, graph)  # (int8: close, not equal)
