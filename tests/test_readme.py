@@ -28,7 +28,8 @@ BUDGET = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limi
           "~callbacks.tensorboard_visuals", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"]
 # files a reader brings along (their own data, a BERT folder, checkpoints of tasks trained on them)
 OWN_FILES = ("/path/to", "pairs.csv", "train.jsonl", "corpus.txt", "corpus/", "nli.csv", "new.csv", "pairs.ckpt", "ner.ckpt",
-             "emotions.ckpt", "bert_style.ckpt", "train.csv", "unlabelled.csv", "reviews.csv")  # (tables: tests/test_predict_files.py)
+             "emotions.ckpt", "bert_style.ckpt", "train.csv", "unlabelled.csv", "reviews.csv",  # (tables: tests/test_predict_files.py)
+             "mined.csv")  # (what the README's mining line writes from pairs.csv: the last test below runs both)
 
 
 def commands(prefix: str) -> list[list[str]]:
@@ -59,12 +60,12 @@ def needs_earlier(args: list[str]) -> bool:
     return any(p in " ".join(args) for p in ("outputs/", "my_export/", "ckpt_path="))
 
 
-CHECKED = ("python train.py", "python -m encoder.predict", "python -m encoder.export")
+CHECKED = ("python train.py", "python -m encoder.predict", "python -m encoder.export", "python -m encoder.training.mine")
 
 
 def test_no_readme_command_escapes_these_tests():
-    """Each line of the README's bash blocks is a train.py, predict or export command (composed and built below,
-    run where offline), one of the two setup lines (the second is exactly what .ci/run runs; the first ends in
+    """Each line of the README's bash blocks is a train.py, predict, export or mining command (composed and built
+    below, run where offline), one of the two setup lines (the second is exactly what .ci/run runs; the first ends in
     `python train.py`, run below), or torchrun launching train.py (tests/test_distributed.py runs DDP)."""
     blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
     lines = [re.split(r"\s+#\s", line.strip())[0] for block in blocks for line in block.replace("\\\n", " ").splitlines()]
@@ -75,7 +76,7 @@ def test_no_readme_command_escapes_these_tests():
     launched = [line for line in lines if line.startswith("torchrun") and " train.py " in line]
     unchecked = [line for line in lines if not line.startswith(CHECKED) and line not in setup + launched]
     assert unchecked == []
-    assert TRAIN and commands("python -m encoder.predict") and commands("python -m encoder.export")
+    assert TRAIN and all(commands(line) for line in CHECKED[1:])
 
 
 @pytest.mark.parametrize("args", [a for a in TRAIN if "--help" not in a and "resume=auto" not in a],
@@ -140,8 +141,11 @@ def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
         "regression.ckpt": str(next((runs["task=regression data=vader_sentiment"] / "checkpoints").glob("best-*"))),
         "mlm.ckpt": str(runs["task=mlm data=rotten_tomatoes_corpus"] / "checkpoints" / "last.ckpt"),
         "best.ckpt": best,
+        "embedder.ckpt": str(next((runs["experiment=minilm_bible_quotes task.loss.matryoshka_dims=[96,192,384]"] /
+                                   "checkpoints").glob("best-*.ckpt"))),  # the README's Matryoshka embedder
         "my_model/": str(out / ("my_model_onnx" if onnx else "my_model")),
         "my_model_int8/": str(out / "my_model_int8"), "st_model/": str(out / "st_model"),
+        "st_model_96/": str(out / "st_model_96"), "vectors_96.npy": str(out / "vectors_96.npy"),
         "my_export/": str(out / "my_export"),  # the README's model=tiny run, exported
         "texts.txt": str(out / "texts.txt"), "vectors.npy": str(out / "vectors.npy"),
     }
@@ -195,3 +199,28 @@ def test_the_offline_readme_commands_run_as_written(produced):
         resumed = None if "train=false" in filled else resumed  # (an evaluation writes a run folder of its own)
         # a resume continues in its checkpoint's run directory; anything else starts a new one
         train.train(compose([*filled, *BUDGET], Path(resumed).parents[1] if resumed else out / f"later{i}"))
+
+
+def test_the_readme_mining_line_writes_negatives_that_its_training_line_learns_from(tmp_path, rt_files):
+    """`python -m encoder.training.mine all-MiniLM-L6-v2 pairs.csv mined.csv ...` as written, on (question, answer)
+    pairs of real critic snippets, then the README's training line on what it wrote."""
+    import csv
+
+    import train
+    from encoder.training import mine
+
+    with open(rt_files["train"], encoding="utf-8") as f:
+        texts = [r["text"] for _, r in zip(range(120), csv.DictReader(f))]
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", newline="", encoding="utf-8") as f:  # a question: a snippet's first half; the answer: the rest
+        csv.writer(f).writerows([("question", "answer"), *((t[: len(t) // 2], t[len(t) // 2 :]) for t in texts)])
+    (line,) = commands("python -m encoder.training.mine")
+    filled = [str(pairs) if a == "pairs.csv" else str(tmp_path / "mined.csv") if a == "mined.csv" else a for a in line]
+    assert mine.main(filled) == 0
+    with open(tmp_path / "mined.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 30 and all(r["negative_1"] not in (r["answer"], "") for r in rows)
+    (args,) = [a for a in TRAIN if "data.data_files.train=mined.csv" in a]
+    filled = [a.replace("mined.csv", str(tmp_path / "mined.csv")) for a in args]
+    metrics = train.train(compose([*filled, *BUDGET], tmp_path / "run"))
+    assert any(k.startswith("val/") for k in metrics)

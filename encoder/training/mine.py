@@ -33,6 +33,7 @@ import torch
 from encoder.core.errors import CheckpointError, ConfigError
 from encoder.predict import open_output, read_table
 from encoder.training.data.teacher import PRETRAINED, embedder, embedder_digest
+from encoder.training.packages import default_cache_dir
 
 BLOCK = 1024  # anchors scored at once, and corpus rows per block: the scores in memory are BLOCK x BLOCK
 
@@ -53,7 +54,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=float, default=0.05,
                         help="a negative scores at most the positive's score minus this (default 0.05)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts embedded at once")
-    parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/encoder"))
+    parser.add_argument("--cache-dir", default=str(default_cache_dir()), help="default: $ENCODER_CACHE or ~/.cache/encoder")
     return parser
 
 
