@@ -352,3 +352,57 @@ def test_the_onnx_and_int8_graphs_give_the_embeddings(matryoshka_run, tmp_path):
     assert torch.allclose(graph, ours, atol=1e-4)
     int8 = load_model(folder, backend="onnx", int8=True).embed(texts, truncate_dim=8, normalize=True)
     assert F.cosine_similarity(int8, ours).min() > 0.99 and not torch.equal(int8, graph)  # (int8: close, not equal)
+
+
+def test_the_teacher_score_loss_is_the_kl_of_the_two_rankings_mixed_with_the_loss():
+    import math
+
+    from encoder.tasks.contrastive import TeacherScores
+
+    anchors, positives = torch.tensor([[1.0, 0.0], [0.6, 0.8]]), torch.tensor([[2.0, 0.1], [0.0, 1.0]])
+    negatives = [torch.tensor([[1.0, 1.0], [-1.0, 0.0]])]
+    unit = lambda v: [x / math.hypot(*v) for x in v]  # noqa: E731
+    teacher = torch.tensor([[unit([1, 1]), unit([1, 2]), unit([0, 1])], [unit([1, 0]), unit([2, 1]), unit([1, -1])]])
+    scale, alpha, T = 10.0, 0.3, 2.0
+    loss, _ = TeacherScores(MultipleNegativesRankingLoss(scale=scale), scale, alpha, T)(
+        anchors, positives, negatives, teacher)
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))  # noqa: E731
+    candidates = [positives[0].tolist(), positives[1].tolist(), negatives[0][0].tolist(), negatives[0][1].tolist()]
+    taught = [teacher[0, 1].tolist(), teacher[1, 1].tolist(), teacher[0, 2].tolist(), teacher[1, 2].tolist()]
+    kl = 0.0
+    for i in range(2):  # KL(teacher || student) of each anchor's softmax over the 4 candidates, at temperature T
+        s = [scale * cos(anchors[i].tolist(), c) / T for c in candidates]
+        t = [scale * cos(teacher[i, 0].tolist(), c) / T for c in taught]
+        p = [math.exp(x) / sum(math.exp(y) for y in t) for x in t]
+        q = [math.exp(x) / sum(math.exp(y) for y in s) for x in s]
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)) / 2
+    plain = MultipleNegativesRankingLoss(scale=scale)(anchors, positives, negatives)[0].item()
+    assert loss.item() == pytest.approx((1 - alpha) * plain + alpha * kl * T * T, rel=1e-5)
+
+
+def test_a_student_learns_its_teachers_scores_from_a_cached_teacher_column(matryoshka_run, pairs, tmp_path):
+    import train
+    from encoder import load_model
+    from encoder.training.data.datamodule import TextDataModule
+
+    _, best, _ = matryoshka_run
+    dm = TextDataModule(task="contrastive", data_files={s: str(p) for s, p in pairs.items()}, text_column="anchor",
+                        text_pair_column="positive", negative_columns=["negative"], max_length=32,
+                        tokenizer={"vocab_size": 500}, cache_dir=str(tmp_path / "cache"), distill={"teacher": str(best)})
+    dm.setup()
+    raw, row = dm.raw["train"][3], dm.datasets["train"][3]
+    expected = load_model(best).embed([raw["anchor"], raw["positive"], raw["negative"]], normalize=True)
+    assert torch.allclose(torch.tensor(row["teacher"]), expected, atol=1e-5)  # [texts, width]: each text's vector
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["teacher"].shape == (len(batch["input_ids"]), 3, 64)
+    metrics = train.train(compose([*data(pairs, "data.negative_columns=[negative]"), *TINY, f"distill.teacher={best}",
+                                   "task.loss.mini_batch_size=8"], tmp_path / "run"))
+    assert 0.0 < metrics["test/ndcg@10"] <= 1.0
+
+
+def test_a_taught_contrastive_task_refuses_single_extra_texts(pairs, tmp_path, matryoshka_run):
+    import train
+
+    with pytest.raises(ConfigError, match="distill.extra_text and distill.augment add single texts; task=contrastive"):
+        train.train(compose([*data(pairs), *TINY, f"distill.teacher={matryoshka_run[1]}",
+                             "distill.extra_text=rotten_tomatoes_corpus"], tmp_path))

@@ -61,6 +61,7 @@ class Task(ABC):
     confusion_matrix: bool = False  # TensorBoard draws one per validation epoch
     carries: tuple[str, ...] = ()  # more columns its batches carry (a teacher's outputs: training/data/teacher.py)
     needs_teacher: bool = False  # it learns from distill.teacher alone (embedding), which must be set
+    teachable: bool = False  # it may learn from distill.teacher by itself (`with_teacher`; contrastive: its scores)
     # what a teacher gives it, per text (encoder/training/data/teacher.py runs the teacher): "outputs" (a task
     # teacher's logits or value: distillation), "embeddings" (a sentence embedder's vectors), None: no teacher
     learns_from: str | None = None
@@ -98,8 +99,8 @@ class Task(ABC):
         raise NotImplementedError(f"task={self.name} trains its head with the optimizer")
 
     def with_teacher(self, teacher_width: int, **distill) -> "Task":
-        """A task with `needs_teacher`: itself learning from `distill["teacher"]` (DistillConfig's fields), whose
-        vectors are `teacher_width` wide (encoder/training/data/teacher.py runs the teacher and measures it)."""
+        """A task with `needs_teacher` or `teachable`: itself learning from `distill["teacher"]` (DistillConfig's
+        fields), whose vectors are `teacher_width` wide (encoder/training/data/teacher.py runs the teacher and measures it)."""
         raise NotImplementedError(f"task={self.name} does not learn from a teacher by itself")
 
     # ---- what an example's label is: read by the data checks, learnt by the model, batched by the collator ----

@@ -28,6 +28,7 @@ column (an STS set) are scored by `spearman` instead: the rank correlation of ea
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -125,6 +126,30 @@ class Matryoshka:
         return total, hits
 
 
+class TeacherScores:
+    """With distill.teacher: `loss` mixed with the teacher's ranking of each anchor's candidates (every positive of
+    the batch and every negative), alpha x T^2 x KL(softmax(teacher / T) || softmax(student / T)), where each
+    side's logits are `scale` x cosine (the teacher's from its own vectors, `teacher`: [batch, texts, width]), and
+    (1 - alpha) x `loss` (sentence-transformers' DistillKLDivLoss, over in-batch candidates as well). The ranking a
+    student made of a teacher's layers learns, not only its vectors."""
+
+    def __init__(self, loss, scale: float, alpha: float, temperature: float):
+        self.loss, self.scale, self.alpha, self.temperature = loss, scale, alpha, temperature
+
+    def __call__(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: list[torch.Tensor],
+                 teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the mixed loss, the hits of `loss`)."""
+        loss, hits = self.loss(anchors, positives, negatives)
+        candidates = F.normalize(torch.cat([positives, *negatives]), dim=-1)
+        student = self.scale * F.normalize(anchors, dim=-1) @ candidates.T
+        mine = teacher[:, 1:].transpose(0, 1).reshape(-1, teacher.shape[-1])  # (the candidates' order above)
+        taught = self.scale * teacher[:, 0] @ mine.T
+        T = self.temperature
+        kl = F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(taught / T, -1), log_target=True,
+                      reduction="batchmean") * T * T
+        return (1 - self.alpha) * loss + self.alpha * kl, hits
+
+
 LOSSES = {"mnrl": MultipleNegativesRankingLoss}
 
 
@@ -146,13 +171,14 @@ class Contrastive(Task):
     onnx = True
     model_class = EncoderForSentenceEmbedding
     predictor_class = EmbeddingPredictor
-    carries = ("score",)  # graded pairs (STS): evaluated by Spearman
+    teachable = True  # with distill.teacher: also the teacher's scores of each anchor's candidates
 
-    def __init__(self, loss: dict | None = None, truncate_dim: int | None = None):
+    def __init__(self, loss: dict | None = None, truncate_dim: int | None = None, teacher: dict | None = None):
         """`loss`: {"name": one of LOSSES, its options, and two that go with any of them: `matryoshka_dims`
         (increasing widths: the loss summed at each prefix of the vectors) and `mini_batch_size` (GradCache: the
         batch embedded that many texts at a time, for batches larger than memory holds)}. `truncate_dim`: the
-        retrieval metrics score the first that many dimensions of each vector."""
+        retrieval metrics score the first that many dimensions of each vector. `teacher`: DistillConfig's fields
+        (`with_teacher`)."""
         self.options = dict(loss or {})
         options = dict(self.options)
         name = options.pop("name", "mnrl")
@@ -171,14 +197,30 @@ class Contrastive(Task):
             raise ConfigError(f"task.truncate_dim={truncate_dim!r} must be a positive integer (null: every dimension)")
         self.truncate_dim = truncate_dim
         self.loss = LOSSES[name](**options)
+        scale = options.get("scale", 20.0)
         if self.dims:
             self.loss = Matryoshka(self.loss, list(self.dims))
+        self.distill = dict(teacher or {})
+        self.teacher = self.distill.get("teacher")
+        if self.teacher:  # the teacher's unit vectors of each text: its scores of every candidate, as `teacher`
+            self.loss = TeacherScores(self.loss, scale, self.distill.get("alpha", 0.5),
+                                      self.distill.get("temperature", 1.0))
+        self.batch_size = self.distill.get("batch_size", 128)  # (the teacher's, as embedding's)
+
+    # graded pairs (STS, evaluated by Spearman); taught, the teacher's vectors of each text
+    carries = property(lambda self: ("score", "teacher") if self.teacher else ("score",))
+    learns_from = property(lambda self: "embeddings" if self.teacher else None)
+    extra_text = augment = None  # (teacher.py asks; check_teaching refuses them for this task)
 
     def with_loss(self, loss: dict) -> "Contrastive":
-        return Contrastive(loss, self.truncate_dim)
+        return Contrastive(loss, self.truncate_dim, self.distill)
 
     def evaluated_at(self, truncate_dim: int | None) -> "Contrastive":
-        return Contrastive(self.options, truncate_dim)
+        return Contrastive(self.options, truncate_dim, self.distill)
+
+    def with_teacher(self, teacher_width: int, **distill) -> "Contrastive":
+        """Also learning the ranking `distill["teacher"]` gives each anchor's candidates (any width: its scores)."""
+        return Contrastive(self.options, self.truncate_dim, distill)
 
     def architecture(self, model: dict) -> dict:
         if model.get("pooler"):
@@ -200,11 +242,14 @@ class Contrastive(Task):
         texts = [(batch["input_ids"], batch["padding_mask"])] + [
             (batch[f"input_ids_{i}"], batch[f"padding_mask_{i}"])
             for i in range(1, sum(key.startswith("input_ids_") for key in batch) + 1)]  # positive, hard negatives
+        loss_fn = self.loss
+        if self.teacher:
+            loss_fn = functools.partial(self.loss, teacher=batch["teacher"].float())
         if self.mini_batch_size and torch.is_grad_enabled():
-            loss, right, vectors = cached_loss(model, texts, self.mini_batch_size, self.loss)
+            loss, right, vectors = cached_loss(model, texts, self.mini_batch_size, loss_fn)
         else:
             vectors = [embedded(model, ids, mask, self.mini_batch_size) for ids, mask in texts]
-            loss, right = self.loss(vectors[0], vectors[1], vectors[2:])
+            loss, right = loss_fn(vectors[0], vectors[1], vectors[2:])
         anchors, positives = (v.detach()[:, : self.truncate_dim] for v in vectors[:2])
         return ContrastiveStep(loss, right, torch.ones_like(right), len(anchors), anchors, positives,
                                text_keys(*texts[0]), text_keys(*texts[1]), batch.get("score"))

@@ -43,7 +43,10 @@ def check_teaching(task: Task, distill: dict) -> None:
     if distill.get("teacher") and task.fits_head:
         raise ConfigError("distill.teacher: task.loss.name=setfit learns from label pairs and fits its head; distil "
                           "afterwards (its checkpoint as distill.teacher of a student), or drop distill.teacher")
-    if distill.get("teacher") and task.label_kind not in UNLABELLED and not task.needs_teacher:
+    if distill.get("teacher") and task.teachable and (distill.get("extra_text") or distill.get("augment")):
+        raise ConfigError(f"distill.extra_text and distill.augment add single texts; task={task.name} learns from its "
+                          f"examples' texts together: drop them")
+    if distill.get("teacher") and task.label_kind not in UNLABELLED and not (task.needs_teacher or task.teachable):
         raise ConfigError(f"distill.teacher: task={task.name} cannot be distilled yet (only classification and "
                           f"regression: their teachers give one output per text); drop distill.teacher")
 

@@ -72,7 +72,7 @@ def build_task(name: str, distill: dict | None, loss: dict | None = None,
     check_teaching(task, distill or {})
     if not distill or not distill.get("teacher"):
         return task
-    if task.needs_teacher:  # a task that learns from a teacher by itself (embedding): it needs its width
+    if task.needs_teacher or task.teachable:  # a task that learns from a teacher by itself: it needs its width
         width = embedder(distill["teacher"], distill.get("batch_size", 128)).embed(["width"]).shape[-1]
         return task.with_teacher(teacher_width=width, **distill)
     return Distilled(task, **distill)
@@ -121,7 +121,8 @@ def _task_outputs(task: Distilled, raw: dict, data, label_names: list[str] | Non
 
 def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
     """`raw` splits with a `teacher` column: the teacher's L2-normalised sentence vector of each text (extra text
-    appended to train)."""
+    appended to train); for a task whose example is several texts (`texts_apart`), the vectors of each of its texts
+    ([texts, width] per example: the anchor, the positive, the negatives the split has)."""
     predictor = embedder(task.teacher, task.batch_size)
     digest = embedder_digest(Path(task.teacher))
     if task.extra_text:
@@ -131,16 +132,23 @@ def _embeddings(task: Task, raw: dict, data, cache_dir: Path) -> dict:
         log.info("task=%s: %d extra texts join %d training texts", task.name, len(extra),
                  len(raw["train"]) - len(extra))
 
-    def run_teacher(batch: dict) -> dict:
-        vectors = predictor.embed([as_text(t) for t in batch[data.text_column]])
-        return {"teacher": F.normalize(vectors, dim=-1).tolist()}
+    def run_teacher(batch: dict, columns: list[str]) -> dict:
+        vectors = [predictor.embed([as_text(t) for t in batch[c]], normalize=True) for c in columns]
+        return {"teacher": (torch.stack(vectors, 1) if task.texts_apart else vectors[0]).tolist()}
 
-    out = {split: ds.select_columns([data.text_column]).map(
-        run_teacher, batched=True, batch_size=1024, desc=f"teacher embeddings ({split})",
-        new_fingerprint=fingerprint(ds._fingerprint, data.text_column, digest, "embedding-v1"))
-        for split, ds in raw.items()}
+    out = {}
+    for split, ds in raw.items():
+        if task.texts_apart:  # every text of an example, and what else it carries (a graded pair's score)
+            texts = [c for c in (data.text_column, data.text_pair_column, *data.negative_columns) if c in ds.column_names]
+            kept = texts + [c for c in task.carries if c in ds.column_names]
+        else:
+            texts = kept = [data.text_column]
+        out[split] = ds.select_columns(kept).map(
+            run_teacher, fn_kwargs={"columns": texts}, batched=True, batch_size=1024,
+            desc=f"teacher embeddings ({split})",
+            new_fingerprint=fingerprint(ds._fingerprint, *kept, digest, "embedding-v1"))
     log.info("task=%s: teacher %s (%d-wide vectors, weights %s)", task.name, task.teacher,
-             len(next(iter(out.values()))[0]["teacher"]), digest)
+             torch.tensor(next(iter(out.values()))[0]["teacher"]).shape[-1], digest)
     return out
 
 
