@@ -3,6 +3,7 @@ sentence-transformers load with no code of ours, computing what our models compu
 cannot express are refused in one line naming the option."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -84,7 +85,9 @@ def test_sentence_transformers_encode_gives_our_embeddings(tmp_path, tokenizer, 
         vectors = SentenceTransformer(str(out), device="cpu").encode(TEXTS, convert_to_tensor=True, batch_size=5)
         torch.testing.assert_close(vectors.cpu(), encoder.load_model(ours).embed(TEXTS), atol=1e-5, rtol=0)
         said = capfd.readouterr()
-        assert "MISSING" not in said.out + said.err + caplog.text  # no pooler reported missing: BertModel builds none
+        assert "MISSING" not in said.out + said.err + caplog.text  # no pooler reported missing (a zero one is there)
+        # and no model_args: sentence-transformers' ONNX backend hands them to optimum, which refuses add_pooling_layer
+        assert "model_args" not in json.loads((out / "sentence_bert_config.json").read_text())
 
 
 def test_token_classification_and_fill_mask_match_ours(tmp_path, tokenizer):

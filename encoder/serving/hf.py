@@ -145,7 +145,13 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, norm
     cfg = saved.config
     task = None if sentence_transformers_only or _task(saved.task) is None else saved.task
     config = bert_config_dict(cfg, task, saved.label_names)
-    save_file(bert_state_dict(saved.state, cfg, task), folder / "model.safetensors", metadata={"format": "pt"})
+    state = bert_state_dict(saved.state, cfg, task)
+    if task is None:  # the encoder alone, as a BertModel: BERT's pooler, zero. sentence-transformers never reads it
+        # (its pooling is 1_Pooling), and with it present no option must tell BertModel to build none: its ONNX
+        # backend hands such model_args to optimum, which refuses add_pooling_layer
+        state |= {"pooler.dense.weight": torch.zeros(cfg.embed_dim, cfg.embed_dim),
+                  "pooler.dense.bias": torch.zeros(cfg.embed_dim)}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                 "mask_token": "[MASK]"}
     files = {
@@ -156,10 +162,10 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, norm
         # sentence-transformers: the Transformer module (this folder) then pooling as ours
         "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                          {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
-        # a folder without BERT's pooler (the encoder alone, token tasks) tells BertModel not to build one, or
-        # sentence-transformers would report its weights as MISSING (they are unused by its pooling anyway)
+        # a task's folder without BERT's pooler (token tasks) tells BertModel not to build one, or sentence-transformers
+        # would report its weights as MISSING (they are unused by its pooling anyway)
         "sentence_bert_config.json": {"max_seq_length": saved.max_length, "do_lower_case": False, **(
-            {} if task is not None and _task(task).hf_pooler else {"model_args": {"add_pooling_layer": False}})},
+            {} if task is None or _task(task).hf_pooler else {"model_args": {"add_pooling_layer": False}})},
         "1_Pooling/config.json": {"word_embedding_dimension": cfg.embed_dim,
                                   "pooling_mode_cls_token": cfg.pooling == "cls",
                                   "pooling_mode_mean_tokens": cfg.pooling == "mean",
