@@ -93,12 +93,13 @@ def run(embedder: str) -> None:
 
 def table() -> None:
     print("| documents | peak MiB (embeds, writes the cache) | peak MiB (reads the cache) | wall s (first / cached) | "
-          "vectors in memory would be | anchors x corpus scores would be |")
-    print("|---|---|---|---|---|---|")
+          "vectors in memory would be | anchors x corpus scores would be | note |")
+    print("|---|---|---|---|---|---|---|")
     for line in RESULTS.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         print(f"| {r['documents']:,} | {r['peak_mib_first']} | {r['peak_mib_cached']} | {r['wall_s_first']} / "
-              f"{r['wall_s_cached']} | {r['corpus_vectors_mib'] or '-'} MiB | {r['full_scores_mib']} MiB |")
+              f"{r['wall_s_cached']} | {r['corpus_vectors_mib'] or '-'} MiB | {r['full_scores_mib']} MiB | "
+              f"{r.get('note', '')} |")
 
 
 if __name__ == "__main__":
