@@ -9,6 +9,14 @@ all-MiniLM-L6-v2), data (data=bible_quotes' training pairs), batch size and max 
   (both sort texts by length; the vectors are checked equal first).
 
     python benchmarks/contrastive.py [--steps 30] [--rounds 3]
+    python benchmarks/contrastive.py --models teacher.ckpt student.ckpt int8:teacher_export/ int8:student_export/
+        trained embedders (checkpoints or exports; `int8:EXPORT` runs an export's int8 ONNX graph, made with
+        export --onnx --int8) embedding the same 2,048 verses at batch 64 in one run: texts/s, each against the first
+    python benchmarks/contrastive.py --int8-peer EXPORT ST_FOLDER
+        one trained embedder as int8 ONNX both ways: ours (EXPORT, made with export --onnx --int8) against
+        sentence-transformers' ONNX backend on its int8 graph (ST_FOLDER: the same checkpoint exported with
+        --format sentence-transformers; export_dynamic_quantized_onnx_model writes its avx512_vnni graph there
+        once; needs pip install 'optimum[onnxruntime]'), and each one's cosine to the fp32 vectors
 
 The contenders alternate (ST, ours, ours unsorted, ST, ...); ratios are medians over the rounds, with their range.
 Nothing else may run on the machine meanwhile.
@@ -28,7 +36,7 @@ from pathlib import Path
 
 import lightning as L
 
-from common import machine, median_ratio, spread
+from common import alternate, machine, median_ratio, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -121,6 +129,49 @@ def embedding(texts: list[str], rounds: int) -> list[tuple[float, float]]:
     return results
 
 
+def embedders(paths: list[str], texts: list[str], rounds: int) -> None:
+    from encoder import load_model
+
+    models = {path: load_model(path.removeprefix("int8:"), batch_size=BATCH,
+                               **({"backend": "onnx", "int8": True} if path.startswith("int8:") else {}))
+              for path in paths}
+    times = alternate({path: (lambda m=m: m.embed(texts)) for path, m in models.items()}, rounds)
+    print(f"{len(texts)} verses, batch {BATCH}, medians of {rounds} rounds (alternating)")
+    for path, t in times.items():
+        print(f"{len(texts) / statistics.median(t):8.1f} texts/s  {path}")
+    first, *others = times
+    for other in others:
+        print(f"{other} embeds {median_ratio(times, first, other):.2f}x as fast as {first}{spread(times, first, other)}")
+
+
+def int8_peer(export: str, folder: str, texts: list[str], rounds: int) -> None:
+    import torch
+    import torch.nn.functional as F
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    from encoder import load_model
+
+    graph = Path(folder) / "onnx" / "model_qint8_avx512_vnni.onnx"
+    if not graph.exists():
+        export_dynamic_quantized_onnx_model(SentenceTransformer(folder, backend="onnx", device="cpu"), "avx512_vnni",
+                                            folder)
+    theirs = SentenceTransformer(folder, backend="onnx", device="cpu",
+                                 model_kwargs={"file_name": str(graph.relative_to(folder))})
+    theirs.max_seq_length = MAX_LENGTH
+    ours = load_model(export, batch_size=BATCH, backend="onnx", int8=True)
+    fp32 = F.normalize(load_model(export, batch_size=BATCH).embed(texts), dim=-1)
+    for name, vectors in (("ours", ours.embed(texts)), ("sentence-transformers", torch.from_numpy(theirs.encode(texts)))):
+        cosine = (F.normalize(vectors.float(), dim=-1) * fp32).sum(-1)
+        print(f"{name} int8: cosine to the fp32 vectors mean {cosine.mean():.4f}, min {cosine.min():.4f}")
+    times = alternate({"sentence-transformers": lambda: theirs.encode(texts, batch_size=BATCH),
+                       "ours": lambda: ours.embed(texts)}, rounds)
+    print(f"{len(texts)} verses, batch {BATCH}, max length {MAX_LENGTH}, medians of {rounds} rounds (alternating)")
+    for name, t in times.items():
+        print(f"{len(texts) / statistics.median(t):8.1f} texts/s  {name} int8 ONNX")
+    print(f"ours embeds {median_ratio(times, 'sentence-transformers', 'ours'):.2f}x as fast as sentence-transformers' "
+          f"ONNX int8 backend{spread(times, 'sentence-transformers', 'ours')}")
+
+
 def ratio_line(name: str, rates: list[tuple[float, float]], unit: str) -> str:
     """Medians of (sentence-transformers, ours) rates per round, and ours over theirs with its range."""
     times = {"theirs": [1 / t for t, _ in rates], "ours": [1 / o for _, o in rates]}
@@ -134,6 +185,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help=f"training steps per run (> {WARM}: the first warm up)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts", type=int, default=2048, help="texts to embed")
+    parser.add_argument("--models", nargs="+", help="trained embedders to time against each other (only that)")
+    parser.add_argument("--int8-peer", nargs=2, metavar=("EXPORT", "ST_FOLDER"),
+                        help="ours against sentence-transformers' ONNX int8 backend on one embedder (only that)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -143,6 +197,10 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     print(f"machine: {machine()}", flush=True)
     texts = [r["verse"] for r in rows[: args.texts]]
+    if args.models:
+        return embedders(args.models, texts, args.rounds)
+    if args.int8_peer:
+        return int8_peer(*args.int8_peer, texts, args.rounds)
     print(ratio_line("embedding (texts/s, batch 64)", embedding(texts, args.rounds), "texts/s"), flush=True)
     pairs = [{"anchor": r["quote"], "positive": r["verse"]} for r in rows]
     grouped, plain = [], []

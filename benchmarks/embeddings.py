@@ -8,6 +8,7 @@ a WordNet usage example -> the definition of its sense), beside BM25 and all-Min
     python benchmarks/embeddings.py peer --seeds 42           # the peer: SentenceTransformerTrainer, same settings
     python benchmarks/embeddings.py widths minilm minilm_matryoshka --dim 96  # their runs cut to 96 dimensions
     python benchmarks/embeddings.py run minilm_mined          # first mines a hard negative per training pair
+    python benchmarks/embeddings.py run minilm_l2_taught      # a 2-layer student taught by minilm's first run
     python benchmarks/embeddings.py table                     # mean ± sd of everything recorded
 
 Every number is NDCG@10 (and MRR@10, recall@10) from encoder/core/retrieval.py: the trained runs and all-MiniLM-L6-v2
@@ -46,6 +47,13 @@ RECIPES = {  # train.py overrides
     "minilm_mined": ["experiment=minilm_bible_quotes", "data.source=null", "data.data_files.train=outputs/mined/"
                      "bible_quotes_train.csv", *(f"data.data_files.{s}=${{paths.cache_dir}}/bible_quotes/{s}.csv"
                                                  for s in ("validation", "test")), "data.negative_columns=[negative_1]"],
+    # all-MiniLM-L6-v2's lower 2 layers, taught by the fine-tuned 6-layer model (recipe minilm, its first recorded
+    # run; `teacher()`): in-batch negatives and the teacher's ranking of each anchor's candidates (KL, alpha 0.5);
+    # more epochs and a higher rate than the 6-layer model's one epoch at 2e-5, as the classification student needs
+    "minilm_l2_taught": ["experiment=minilm_bible_quotes", "model=minilm_l3", "model.num_layers=2",
+                         "model.init_layers=[0,1]", "trainer.max_epochs=3", "optim.lr=1e-4", "distill.teacher=TEACHER"],
+    "minilm_l2": ["experiment=minilm_bible_quotes", "model=minilm_l3", "model.num_layers=2", "model.init_layers=[0,1]",
+                  "trainer.max_epochs=3", "optim.lr=1e-4"],  # the same student without its teacher
 }
 MINED = ROOT / "outputs" / "mined" / "bible_quotes_train.csv"
 SHOWN = ("ndcg@10", "mrr@10", "recall@10")
@@ -92,16 +100,26 @@ def mined() -> None:
                    cwd=ROOT, check=True)
 
 
+def teacher() -> str:
+    """The best checkpoint of the first recorded run of recipe minilm (the fine-tuned 6-layer model)."""
+    records = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    first = next((r for r in records if r["recipe"] == "minilm"), None)
+    if first is None:
+        raise SystemExit("no run of recipe minilm recorded: python benchmarks/embeddings.py run minilm first")
+    return str(next((ROOT / first["run_dir"] / "checkpoints").glob("best-*.ckpt")).relative_to(ROOT))
+
+
 def run(name: str, seeds: list[int]) -> None:
     if name == "minilm_mined":
         mined()
+    overrides = [o.replace("TEACHER", teacher()) if o == "distill.teacher=TEACHER" else o for o in RECIPES[name]]
     for seed in seeds:
         out = ROOT / "outputs" / "embeddings" / name / f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         start = time.perf_counter()
-        metrics = train_py(*RECIPES[name], f"seed={seed}", f"hydra.run.dir={out}")
+        metrics = train_py(*overrides, f"seed={seed}", f"hydra.run.dir={out}")
         wall = time.perf_counter() - start
         best = next((out / "checkpoints").glob("best-*.ckpt"))
-        write({"recipe": name, "seed": seed, "overrides": RECIPES[name], "wall_s": round(wall, 1),
+        write({"recipe": name, "seed": seed, "overrides": overrides, "wall_s": round(wall, 1),
                "in_domain": {k: metrics[f"test/{k}"] for k in SHOWN},
                "transfer": evaluate(str(best), TRANSFER, out / f"transfer-{TRANSFER}"),
                "run_dir": str(out.relative_to(ROOT))})
