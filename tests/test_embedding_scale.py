@@ -306,6 +306,40 @@ def test_mining_takes_negatives_within_the_rank_range_and_below_the_margin(matry
         assert [r["negative_2"] for r in csv.DictReader(f)] == [w["negative_2"] for w in written]
 
 
+def test_mining_holds_one_block_of_the_corpus_at_a_time(matryoshka_run, pairs, tmp_path, monkeypatch):
+    """Memory flat in the corpus size: the corpus is embedded, and read back from its cache, at most BLOCK rows at a
+    time, and anchors are scored a block at a time (benchmarks/mining.py measures the resident memory)."""
+    import csv
+
+    from encoder.training import mine
+
+    _, best, _ = matryoshka_run
+    monkeypatch.setattr(mine, "BLOCK", 37)
+    embedded, read = [], []
+    real_embedder, real_read = mine.embedder, mine.read_vectors
+
+    def embedder(*args, **kwargs):
+        predictor = real_embedder(*args, **kwargs)
+        embed = predictor.embed
+        predictor.embed = lambda texts, **options: (embedded.append(len(texts)), embed(texts, **options))[1]
+        return predictor
+
+    def read_vectors(path):
+        for begin, block in real_read(path):
+            read.append(len(block))
+            yield begin, block
+
+    monkeypatch.setattr(mine, "embedder", embedder)
+    monkeypatch.setattr(mine, "read_vectors", read_vectors)
+    assert mine.main([str(best), str(pairs["validation"]), str(tmp_path / "mined.csv"), "--range", "2", "20",
+                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    with open(pairs["validation"], encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    documents, anchor_blocks = len({r["positive"] for r in rows}), -(-len(rows) // 37)
+    assert documents > 37 * 3 and max(embedded) <= 37 and max(read) <= 37
+    assert sum(read) == documents * anchor_blocks  # every block of anchors against every block of the corpus
+
+
 def test_mining_with_bm25_never_takes_a_positive_as_a_negative(rt_files, tmp_path):
     import csv
     import json
