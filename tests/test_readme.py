@@ -125,7 +125,12 @@ def produced(tmp_path_factory, rt_files):
         folder = out / f"run{len(runs)}"
         train.train(compose([*args, *BUDGET], folder))
         runs[" ".join(args)] = folder
+        if " ".join(args) not in LAST_READ and not args[0].startswith("model=tiny"):  # (exported below)
+            (folder / "checkpoints" / "last.ckpt").unlink(missing_ok=True)  # unread, and a MiniLM one is 271 MB of the CI's disk
     return out, runs
+
+
+LAST_READ = ("", "task=mlm data=rotten_tomatoes_corpus")  # the runs whose last.ckpt a placeholder below stands for
 
 
 def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
@@ -224,3 +229,5 @@ def test_the_readme_mining_line_writes_negatives_that_its_training_line_learns_f
     filled = [a.replace("mined.csv", str(tmp_path / "mined.csv")) for a in args]
     metrics = train.train(compose([*filled, *BUDGET], tmp_path / "run"))
     assert any(k.startswith("val/") for k in metrics)
+    for checkpoint in (tmp_path / "run" / "checkpoints").glob("*.ckpt"):
+        checkpoint.unlink()  # 271 MB each, read by nothing: the suite's disk
