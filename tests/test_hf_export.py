@@ -157,6 +157,10 @@ def test_a_damaged_hf_folder_is_refused_in_one_line_through_init_from(tmp_path, 
     ({"attention": {"num_heads": 4, "add_bias_kv": True}}, "model.attention.add_bias_kv=true has no equivalent"),
     ({"attention": {"num_heads": 4, "add_zero_attn": True}}, "model.attention.add_zero_attn=true"),
     ({"attention": {"num_heads": 4, "bias": False}}, "model.attention.bias=false"),
+    ({"positions": "rotary"}, "model.positions='rotary' has no equivalent in transformers' BERT (BERT learns its"),
+    ({"norm": "rmsnorm", "layer_norm_eps": 1e-5}, "model.norm='rmsnorm' has no equivalent in transformers' BERT (BERT's norms are LayerNorm)"),
+    ({"ffn": "gated"}, "model.ffn='gated' has no equivalent in transformers' BERT (BERT's feed-forward is not gated)"),
+    ({"bias": False}, "model.bias=false has no equivalent"),
     ({"pooling": "mean"}, "model.pooling=mean, model.pooler=false: transformers' BertForSequenceClassification"),
 ])
 def test_what_bert_cannot_express_is_refused_in_one_line(tmp_path, tokenizer, arch, message):

@@ -4,13 +4,18 @@ from torch import nn
 
 from encoder.core.collate import Collator
 from encoder.core.errors import ConfigError
-from encoder.core.model import AttentionConfig, Encoder, EncoderLayer, ModelConfig
+from encoder.core.model import (AttentionConfig, Encoder, EncoderLayer, GatedFeedForward, ModelConfig, RotaryAttention,
+                                rotary_tables, rotate)
 from encoder.tasks.classification import EncoderForSequenceClassification
 
 
 def tiny(**overrides) -> ModelConfig:
     values = dict(vocab_size=50, embed_dim=32, num_layers=2, ffn_dim=64, max_positions=64, dropout=0.1)
     return ModelConfig(**{**values, **overrides})
+
+
+# the modern blocks, as model=modern_small composes them (its attention also without biases)
+MODERN = dict(positions="rotary", ffn="gated", norm="rmsnorm", bias=False, layer_norm_eps=1e-5)
 
 
 def batch_with_short_first():
@@ -24,11 +29,13 @@ def batch_with_short_first():
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("positions,pooling", [("learned", "cls"), ("sinusoidal", "mean")])
+@pytest.mark.parametrize("positions,pooling,blocks", [("learned", "cls", {}), ("sinusoidal", "mean", {}),
+                                                      ("rotary", "cls", MODERN)], ids=["learned", "sinusoidal", "modern"])
 @pytest.mark.parametrize("unpad", [True, False])
-def test_logits_do_not_depend_on_neighbours_padding(norm_first, positions, pooling, unpad):
+def test_logits_do_not_depend_on_neighbours_padding(norm_first, positions, pooling, blocks, unpad):
     torch.manual_seed(0)
-    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, positions=positions, pooling=pooling)).eval()
+    model = EncoderForSequenceClassification(tiny(**{**blocks, "norm_first": norm_first, "positions": positions,
+                                                     "pooling": pooling})).eval()
     model.encoder.unpad = unpad
     ids, mask = batch_with_short_first()
     with torch.no_grad():
@@ -57,10 +64,12 @@ def test_every_attention_option_works_with_padding_masks(option):
     assert attn.add_zero_attn == cfg.attention.add_zero_attn
 
 
+@pytest.mark.parametrize("blocks", [{}, MODERN], ids=["classic", "modern"])
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_unpadded_and_padded_paths_agree_in_outputs_and_gradients(norm_first):
+def test_unpadded_and_padded_paths_agree_in_outputs_and_gradients(norm_first, blocks):
     torch.manual_seed(0)
-    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, dropout=0.0, attention=AttentionConfig(2, dropout=0.0)))
+    model = EncoderForSequenceClassification(tiny(**blocks, norm_first=norm_first, dropout=0.0,
+                                                  attention=AttentionConfig(2, dropout=0.0)))
     ids, mask = batch_with_short_first()
     results = []
     for unpad in (True, False):
@@ -74,13 +83,14 @@ def test_unpadded_and_padded_paths_agree_in_outputs_and_gradients(norm_first):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("blocks", [{}, MODERN], ids=["classic", "modern"])
 @pytest.mark.parametrize("unpad", [True, False])
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_a_packed_row_with_document_attention_encodes_each_document_as_if_alone(norm_first, unpad):
+def test_a_packed_row_with_document_attention_encodes_each_document_as_if_alone(norm_first, unpad, blocks):
     # data.document_attention: [CLS] a a a [SEP] b b [SEP] c [SEP] + padding gives, for each text, the hidden states
     # that text has alone in a row (positions from 0, attending to itself only); without it, the texts mix
     torch.manual_seed(0)
-    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, dropout=0.0,
+    model = EncoderForSequenceClassification(tiny(**blocks, norm_first=norm_first, dropout=0.0,
                                                   attention=AttentionConfig(2, dropout=0.0))).eval()
     model.encoder.unpad = unpad
     cls, sep = 2, 3
@@ -131,6 +141,86 @@ def test_encoder_layer_matches_torch_transformer_encoder_layer(norm_first):
     torch.testing.assert_close(packed, expected[real], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
+def test_every_kind_of_position_makes_the_encoder_see_word_order(positions):
+    """Without positions, self-attention is blind to order: reversing the tokens would reverse the hidden states."""
+    torch.manual_seed(0)
+    encoder = Encoder(tiny(positions=positions, dropout=0.0)).eval()
+    ids, mask = batch_with_short_first()
+    with torch.no_grad():
+        hidden = encoder(ids[1:2], mask[1:2])
+        reversed_ = encoder(ids[1:2].flip(1), mask[1:2])
+    assert not torch.allclose(reversed_.flip(1), hidden, atol=1e-3)
+
+
+def test_rotary_attention_has_multihead_attentions_weights_and_is_it_when_every_angle_is_zero():
+    """The rotary path keeps nn.MultiheadAttention's in-projection (layout and names): the same state dict loads, and
+    with every token at position 0 (no rotation) both give the same outputs, padding masked alike."""
+    torch.manual_seed(0)
+    ours = RotaryAttention(tiny(**MODERN, attention=AttentionConfig(4, dropout=0.0))).eval()
+    ref = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    for p in ref.parameters():
+        nn.init.normal_(p, std=0.2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 40, 32)
+    _, mask = batch_with_short_first()
+    still = rotary_tables(torch.zeros(3, 40, dtype=torch.long), 8, 10000.0)
+    turned = rotary_tables(torch.arange(40).expand(3, 40), 8, 10000.0)
+    with torch.no_grad():
+        expected = ref(x, x, x, key_padding_mask=mask, need_weights=False)[0]
+        torch.testing.assert_close(ours(x, mask, None, still)[~mask], expected[~mask], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ours(x, mask, None, turned)[~mask], expected[~mask], atol=1e-3)
+
+
+def test_rotary_positions_make_attention_scores_depend_on_the_distance_between_tokens_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 16)
+
+    def score(m: int, n: int) -> torch.Tensor:  # q at position m, k at position n
+        cos, sin = rotary_tables(torch.tensor([[m, n]]), 16, 10000.0)
+        return (rotate(q, cos[..., :1, :], sin[..., :1, :]) * rotate(k, cos[..., 1:, :], sin[..., 1:, :])).sum()
+
+    torch.testing.assert_close(score(3, 7), score(10, 14))
+    torch.testing.assert_close(score(3, 7), score(200, 204), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(score(3, 7), score(3, 9), atol=1e-3)
+    cos, sin = rotary_tables(torch.tensor([[37]]), 16, 10000.0)
+    torch.testing.assert_close(rotate(q, cos, sin).norm(), q.norm())  # a rotation: lengths kept
+
+
+def test_the_gated_feed_forward_is_transformers_modernbert_mlp():
+    """A reference we did not write: ModernBERT's GeGLU MLP (Wi, then gelu(input) * gate, then Wo), same weights."""
+    from transformers import ModernBertConfig
+    from transformers.models.modernbert.modeling_modernbert import ModernBertMLP
+
+    torch.manual_seed(0)
+    ours = GatedFeedForward(tiny(**MODERN)).eval()
+    ref = ModernBertMLP(ModernBertConfig(hidden_size=32, intermediate_size=64, mlp_bias=False, mlp_dropout=0.0,
+                                         hidden_activation="gelu")).eval()
+    ours.load_state_dict({"wi.weight": ref.Wi.weight, "wo.weight": ref.Wo.weight})
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-6, rtol=1e-5)
+
+
+def test_modern_small_has_smalls_parameter_count_and_the_modern_blocks():
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    def built(preset: str) -> Encoder:
+        values = OmegaConf.to_container(compose([f"model={preset}"]).model)
+        keys = {f.name for f in ModelConfig.__dataclass_fields__.values()}
+        return Encoder(ModelConfig.from_dict({k: v for k, v in values.items() if k in keys}))
+
+    small, modern = built("small"), built("modern_small")
+    count = [sum(p.numel() for p in m.parameters()) for m in (small, modern)]
+    assert abs(count[1] / count[0] - 1) < 0.01, count
+    layer = modern.layers[0]
+    assert isinstance(layer.attn, RotaryAttention) and layer.attn.in_proj_bias is None
+    assert isinstance(layer.ffn, GatedFeedForward) and modern.embeddings.positions is None
+    assert not any(name.endswith("bias") for name, _ in modern.named_parameters())
+    assert modern.cfg.norm_first and isinstance(modern.final_norm, nn.LayerNorm)
+
+
 def test_embed_dim_not_divisible_by_num_heads_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match=r"model.embed_dim=30 is not divisible by model.attention.num_heads=4") as e:
         tiny(embed_dim=30, attention=AttentionConfig(num_heads=4))
@@ -144,6 +234,12 @@ def test_embed_dim_not_divisible_by_num_heads_is_a_one_line_config_error():
     ({"activation": "swish"}, r"model.activation='swish' is unknown; choose one of"),
     ({"pooling": "max"}, r"model.pooling='max' is unknown"),
     ({"num_layers": 0}, r"model.num_layers=0 must be a positive integer"),
+    ({"norm": "batchnorm"}, r"model.norm='batchnorm' is unknown; choose one of \['layernorm', 'rmsnorm'\]"),
+    ({"ffn": "moe"}, r"model.ffn='moe' is unknown"),
+    ({"positions": "rotary", "embed_dim": 36, "attention": {"num_heads": 4}}, r"embed_dim / num_heads = 9 must be even"),
+    ({"positions": "rotary", "attention": {"add_bias_kv": True}}, r"model.attention.add_bias_kv=true is an nn.Multi"),
+    ({"positions": "rotary", "rope_theta": 0.0}, r"model.rope_theta=0.0 must be above 0"),
+    ({"norm": "rmsnorm"}, r"model.norm=rmsnorm needs model.layer_norm_eps >= 1e-6 \(got 1e-12\): with less its ONNX"),
 ])
 def test_bad_model_configs_fail_with_the_key_named(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -157,10 +253,12 @@ def test_sequence_longer_than_position_table_is_refused():
         model(ids, torch.zeros(1, 16, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("blocks", [{}, MODERN], ids=["classic", "modern"])
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first):
+def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first, blocks):
     torch.manual_seed(0)
-    model = EncoderForSequenceClassification(tiny(norm_first=norm_first, attention=AttentionConfig(num_heads=4))).eval()
+    model = EncoderForSequenceClassification(tiny(**blocks, norm_first=norm_first,
+                                                  attention=AttentionConfig(num_heads=4))).eval()
     ids, mask = batch_with_short_first()
     maps = model.encoder.attention_maps(ids, mask)
     assert len(maps) == 2 and maps[0].shape == (3, 4, 40, 40)
@@ -176,7 +274,10 @@ def test_attention_maps_are_probabilities_over_real_tokens_only(norm_first):
     x = model.encoder.embeddings(ids, torch.arange(40).expand(3, 40))
     h = layer.norm1(x) if norm_first else x
     q, k, _ = nn.functional.linear(h, layer.attn.in_proj_weight, layer.attn.in_proj_bias).chunk(3, -1)
-    scores = (q.view(3, 40, 4, 8).transpose(1, 2) @ k.view(3, 40, 4, 8).permute(0, 2, 3, 1)) / 8 ** 0.5
+    q, k = q.view(3, 40, 4, 8).transpose(1, 2), k.view(3, 40, 4, 8).transpose(1, 2)
+    if blocks:  # rotary: q and k turned by their positions
+        q, k = (rotate(t, *rotary_tables(torch.arange(40).expand(3, 40), 8, 10000.0)) for t in (q, k))
+    scores = (q @ k.transpose(-1, -2)) / 8 ** 0.5
     expected = scores.masked_fill(mask[:, None, None, :], float("-inf")).softmax(-1)
     torch.testing.assert_close(maps[0], expected.detach(), atol=1e-5, rtol=0)
 

@@ -210,6 +210,29 @@ def test_a_student_with_its_teachers_largest_feed_forward_units(tmp_path):
     assert encoder.load_model(best).model.cfg.ffn_dim == width // 4
 
 
+def test_a_checkpoint_of_modern_blocks_starts_a_run_with_the_same_blocks_only(tmp_path):
+    """model.init_from of a rotary/gated/RMSNorm/bias-free checkpoint (what a pretraining run here writes): the run
+    starts from its weights; a model of other blocks, or pruning its gated feed-forward, is one line naming why."""
+    import train
+
+    modern = ["model.positions=rotary", "model.ffn=gated", "model.norm=rmsnorm", "model.layer_norm_eps=1e-5",
+              "model.bias=false", "model.attention.bias=false", "model.norm_first=true", "model.pooling=mean"]
+    train.train(compose(TINY + modern, tmp_path / "pretrained"))
+    last = tmp_path / "pretrained" / "checkpoints" / "last.ckpt"
+    expected = pretrained.load(str(last))
+    train.train(compose(TINY + modern + [f"model.init_from={last}", "trainer.limit_train_batches=1", START],
+                        tmp_path / "tuned"))
+    assert "encoder.layers.0.ffn.wi.weight" in expected.state
+    for name, value in expected.state.items():
+        assert torch.equal(WeightsAtStart.seen[name], value), name
+    for other, message in ((["model.ffn=plain"], r"^model.ffn='plain' does not match the pretrained encoder in .* "
+                                                 r"\('gated'\); set model.ffn='gated'"),
+                           ([f"model.ffn_dim=16", "model.prune_ffn=true"],
+                            r"^model.prune_ffn keeps units of a plain feed-forward with biases")):
+        with pytest.raises(ConfigError, match=message):
+            train.train(compose(TINY + modern + [f"model.init_from={last}", *other], tmp_path / "refused"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.init_layers=[0]"], "model.init_layers picks layers of a pretrained encoder: set model.init_from"),
     (["model.init_from=all-MiniLM-L6-v2", "model.init_layers=[0,0]"], "must list distinct layer indices"),

@@ -395,6 +395,29 @@ def test_a_model_with_segment_embeddings_exports_to_onnx_for_single_texts(tmp_pa
         onnx.predict([("a film", "that soars")])
 
 
+def test_a_model_of_modern_blocks_trains_and_serves_from_its_onnx_and_int8_graphs(tmp_path, rt_files):
+    """Rotary attention (scaled_dot_product_attention), a gated feed-forward, RMSNorm and no biases: a run, an export
+    whose ONNX graph gives PyTorch's probabilities and whose int8 graph comes close; transformers' BERT cannot hold
+    it, which the BERT-format export says in one line."""
+    import train
+
+    from encoder.core.errors import ConfigError
+    from encoder.export import export
+
+    modern = ["model.positions=rotary", "model.ffn=gated", "model.norm=rmsnorm", "model.layer_norm_eps=1e-5", "model.bias=false",
+              "model.attention.bias=false", "model.norm_first=true"]
+    train.train(compose([*TINY, *modern], tmp_path / "run"))
+    out = export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "export", onnx=True, int8=True)
+    texts = TEXTS + ["a film that soars", "a film that sinks"] * 5
+    probabilities = encoder.load_model(out).probabilities(texts)
+    torch.testing.assert_close(encoder.load_model(out, backend="onnx").probabilities(texts), probabilities, atol=1e-4,
+                               rtol=0)
+    assert (encoder.load_model(out, backend="onnx", int8=True).probabilities(texts) - probabilities).abs().max() < 0.1
+    with pytest.raises(ConfigError, match=r"^model.norm_first=true has no equivalent in transformers' BERT"):
+        export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "bert", format="hf")
+    assert not (tmp_path / "bert").exists()
+
+
 def test_a_run_whose_output_no_terminal_reads_prints_plain_lines(tmp_path, rt_files):
     """A log file or a pipe gets a line per tenth of an epoch and per validation, never a bar redrawn in place with
     carriage returns (one endless line in the file), and the model in one line, not a table."""

@@ -9,6 +9,11 @@ the real tokens only are kept packed as [n_real, dim]; each layer scatters them 
 feed-forward block, norms, residuals and dropout never touch a padded position. `unpad=False`
 runs the plain padded computation; tests check both give the same outputs at real positions.
 
+The default blocks are BERT's (learned positions, LayerNorm, a plain feed-forward, biases, `nn.MultiheadAttention`).
+Modern ones are options beside them (`model=modern_small` composes them): rotary positions (`RotaryAttention`, the
+same packed in-projection with q and k rotated, then torch's scaled_dot_product_attention), RMSNorm, a gated
+feed-forward (GeGLU / SwiGLU) and bias-free layers.
+
 Each task's head (`EncoderForSequenceClassification`, ...) lives with its task in encoder/tasks/.
 """
 
@@ -18,6 +23,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from encoder.core import options
 from encoder.core.options import AttentionConfig, ModelConfig  # noqa: F401 (imported from here too)
@@ -38,34 +44,120 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     return table
 
 
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE's cos and sin [batch, 1, seq, head_dim] at each token's position (Su et al. 2021), in the half-split
+    layout transformers' ModernBERT and LLaMA use: dimension i pairs with i + head_dim / 2."""
+    freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.unsqueeze(-1).float() * freq
+    angles = torch.cat([angles, angles], -1).unsqueeze(1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Each pair of x's dimensions turned by its position's angle: q.k then depends on positions' difference only."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps, bias=cfg.bias)
+
+
 class Embeddings(nn.Module):
-    """token + position (+ segment) embeddings, LayerNorm, dropout (the BERT recipe).
+    """token + position (+ segment) embeddings, a norm, dropout (the BERT recipe). Rotary positions add
+    nothing here: they turn queries and keys in attention.
 
     With segment embeddings, a single text (no `token_type_ids`) is segment 0 throughout, as in BERT."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.tokens = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_token_id)
-        if cfg.positions == "learned":
-            self.positions = nn.Embedding(cfg.max_positions, cfg.embed_dim)
-        else:
-            self.register_buffer("sinusoidal", sinusoidal_table(cfg.max_positions, cfg.embed_dim), persistent=False)
-            self.positions = None
+        self.positions = nn.Embedding(cfg.max_positions, cfg.embed_dim) if cfg.positions == "learned" else None
+        table = sinusoidal_table(cfg.max_positions, cfg.embed_dim) if cfg.positions == "sinusoidal" else None
+        self.register_buffer("sinusoidal", table, persistent=False)
         self.segments = nn.Embedding(cfg.type_vocab_size, cfg.embed_dim) if cfg.type_vocab_size else None
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.norm = make_norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tokens(input_ids)
-        x = x + (self.positions(position_ids) if self.positions is not None else self.sinusoidal[position_ids])
+        if self.positions is not None:
+            x = x + self.positions(position_ids)
+        elif self.sinusoidal is not None:
+            x = x + self.sinusoidal[position_ids]
         if self.segments is not None:
             x = x + (self.segments(token_type_ids) if token_type_ids is not None else self.segments.weight[0])
         return self.dropout(self.norm(x))
 
 
+class RotaryAttention(nn.Module):
+    """Self-attention with rotary positions: q, k, v from one packed in-projection (`nn.MultiheadAttention`'s
+    layout and names: `in_proj_weight` [3 * dim, dim], `in_proj_bias`, `out_proj`), q and k rotated by each
+    token's position, then torch's scaled_dot_product_attention (its fused kernels on CPU and GPU)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim, a = cfg.embed_dim, cfg.attention
+        self.num_heads, self.dropout = a.num_heads, a.dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if a.bias else None
+        self.out_proj = nn.Linear(dim, dim, bias=a.bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention starts
+
+    def heads(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """q (rotated), k (rotated), v, each [batch, heads, seq, head_dim]."""
+        batch, seq, _ = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(batch, seq, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return rotate(q, *rotary), rotate(k, *rotary), v
+
+    @staticmethod
+    def allowed(padding_mask: torch.Tensor | None, blocked: torch.Tensor | None, shape: tuple) -> torch.Tensor | None:
+        """The [batch, heads or 1, seq, seq] mask of scaled_dot_product_attention (True = may attend) from the
+        padding mask and `nn.MultiheadAttention`'s `blocked` [batch * heads, seq, seq] (True = may not)."""
+        batch, heads, seq = shape
+        allowed = ~padding_mask[:, None, None, :] if padding_mask is not None else None
+        if blocked is not None:
+            inside = ~blocked.view(batch, heads, seq, seq)
+            allowed = inside if allowed is None else inside & allowed
+        return allowed
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, blocked: torch.Tensor | None,
+                rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        batch, seq, dim = x.shape
+        q, k, v = self.heads(x, rotary)
+        mask = self.allowed(padding_mask, blocked, (batch, self.num_heads, seq))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, seq, dim))
+
+    def probabilities(self, x: torch.Tensor, padding_mask: torch.Tensor,
+                      rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """[batch, heads, seq, seq] attention probabilities, for `Encoder.attention_maps`."""
+        q, k, _ = self.heads(x, rotary)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        return scores.masked_fill(padding_mask[:, None, None, :], float("-inf")).softmax(-1)
+
+
+class GatedFeedForward(nn.Module):
+    """activation(x W) * (x V), then a linear layer (GeGLU with gelu, SwiGLU with silu: Shazeer 2020). W and V
+    are one matrix, as in transformers' ModernBERT (`Wi`)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.wi = nn.Linear(cfg.embed_dim, 2 * cfg.ffn_dim, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.wo = nn.Linear(cfg.ffn_dim, cfg.embed_dim, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.wi(x).chunk(2, dim=-1)
+        return self.wo(self.act(x) * gate)
+
+
 class EncoderLayer(nn.Module):
-    """Self-attention + feed-forward, each wrapped in dropout, a residual and a LayerNorm.
+    """Self-attention + feed-forward, each wrapped in dropout, a residual and a norm.
 
     Post-LN (BERT, `nn.TransformerEncoderLayer` default): x = norm(x + dropout(block(x))).
     Pre-LN: x = x + dropout(block(norm(x))).
@@ -76,35 +168,48 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         a = cfg.attention
-        self.attn = nn.MultiheadAttention(
-            cfg.embed_dim, a.num_heads, dropout=a.dropout, bias=a.bias,
-            add_bias_kv=a.add_bias_kv, add_zero_attn=a.add_zero_attn, batch_first=True,
-        )
-        self.ffn = nn.Sequential(
-            nn.Linear(cfg.embed_dim, cfg.ffn_dim), ACTIVATIONS[cfg.activation](), nn.Linear(cfg.ffn_dim, cfg.embed_dim)
-        )
-        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        if cfg.positions == "rotary":
+            self.attn = RotaryAttention(cfg)
+        else:
+            self.attn = nn.MultiheadAttention(
+                cfg.embed_dim, a.num_heads, dropout=a.dropout, bias=a.bias,
+                add_bias_kv=a.add_bias_kv, add_zero_attn=a.add_zero_attn, batch_first=True,
+            )
+        if cfg.ffn == "gated":
+            self.ffn = GatedFeedForward(cfg)
+        else:
+            self.ffn = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.ffn_dim, bias=cfg.bias), ACTIVATIONS[cfg.activation](),
+                                     nn.Linear(cfg.ffn_dim, cfg.embed_dim, bias=cfg.bias))
+        self.norm1 = make_norm(cfg)
+        self.norm2 = make_norm(cfg)
         self.dropout1 = nn.Dropout(cfg.dropout)
         self.dropout2 = nn.Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
 
+    def attend(self, x: torch.Tensor, padding_mask: torch.Tensor | None, blocked: torch.Tensor | None,
+               rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        if rotary is not None:
+            return self.attn(x, padding_mask, blocked, rotary)
+        return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=False)[0]
+
     def attention(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None,
-                  blocked: torch.Tensor | None) -> torch.Tensor:
+                  blocked: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         if index is None:
-            return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=False)[0]
+            return self.attend(x, padding_mask, blocked, rotary)
         batch, seq = padding_mask.shape
         padded = x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, index, x).view(batch, seq, -1)
-        out = self.attn(padded, padded, padded, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=False)[0]
+        out = self.attend(padded, padding_mask, blocked, rotary)
         return out.reshape(batch * seq, -1).index_select(0, index)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None = None,
-                blocked: torch.Tensor | None = None) -> torch.Tensor:
-        """`blocked` [batch * heads, seq, seq]: True where a token may not attend (another document's)."""
+                blocked: torch.Tensor | None = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """`blocked` [batch * heads, seq, seq]: True where a token may not attend (another document's);
+        `rotary`: the cos and sin tables of rotary positions (`rotary_tables`), None without them."""
         if self.norm_first:
-            x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index, blocked))
+            x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index, blocked, rotary))
             return x + self.dropout2(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout1(self.attention(x, padding_mask, index, blocked)))
+        x = self.norm1(x + self.dropout1(self.attention(x, padding_mask, index, blocked, rotary)))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
 
@@ -117,7 +222,13 @@ class Encoder(nn.Module):
         self.unpad = unpad  # a run-time switch, not architecture: both paths compute the same function
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
+        self.final_norm = make_norm(cfg) if cfg.norm_first else nn.Identity()
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        cfg = self.cfg
+        if cfg.positions != "rotary":
+            return None
+        return rotary_tables(positions, cfg.embed_dim // cfg.attention.num_heads, cfg.rope_theta)
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, documents: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,6 +242,7 @@ class Encoder(nn.Module):
         blocked = None
         if documents is not None:
             positions, blocked = within_documents(documents, padding_mask, self.cfg.attention.num_heads)
+        rotary = self.rotary(positions)  # on the padded grid, where attention runs
         # A graph export (ONNX) cannot branch on data: it takes the padded path with the mask.
         exporting = torch.compiler.is_exporting()
         has_padding = exporting or bool(padding_mask.any())
@@ -139,14 +251,14 @@ class Encoder(nn.Module):
             mask = padding_mask if has_padding else None
             x = self.embeddings(input_ids, positions, token_type_ids)
             for layer in self.layers:
-                x = layer(x, mask, blocked=blocked)
+                x = layer(x, mask, blocked=blocked, rotary=rotary)
             return self.final_norm(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
         # Gather the real tokens once; everything but attention runs on them only.
         index = (~padding_mask).flatten().nonzero().squeeze(1)
         segments = token_type_ids.flatten()[index] if token_type_ids is not None else None
         x = self.embeddings(input_ids.flatten()[index], positions.flatten()[index], segments)
         for layer in self.layers:
-            x = layer(x, padding_mask, index, blocked)
+            x = layer(x, padding_mask, index, blocked, rotary)
         x = self.final_norm(x)
         return x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, index, x).view(batch, seq, -1)
 
@@ -158,13 +270,17 @@ class Encoder(nn.Module):
         the one place that asks `nn.MultiheadAttention` for weights (`need_weights=True` leaves
         the fused kernels). Call it in eval mode (no dropout) to see what the model attends to."""
         batch, seq = input_ids.shape
-        x = self.embeddings(input_ids, torch.arange(seq, device=input_ids.device).expand(batch, seq), token_type_ids)
+        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        x, rotary = self.embeddings(input_ids, positions, token_type_ids), self.rotary(positions)
         maps = []
         for layer in self.layers:
             h = layer.norm1(x) if layer.norm_first else x  # what the attention block sees
-            maps.append(layer.attn(h, h, h, key_padding_mask=padding_mask, need_weights=True,
-                                   average_attn_weights=False)[1])
-            x = layer(x, padding_mask)
+            if rotary is not None:
+                maps.append(layer.attn.probabilities(h, padding_mask, rotary))
+            else:
+                maps.append(layer.attn(h, h, h, key_padding_mask=padding_mask, need_weights=True,
+                                       average_attn_weights=False)[1])
+            x = layer(x, padding_mask, rotary=rotary)
         return maps
 
 
@@ -199,12 +315,12 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             module.weight.data[module.padding_idx].zero_()
-    elif isinstance(module, nn.MultiheadAttention):
+    elif isinstance(module, (nn.MultiheadAttention, RotaryAttention)):
         if module.in_proj_weight is not None:
             nn.init.normal_(module.in_proj_weight, std=0.02)
         if module.in_proj_bias is not None:
             nn.init.zeros_(module.in_proj_bias)
-        if module.bias_k is not None:
+        if getattr(module, "bias_k", None) is not None:
             nn.init.normal_(module.bias_k, std=0.02)
             nn.init.normal_(module.bias_v, std=0.02)
 

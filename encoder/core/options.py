@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, fields
 from encoder.core.errors import ConfigError, check_choice
 
 ACTIVATIONS = ("gelu", "relu", "silu")  # encoder/core/model.py maps each to its torch module
-POSITIONS = ("learned", "sinusoidal")
+POSITIONS = ("learned", "sinusoidal", "rotary")
 POOLINGS = ("cls", "mean")
+NORMS = ("layernorm", "rmsnorm")
+FEED_FORWARDS = ("plain", "gated")
 
 
 def dotted(values: dict, prefix: str = "") -> dict:
@@ -26,7 +28,8 @@ def dotted(values: dict, prefix: str = "") -> dict:
 
 @dataclass
 class AttentionConfig:
-    """Passed straight to `nn.MultiheadAttention` (its own option names)."""
+    """Passed straight to `nn.MultiheadAttention` (its own option names); with rotary positions, `num_heads`,
+    `dropout` and `bias` configure the rotary attention instead (it has no bias_k/bias_v or zero key)."""
 
     num_heads: int = 4
     dropout: float = 0.0  # on the attention probabilities (BERT: 0.1); 0 lets PyTorch use its fused kernel in training
@@ -51,7 +54,11 @@ class ModelConfig:
     dropout: float = 0.1  # embeddings and the output of each residual branch
     activation: str = "gelu"
     norm_first: bool = False  # False = post-LN (BERT), True = pre-LN (+ a final LayerNorm)
-    positions: str = "learned"
+    positions: str = "learned"  # learned | sinusoidal (added to the embeddings) | rotary (RoPE, in attention)
+    rope_theta: float = 10000.0  # rotary positions' base: the longest wavelength, in tokens, is 2 pi times it
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    ffn: str = "plain"  # plain: linear, activation, linear; gated: activation(x W) * (x V), then linear (GeGLU, SwiGLU)
+    bias: bool = True  # biases in the feed-forward's linear layers and in LayerNorm (the attention's: attention.bias)
     pooling: str = "mean"  # cls | mean (mean won on validation here: benchmarks/README.md)
     pooler: bool = False  # BERT's dense + tanh on the pooled vector before the classifier
     layer_norm_eps: float = 1e-12
@@ -95,6 +102,22 @@ class ModelConfig:
                 raise ConfigError(f"model.{key}={value} must be in [0, 1)")
         check_choice(self.activation, ACTIVATIONS, "model.activation")
         check_choice(self.positions, POSITIONS, "model.positions")
+        check_choice(self.norm, NORMS, "model.norm")
+        check_choice(self.ffn, FEED_FORWARDS, "model.ffn")
+        if self.norm == "rmsnorm" and self.layer_norm_eps < 1e-6:
+            # torch's ONNX graph of RMSNorm loses so small an epsilon: padding's zero vectors become NaN (1e-8 does)
+            raise ConfigError(f"model.norm=rmsnorm needs model.layer_norm_eps >= 1e-6 (got {self.layer_norm_eps}): "
+                              f"with less its ONNX export computes NaN at padding; set model.layer_norm_eps=1e-5")
+        if self.positions == "rotary":
+            if not self.rope_theta > 0:
+                raise ConfigError(f"model.rope_theta={self.rope_theta} must be above 0")
+            if (self.embed_dim // heads) % 2:
+                raise ConfigError(f"model.positions=rotary rotates pairs of each head's dimensions: embed_dim / "
+                                  f"num_heads = {self.embed_dim // heads} must be even; change model.attention.num_heads")
+            for key in ("add_bias_kv", "add_zero_attn"):
+                if getattr(self.attention, key):
+                    raise ConfigError(f"model.attention.{key}=true is an nn.MultiheadAttention option, which "
+                                      f"model.positions=rotary does not use; set it to false")
         check_choice(self.pooling, POOLINGS, "model.pooling")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary")

@@ -56,6 +56,9 @@ UNEXPRESSIBLE = (
     ("model.attention.add_zero_attn", lambda c: not c.attention.add_zero_attn, "BERT's attention has no zero key"),
     ("model.attention.bias", lambda c: c.attention.bias, "BERT's q/k/v projections have biases"),
     ("model.activation", lambda c: c.activation in ACTIVATIONS, "BERT's activations are gelu, relu, silu"),
+    ("model.norm", lambda c: c.norm == "layernorm", "BERT's norms are LayerNorm"),
+    ("model.ffn", lambda c: c.ffn == "plain", "BERT's feed-forward is not gated"),
+    ("model.bias", lambda c: c.bias, "BERT's feed-forward and LayerNorm have biases"),
 )
 def _task(name: str | None) -> Task | None:
     """The task whose transformers class is written (its `hf_*` hooks); None for the encoder alone."""
@@ -238,6 +241,7 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
             "max_positions": config["max_position_embeddings"], "activation": config["hidden_act"],
             "type_vocab_size": len(segments) if segments is not None else 0,
             "layer_norm_eps": config.get("layer_norm_eps", 1e-12), "norm_first": False, "positions": "learned",
+            "norm": "layernorm", "ffn": "plain", "bias": True,
             "attention": {"num_heads": config["num_attention_heads"], "bias": True, "add_bias_kv": False,
                           "add_zero_attn": False}}
     tokenizer = finalize(load_tokenizer(folder / "tokenizer.json"))

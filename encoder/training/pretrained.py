@@ -60,7 +60,7 @@ PRETRAINED = {"all-MiniLM-L6-v2": all_minilm_l6_v2}
 
 
 SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "type_vocab_size", "activation",
-              "layer_norm_eps", "norm_first", "positions")
+              "layer_norm_eps", "norm_first", "positions", "rope_theta", "norm", "ffn", "bias")
 
 
 @dataclass
@@ -113,6 +113,9 @@ def keep_ffn_units(pretrained: Pretrained, ffn_dim: int) -> Pretrained:
     of the first linear layer, its bias and a column of the second; dropping one whose output column is zero
     leaves the layer's function unchanged."""
     width = pretrained.arch["ffn_dim"]
+    if pretrained.arch.get("ffn", "plain") != "plain" or not pretrained.arch.get("bias", True):
+        raise ConfigError(f"model.prune_ffn keeps units of a plain feed-forward with biases; {pretrained.folder}'s "
+                          f"is not (model.ffn, model.bias): drop model.prune_ffn")
     if ffn_dim > width:
         raise ConfigError(f"model.ffn_dim={ffn_dim} is wider than the feed-forward layers of {pretrained.folder} "
                           f"({width}); model.prune_ffn keeps at most {width} units")
