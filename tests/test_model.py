@@ -339,3 +339,22 @@ def test_warmup_stable_decay_holds_the_peak_then_decays_over_the_last_share_of_s
     assert wsd == pytest.approx([0.1, 1.0, 1.0, 1.0, 1.0, 0.55, 0.1])
     longer = warmup_then_decay(90, warmup=10, total=200, schedule="wsd", min_ratio=0.1, decay_ratio=0.2)
     assert longer == 1.0
+
+
+@pytest.mark.parametrize("blocks", [{}, MODERN], ids=["classic", "modern"])
+def test_the_model_summarys_flops_count_attention_on_both_paths(blocks):
+    """The summary counts FLOPs in an eval-mode, no-grad forward, where nn.MultiheadAttention takes its fused kernel:
+    torch's FlopCounterMode had no formula for it (the classic path's attention counted nothing) until
+    encoder/training/callbacks.py gave it one. Both paths: 2 FLOPs per weight per token, plus q.k and the weighted v."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import encoder.training.callbacks  # noqa: F401 (registers the fused kernel's formula)
+
+    cfg = tiny(**blocks, attention=AttentionConfig(num_heads=4, bias=not blocks))
+    model = EncoderForSequenceClassification(cfg).eval()
+    ids = torch.full((1, 16), 7)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(ids, torch.zeros(1, 16, dtype=torch.bool))
+    per_token = cfg.num_layers * (4 * 32 * 32 + (3 if blocks else 2) * 32 * 64)  # weights each token meets
+    expected = 2 * 16 * per_token + cfg.num_layers * 2 * 2 * 16 * 16 * 32 + 2 * 32 * 2  # + attention + classifier
+    assert counter.get_total_flops() == expected
