@@ -97,13 +97,16 @@ def _timed(fn) -> float:
 def flops_per_token(cfg: ModelConfig, context: float) -> float:
     """Training FLOPs per token: 6N (N = non-embedding parameters) + 12 * layers * dim * context."""
     d, f, layers = cfg.embed_dim, cfg.ffn_dim, cfg.num_layers
-    n = layers * (4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d)  # attention, feed-forward, norms
-    return 6 * n + 12 * layers * d * context
+    attention = 4 * d * d + (4 * d if cfg.attention.bias else 0)
+    units = 2 * f if cfg.ffn == "gated" else f  # a gated feed-forward's first layer is twice as wide
+    ffn = d * units + f * d + ((units + d) if cfg.bias else 0)
+    norms = 2 * (2 * d if cfg.norm == "layernorm" and cfg.bias else d)
+    return 6 * layers * (attention + ffn + norms) + 12 * layers * d * context
 
 
 class NaiveLayer(EncoderLayer):
     """The seed-style layer: padded everywhere and `need_weights=True` (attention maps computed,
     averaged over heads and returned, which forces the unfused math path)."""
 
-    def attention(self, x, padding_mask, index, blocked=None):
+    def attention(self, x, padding_mask, index, blocked=None, rotary=None):
         return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=True)[0]

@@ -3,6 +3,7 @@ same architecture, weights, rows, masking ratio and batch size. Also model FLOPs
 
     python benchmarks/mlm.py [--size small] [--batch-size 32] [--ratios 0.15 0.3] [--pairs 5] [--record]
     python benchmarks/mlm.py --ratios 0.15 --document-attention   # + ours with data.document_attention=true
+    python benchmarks/mlm.py --ratios 0.15 --modern               # + ours with model=modern_small's blocks
 
 The rows are our packed rows of the offline Rotten Tomatoes corpus (task=mlm's default: documents joined by
 [SEP] into rows of exactly 128 tokens, as `run_mlm`'s `group_texts` makes them), the same rows for both. One
@@ -11,20 +12,24 @@ step = collate (masking) + forward + loss + backward + AdamW step, in train mode
 (80/10/10 as ours) and BertForMaskedLM (SDPA attention, the projection at every position). The contenders
 alternate and the ratio is the median over rounds. With --document-attention a third contender is ours with
 attention kept within each text of a row (data.document_attention=true: a block mask through
-nn.MultiheadAttention, positions from each text's start), on the same rows: what that costs. Run it alone on the
-machine.
+nn.MultiheadAttention, positions from each text's start), on the same rows: what that costs. With --modern a
+contender is ours with configs/model/modern_small.yaml's blocks (rotary attention through
+scaled_dot_product_attention, GeGLU, pre-norm, no biases; small's parameter count), its own random weights: the
+tokens/s of the two presets in one run. Run it alone on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import torch
+import yaml
 
 from common import alternate, flops_per_token, machine, median_ratio, model_config, peak_flops_fp32, spread
 from encoder import tasks
@@ -44,6 +49,14 @@ def rows(max_length: int, cache: str) -> tuple[list[dict], object]:
     train = dm.datasets["train"]
     full = [{"input_ids": ids} for ids in train["input_ids"] if len(ids) == max_length]
     return full, dm.tokenizer
+
+
+def modern(cfg):
+    """`cfg` with configs/model/modern_small.yaml's choices (its own file: the preset measured is the one shipped)."""
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "modern_small.yaml").read_text())
+    preset.pop("defaults")
+    attention = dataclasses.replace(cfg.attention, **preset.pop("attention", {}))
+    return dataclasses.replace(cfg, **preset, attention=attention)
 
 
 def ours_step(model, examples: list[list[dict]], collator: Collator):
@@ -78,6 +91,7 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3], help="masking ratios")
     parser.add_argument("--document-attention", action="store_true",
                         help="also time ours with attention kept within each text (data.document_attention=true)")
+    parser.add_argument("--modern", action="store_true", help="also time ours with model=modern_small's blocks")
     parser.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(RESULTS.parents[2])}")
     args = parser.parse_args()
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
@@ -94,6 +108,12 @@ def main() -> None:
     missing, unexpected = theirs.load_state_dict(bert_state_dict(ours.state_dict(), cfg, "mlm"), strict=False)
     tied = ("position_ids", "decoder.weight", "decoder.bias")  # the decoder is the embedding matrix and cls bias
     assert not [m for m in missing if not m.endswith(tied)] and not unexpected, (missing, unexpected)
+    if args.modern:
+        if args.size != "small":
+            parser.error("--modern is model=modern_small: small's size (drop --size or --modern)")
+        modern_cfg = modern(cfg)
+        torch.manual_seed(0)
+        ours_modern = tasks.get("mlm").build_model(modern_cfg).train()
     peak = peak_flops_fp32()
     tokens = args.batch_size * args.batches * 128
     print(f"machine: {machine()}; {args.size} ({sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters), "
@@ -108,13 +128,16 @@ def main() -> None:
             by_document = copy.copy(collator)
             by_document.document_separator = tok.token_to_id("[SEP]")
             contenders["ours_documents"] = ours_step(ours, batches, by_document)
+        if args.modern:
+            contenders["ours_modern"] = ours_step(ours_modern, batches, collator)
         times = alternate(contenders, args.pairs)
         ratio_vs_hf = median_ratio(times, "hf", "ours")
         result = {"size": args.size, "mlm_probability": ratio, "batch_size": args.batch_size}
         for name in contenders:
             per_s = tokens / sorted(times[name])[len(times[name]) // 2]
             result[f"{name}_tokens_per_s"] = round(per_s)
-            result[f"{name}_mfu"] = round(per_s * flops_per_token(cfg, 128) / peak, 4)
+            model_cfg = modern_cfg if name == "ours_modern" else cfg
+            result[f"{name}_mfu"] = round(per_s * flops_per_token(model_cfg, 128) / peak, 4)
         result["ours_vs_hf"] = round(ratio_vs_hf, 3)
         print(f"mask {ratio:.0%}: ours {result['ours_tokens_per_s']:7d} tokens/s (MFU {result['ours_mfu']:.1%}), "
               f"BertForMaskedLM {result['hf_tokens_per_s']:7d} tokens/s (MFU {result['hf_mfu']:.1%}): "
@@ -126,6 +149,11 @@ def main() -> None:
             print(f"  ours with document attention ({result['texts_per_row']} texts a row): "
                   f"{result['ours_documents_tokens_per_s']:7d} tokens/s, ours without it is "
                   f"{result['ours_documents_vs_ours']:.2f}x as fast", flush=True)
+        if args.modern:
+            result["ours_modern_vs_ours"] = round(median_ratio(times, "ours", "ours_modern"), 3)
+            print(f"  ours with modern_small's blocks: {result['ours_modern_tokens_per_s']:7d} tokens/s (MFU "
+                  f"{result['ours_modern_mfu']:.1%}), {result['ours_modern_vs_ours']:.2f}x classic small"
+                  f"{spread(times, 'ours', 'ours_modern')}", flush=True)
         if args.record:
             with open(RESULTS, "a", encoding="utf-8") as f:
                 f.write(json.dumps({**result, "machine": machine(), "date": datetime.now().strftime("%Y-%m-%d")}) + "\n")

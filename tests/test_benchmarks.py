@@ -20,7 +20,7 @@ RUNS = {  # the script's cheapest full run, and the line its README row quotes
     "profile_step": (["--steps", "1"], rf"step time with plain AdamW: \d+ ms, fused: \d+ ms \({RATIO}\)"),
     "data_prep": ([], r"full setup, warm cache: +(\d+) examples/s"),
     "startup": (["--rounds", "1"], r"--help +median +(\d+\.\d+) s"),
-    "mlm": (["--batches", "1", "--pairs", "1", "--ratios", "0.15", "--batch-size", "8"], rf"\): ours {RATIO}"),
+    "mlm": (["--batches", "1", "--pairs", "1", "--ratios", "0.15", "--batch-size", "8", "--modern"], rf"\): ours {RATIO}"),
     "corpus": (["--sizes", "1", "--runs", "1x2"], r"prepared at +([\d.]+) s"),
     # (its naive layer went unrun for weeks, broken by a new argument, while this test left the script out)
     "train_step": (["--sizes", "small", "--pairs", "1"], rf"small mixed .* ours/hf={RATIO}"),
@@ -87,3 +87,30 @@ FROM_MEASUREMENTS = {  # script -> the interval its headline must lie in, from i
                                       / number(r"length-grouped\): ours [\d.]+ pairs/s, sentence-transformers ([\d.]+)",
                                                out), 0.02),
 }
+
+
+def test_mlm_time_trains_each_preset_for_its_minutes_and_says_which_reaches_the_loss_first(tmp_path, rt_files):
+    """benchmarks/mlm_time.py on a budget: a capped run per preset, the validation losses read back from each run's
+    TensorBoard events, and the headline about them; nothing recorded without --record."""
+    results = ROOT / "benchmarks" / "results" / "mlm_time.jsonl"
+    before = results.read_bytes() if results.exists() else None
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mlm_time.py"), "--minutes", "0.25", "--out", str(tmp_path),
+                           "--val-every", "3", "--overrides", "data=rotten_tomatoes_corpus", "data.max_train_samples=400",
+                           "data.max_eval_samples=40", "data.batch_size=8", "model.num_layers=1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for model in ("small", "modern_small"):
+        assert re.search(rf"^{model}: \d+ validations; last at [\d.]+ min, step \d+: val/loss \d+\.\d+$", done.stdout,
+                         re.M), done.stdout
+    assert re.search(r"^modern_small (reached small's final val/loss \d+\.\d+ at [\d.]+ min, small at [\d.]+ min: "
+                     r"\d+\.\d+x as fast|did not reach small's final val/loss \d+\.\d+ in 0.25 minutes)$", done.stdout,
+                     re.M), done.stdout
+    assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_mlm_time_interpolates_when_a_loss_is_reached():
+    from mlm_time import reached
+
+    points = [(60.0, 10, 8.0), (120.0, 20, 6.0), (180.0, 30, 5.0)]
+    assert reached(points, 7.0) == 90.0 and reached(points, 8.5) == 60.0 and reached(points, 5.0) == 180.0
+    assert reached(points, 4.9) is None
