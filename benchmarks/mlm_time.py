@@ -4,7 +4,10 @@ by `trainer.max_time`, one after the other, alone on the machine (a run beside a
 `optim.warmup_steps` then a constant rate (a schedule over max_epochs would still be warming up when time runs out).
 
     python benchmarks/mlm_time.py --minutes 12                       # the offline Rotten Tomatoes corpus
-    python benchmarks/mlm_time.py --minutes 12 --overrides data=local_files data.path=text data.data_files.train=corpus.txt
+    python benchmarks/mlm_time.py --minutes 12 --overrides data=local_files data.path=text \
+        data.data_files.train=corpus.txt
+    python benchmarks/mlm_time.py --minutes 12 --models small --overrides data=rotten_tomatoes_corpus \
+        model.positions=rotary                                      # an ablation: one option changed on small
 
 Each run validates every `--val-every` training steps; the points are (seconds since the run's first logged step,
 val/loss) read from its TensorBoard events. The headline: how soon the second preset reaches the loss the first
@@ -44,6 +47,18 @@ def reached(points: list, loss: float) -> float | None:
         if l1 <= loss:
             return t1 if l0 == float("inf") else t0 + (t1 - t0) * (l0 - loss) / (l0 - l1)
     return None
+
+
+def headline(first: dict, second: dict, minutes: float) -> None:
+    """When `second` comes down to the loss `first` ends at, against `first`'s time."""
+    target = first["points"][-1]
+    when = reached(second["points"], target[2])
+    if when is None:
+        print(f"{second['model']} did not reach {first['model']}'s final val/loss {target[2]:.3f} in {minutes:g} "
+              f"minutes", flush=True)
+    else:
+        print(f"{second['model']} reached {first['model']}'s final val/loss {target[2]:.3f} at {when / 60:.1f} min, "
+              f"{first['model']} at {target[0] / 60:.1f} min: {target[0] / when:.2f}x as fast", flush=True)
 
 
 def plot(rows: list[dict]) -> None:
@@ -86,26 +101,21 @@ def main() -> None:
         overrides = ["task=mlm", *args.overrides, f"model={model}", f"seed={args.seed}", "trainer.max_epochs=1000",
                      f"optim.warmup_steps={args.warmup}", "optim.schedule=constant",
                      f"trainer.max_time={max_time}", f"trainer.val_check_interval={args.val_every}",
-                     "trainer.check_val_every_n_epoch=null", "~callbacks.tensorboard_visuals", "~callbacks.early_stopping",
-                     f"hydra.run.dir={run}"]
+                     "trainer.check_val_every_n_epoch=null", "~callbacks.tensorboard_visuals",
+                     "~callbacks.early_stopping", f"hydra.run.dir={run}"]
         done = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides,
                                "callbacks.progress_bar.refresh_rate=0"], cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"train.py {' '.join(overrides)} failed:\n{done.stderr[-3000:]}")
         points = losses(run)
+        where = str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else run.name
         rows.append({"model": model, "minutes": args.minutes, "overrides": overrides[:-1], "points": points,
-                     "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else run.name, "machine": machine(), "date": stamp[:10]})
+                     "run": where, "machine": machine(), "date": stamp[:10]})
         print(f"{model}: {len(points)} validations; last at {points[-1][0] / 60:.1f} min, step {points[-1][1]}: "
               f"val/loss {points[-1][2]:.3f}", flush=True)
-    first, second = rows[0], rows[-1]
-    target = first["points"][-1]
-    when = reached(second["points"], target[2])
-    if when is None:
-        print(f"{second['model']} did not reach {first['model']}'s final val/loss {target[2]:.3f} in {args.minutes:g} "
-              f"minutes", flush=True)
-    else:
-        print(f"{second['model']} reached {first['model']}'s final val/loss {target[2]:.3f} at {when / 60:.1f} min, "
-              f"{first['model']} at {target[0] / 60:.1f} min: {target[0] / when:.2f}x as fast", flush=True)
+        print("  curve (min: val/loss): " + ", ".join(f"{t / 60:.1f}: {loss:.3f}" for t, _, loss in points), flush=True)
+    if len(rows) > 1:  # (one model, an ablation: its curve is the result)
+        headline(rows[0], rows[-1], args.minutes)
     if args.record:
         with open(RESULTS, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
