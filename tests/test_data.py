@@ -46,6 +46,34 @@ def test_offline_default_dataset_is_real_and_split_stably(rt_files):
     assert rotten_tomatoes_critics() == rt_files  # cached: the second call reuses the files
 
 
+def test_the_english_corpus_is_general_text_without_the_texts_we_evaluate_on():
+    """data=english_corpus: dictionaries, glosses, cookies, Bibles and the Rotten Tomatoes corpus, read out of their
+    packages, markup-free, and no text of it shares 8 consecutive words with an evaluation text: the Bible verses
+    and WordNet senses retrieval is measured on, the default data's held-out snippets, vader's."""
+    from encoder.training.data.sources import _evaluation_texts, default_cache_dir, english_corpus
+
+    csv.field_size_limit(1 << 24)  # (a Bible chapter is a long field)
+    with open(english_corpus()["train"], encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    texts: dict[str, list[str]] = {}
+    for row in rows:
+        texts.setdefault(row["source"], []).append(row["text"])
+    sizes = {source: len(t) for source, t in texts.items()}
+    assert sizes["gcide"] > 120_000 and sizes["wordnet"] > 110_000 and sizes["fortunes"] > 14_000, sizes
+    assert sizes["devil"] > 900 and sizes["kjv"] > 1_100 and sizes["web"] > 1_100 and sizes["rotten_tomatoes"] > 10_000
+    assert 7_000_000 < sum(len(r["text"].split()) for r in rows) < 8_500_000
+    assert "ABSURDITY, n. A statement or belief manifestly inconsistent with one's own opinion." in texts["devil"]
+    assert not any("[1913 Webster]" in t or "\\" in t or "{" in t for t in texts["gcide"])  # (dictd markup)
+    # every evaluation text of 8 words or more: none of its 8-word runs is in the corpus (a sample, independently)
+    words = lambda text: " ".join(re.findall(r"[a-z0-9]+", text.lower()))  # noqa: E731
+    corpus = "\n".join(" " + words(r["text"]) + " " for r in rows)
+    evaluation = [w.split() for w in map(words, _evaluation_texts(default_cache_dir())) if len(w.split()) >= 8]
+    random.Random(0).shuffle(evaluation)
+    leaked = [" ".join(w[i : i + 8]) for w in evaluation[:400] for i in (0, len(w) - 8)
+              if f" {' '.join(w[i : i + 8])} " in corpus]
+    assert not leaked, leaked[:3]
+
+
 def test_local_csv_string_labels_become_ids_and_validation_is_carved(tmp_path):
     dm = module(tmp_path, data_files={"train": write_csv(tmp_path / "train.csv", SENTENCES)})
     dm.setup()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
+import gzip
 import hashlib
 import io
 import os
@@ -208,24 +210,147 @@ def wordnet_senses(cache_dir: str | os.PathLike | None = None) -> dict:
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache / "wordnet_senses" / "test.csv"
     if not target.exists():
-        rows = []
-        members = deb_members(fetch_deb(*WORDNET, cache), "usr/share/wordnet/data.")
-        for pos in ("noun", "verb", "adj", "adv"):
-            for line in members[f"usr/share/wordnet/data.{pos}"].decode("latin-1").splitlines():
-                if line.startswith("  "):  # (the licence, at the top of each file)
-                    continue
-                head, _, gloss = line.partition(" | ")
-                parts = [part.strip() for part in gloss.split("; ")]
-                definition = "; ".join(part for part in parts if not part.startswith('"'))
-                for example in (part.strip('"').strip() for part in parts if part.startswith('"')):
-                    chosen = int(hashlib.md5(example.encode()).hexdigest(), 16) % 100 < 10
-                    if chosen and definition and len(example.split()) >= 4:
-                        rows.append((f"{head.split()[0]}-{pos}", example, definition))
+        rows = [(synset, example, definition) for synset, _, definition, examples in _wordnet_synsets(cache)
+                for example in examples if _wordnet_chosen(example) and definition]
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_csv(target, ["synset", "example", "definition"], rows)
     return {"test": str(target)}
 
 
+def _wordnet_chosen(example: str) -> bool:
+    """Whether a usage example is one of wordnet_senses' queries."""
+    return len(example.split()) >= 4 and int(hashlib.md5(example.encode()).hexdigest(), 16) % 100 < 10
+
+
+def _wordnet_synsets(cache: Path):
+    """(synset id, its words, definition, usage examples) of every WordNet 3.0 synset, read from wordnet-base."""
+    members = deb_members(fetch_deb(*WORDNET, cache), "usr/share/wordnet/data.")
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in members[f"usr/share/wordnet/data.{pos}"].decode("latin-1").splitlines():
+            if line.startswith("  "):  # (the licence, at the top of each file)
+                continue
+            head, _, gloss = line.partition(" | ")
+            fields = head.split()  # offset, lexicographer file, pos, word count (hex), then word + lex id pairs
+            words = [w.replace("_", " ") for w in fields[4 : 4 + 2 * int(fields[3], 16) : 2]]
+            parts = [part.strip() for part in gloss.split("; ")]
+            definition = "; ".join(part for part in parts if not part.startswith('"'))
+            yield f"{fields[0]}-{pos}", words, definition, [p.strip('"').strip() for p in parts if p.startswith('"')]
+
+
+# data=english_corpus: general English for MLM pretraining, from Debian packages (GCIDE and The Devil's Dictionary
+# in dictd's format, the fortune cookies) besides the WordNet glosses, both Bibles and the Rotten Tomatoes corpus.
+DICTIONARIES = {
+    "gcide": ("dict-gcide", "0.48.5+nmu2", "7b0af5cfde3cbdef5e9d6e78f92ec335ced7c2790f37a40f49bebc6f7347ac0f"),
+    "devil": ("dict-devil", "1.0-13.1", "6a535684def2a1f70cd42da16d12d43f0e9dc3e54e4a329178eebab3170e3154")}
+FORTUNES = ("fortunes", "1:1.99.1-7.3", "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5")
+NGRAM = 8  # a corpus text sharing any 8 consecutive words with an evaluation text is dropped
+_BRACKET, _SLASHED, _CITATION = re.compile(r"\[[^\[\]]*\]"), re.compile(r"\\[^\\\n]*\\"), re.compile(r"\s--\s?[A-Z].*$")
+
+
+def english_corpus(cache_dir: str | os.PathLike | None = None) -> dict:
+    """One train file, columns `text,source`: every text below, minus any that shares 8 consecutive words with
+    (or, if shorter, equals) an evaluation text of the offline data (rotten_tomatoes_offline's validation and test
+    snippets, vader_sentiment's validation and test texts and vader_polarity's, bible_quotes' validation and test
+    verses and quotes, wordnet_senses' queries and definitions):
+    - gcide: the Collaborative International Dictionary of English (Webster's 1913 and WordNet; dict-gcide), an
+      entry each, with its literary quotations, without pronunciations, etymologies and source tags;
+    - devil: Ambrose Bierce's The Devil's Dictionary (1911; dict-devil), an entry each;
+    - fortunes: the fortune-mod cookies (quotations, jokes; Debian's `fortunes`, its inoffensive files), one each;
+    - wordnet: each WordNet 3.0 synset as "words: definition; examples" (none of wordnet_senses' synsets);
+    - kjv, web: both Bibles a chapter each, of the verses in bible_quotes' train split only (checked one by one);
+    - rotten_tomatoes: data=rotten_tomatoes_corpus (the default data's unlabelled text, its eval snippets out)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache / "english_corpus" / "train.csv"
+    if target.exists():
+        return {"train": str(target)}
+    texts = [(text, name) for name, (package, version, digest) in DICTIONARIES.items()
+             for text in _dictd_entries(fetch_deb(package, version, digest, cache), name)]
+    texts += [(text, "fortunes") for text in _fortunes(cache)]
+    texts += [(f"{', '.join(words)}: {definition}" + "".join(f'; "{e}"' for e in examples), "wordnet")
+              for _, words, definition, examples in _wordnet_synsets(cache)
+              if definition and not any(_wordnet_chosen(e) for e in examples)]
+    evaluation = _evaluation_texts(cache)
+    for bible in ("KJV", "WEB"):
+        chapters: dict[str, list[str]] = {}  # (verses decontaminated one by one: a chapter shares a formula or two)
+        for verse, ref in _decontaminate([(v, r) for r, v in _verses(cache, bible).items() if split_of(r) == "train"],
+                                         evaluation):
+            chapters.setdefault(ref.rpartition(":")[0], []).append(verse)
+        texts += [(" ".join(verses), bible.lower()) for verses in chapters.values()]
+    with open(rotten_tomatoes_corpus(cache)["train"], newline="", encoding="utf-8") as f:
+        texts += [(row["text"], "rotten_tomatoes") for row in csv.DictReader(f)]
+    clean = _decontaminate(texts, evaluation)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(target, ["text", "source"], clean)
+    return {"train": str(target)}
+
+
+def _dictd_entries(deb: Path, name: str) -> list[str]:
+    """The entries of a dictd dictionary (usr/share/dictd/NAME.dict.dz, gzip-compatible, and NAME.index: headword,
+    offset and length in dictd's base64 per line), as plain text: markup, pronunciations (between backslashes),
+    bracketed etymologies and notes, and "--Author." citations dropped."""
+    members = deb_members(deb, f"usr/share/dictd/{name}.")
+    body = gzip.decompress(members[f"usr/share/dictd/{name}.dict.dz"])
+    digits = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+    number = lambda code: functools.reduce(lambda total, c: total * 64 + digits[c], code, 0)  # noqa: E731
+    spans = set()
+    for line in members[f"usr/share/dictd/{name}.index"].decode("utf-8", errors="replace").splitlines():
+        word, offset, length = line.split("\t")[:3]
+        if not word.startswith("00-database"):  # (the dictionary's own description)
+            spans.add((number(offset), number(length)))  # (several headwords may share an entry)
+    entries = []
+    for offset, length in sorted(spans):  # (bytes of the uncompressed body)
+        entry = body[offset : offset + length].decode("utf-8", "replace")
+        lines = [_CITATION.sub("", line) for line in entry.splitlines()]
+        text = _SLASHED.sub("", "\n".join(lines))
+        while _BRACKET.search(text):  # innermost first: etymologies hold brackets of their own
+            text = _BRACKET.sub("", text)
+        text = " ".join(text.replace("{", "").replace("}", "").replace("\\", "").split())  # (and an unpaired \\)
+        if len(text.split()) >= 4:
+            entries.append(text)
+    return entries
+
+
+def _fortunes(cache: Path) -> list[str]:
+    """The cookies of Debian's `fortunes` (no offensive ones ship in it; no ASCII art), one text each."""
+    cookies = []
+    for path, content in sorted(deb_members(fetch_deb(*FORTUNES, cache), "usr/share/games/fortunes/").items()):
+        if "." not in Path(path).name and not path.endswith("ascii-art"):  # (not the .dat indexes, .u8 links)
+            cookies += [" ".join(c.split()) for c in re.split(r"^%$", content.decode("utf-8", "replace"), flags=re.M)]
+    return [c for c in cookies if len(c.split()) >= 4]
+
+
+def _evaluation_texts(cache: Path) -> list[str]:
+    """Every text the offline data evaluates on (see english_corpus)."""
+    texts = []
+    for files, columns, splits in ((rotten_tomatoes_critics(cache), ["text"], ["validation", "test"]),
+                                   (vader_sentiment(cache), ["text"], ["validation", "test"]),
+                                   (vader_polarity(cache), ["text"], ["test"]),
+                                   (bible_quotes(cache), ["quote", "verse"], ["validation", "test"]),
+                                   (wordnet_senses(cache), ["example", "definition"], ["test"])):
+        for split in splits:
+            with open(files[split], newline="", encoding="utf-8") as f:
+                texts += [row[c] for row in csv.DictReader(f) for c in columns]
+    return texts
+
+
+def _decontaminate(texts: list[tuple], evaluation: list[str]) -> list[tuple]:
+    """`texts` without any whose words share NGRAM consecutive words with an evaluation text (or, for an
+    evaluation text shorter than that, equal it). Words: lowercased runs of letters and digits."""
+    words = lambda text: re.findall(r"[a-z0-9]+", text.lower())  # noqa: E731
+    grams, short = set(), set()
+    for text in evaluation:
+        w = words(text)
+        if len(w) < NGRAM:
+            short.add(tuple(w))
+        grams.update(tuple(w[i : i + NGRAM]) for i in range(len(w) - NGRAM + 1))
+    kept = []
+    for row in texts:
+        w = words(row[0])
+        if tuple(w) not in short and not any(tuple(w[i : i + NGRAM]) in grams for i in range(len(w) - NGRAM + 1)):
+            kept.append(row)
+    return kept
+
+
 SOURCES = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "rotten_tomatoes_corpus": rotten_tomatoes_corpus,
            "vader_sentiment": vader_sentiment, "vader_polarity": vader_polarity, "bible_quotes": bible_quotes,
-           "wordnet_senses": wordnet_senses}
+           "wordnet_senses": wordnet_senses, "english_corpus": english_corpus}
