@@ -108,5 +108,5 @@ class NaiveLayer(EncoderLayer):
     """The seed-style layer: padded everywhere and `need_weights=True` (attention maps computed,
     averaged over heads and returned, which forces the unfused math path)."""
 
-    def attention(self, x, padding_mask, index, blocked=None, rotary=None):
+    def attention(self, x, padding_mask, index, blocked=None, rotary=None, offsets=None):
         return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=True)[0]

@@ -27,7 +27,7 @@ from test_data import SENTENCES, module, write_csv
     ("+data.txt_column=text", "unknown key data.txt_column (did you mean data.text_column?); known keys are"),
     ("data.batch_size=big", "data.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
     ("optim.lrr=1e-3", "unknown key optim.lrr (did you mean optim.lr?); known keys are ['betas', 'decay_ratio', 'eps',"),
-    ("model=huge", "model=huge is not a config of the model group; choose one of ['base', 'minilm_l3', 'minilm_l6', 'modern_small', 'small', 'tiny']"),
+    ("model=huge", "model=huge is not a config of the model group; choose one of ['base', 'minilm_l3', 'minilm_l6', 'modern_small', 'modernbert_base', 'small', 'tiny']"),
     ("seed=abc", "seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("model.vocab_size=100", "model.vocab_size is decided by the tokenizer and the data; leave it unset"),
     ("task.name=nope", "task 'nope' is unknown; known tasks: ['classification', 'contrastive', 'embedding', 'mlm', 'multilabel', 'regression'"),

@@ -149,7 +149,7 @@ def test_bad_input_fails_in_one_line_before_training(overrides, message, tmp_pat
 
 @pytest.mark.parametrize("overrides,message", [
     (["model=huge"], "error: model=huge is not a config of the model group; choose one of ['base', 'minilm_l3', 'minilm_l6', "
-                     "'modern_small', 'small', 'tiny']"),
+                     "'modern_small', 'modernbert_base', 'small', 'tiny']"),
     (["optim.lrr=1e-3"], "error: unknown key optim.lrr (did you mean optim.lr?); known keys are ['betas', "
                          "'decay_ratio', 'eps', 'fused', 'lr', 'min_lr_ratio', 'schedule', 'warmup_ratio', "
                          "'warmup_steps', 'weight_decay']"),

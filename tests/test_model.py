@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from encoder.core.collate import Collator
 from encoder.core.errors import ConfigError
@@ -112,6 +113,26 @@ def test_a_packed_row_with_document_attention_encodes_each_document_as_if_alone(
         # the second row, one text and padding, is unchanged by it; padding stays zero
         torch.testing.assert_close(together[1], mixed[1], atol=1e-5, rtol=1e-5)
         assert torch.isfinite(together).all() and not together[batch["padding_mask"]].any()
+
+
+def test_rotary_attention_on_packed_documents_builds_no_dense_mask_and_pads_nothing(monkeypatch):
+    """model.positions=rotary, unpadded (the default): packed documents and padded rows reach attention as nested
+    tensors of their real tokens, text by text, with no [batch * heads, seq, seq] mask (what each text then
+    computes is checked against the text alone above)."""
+    import encoder.core.model as model_module
+
+    torch.manual_seed(0)
+    model = EncoderForSequenceClassification(tiny(**MODERN, dropout=0.0, attention=AttentionConfig(2, dropout=0.0)))
+    seen, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append(
+        (q.is_nested, q.size(0), kw.get("attn_mask"))) or sdpa(q, k, v, **kw))
+    monkeypatch.setattr(model_module, "within_documents", lambda *a: pytest.fail("a dense document mask was built"))
+    collator = Collator(pad_token_id=0, pad_to_multiple_of=8, document_separator=3)
+    batch = collator([{"input_ids": [2, 11, 12, 13, 3, 21, 22, 3, 31, 3]}, {"input_ids": [2, 41, 3]}])
+    hidden = model.encoder(batch["input_ids"], batch["padding_mask"], documents=batch["documents"])
+    hidden.sum().backward()  # (and trains through them)
+    assert seen == [(True, 4, None)] * 2  # 2 layers, each over 4 texts: three packed in row 0, one in row 1
+    assert model.encoder.layers[0].attn.in_proj_weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

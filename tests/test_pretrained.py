@@ -283,3 +283,113 @@ def test_a_trimmed_vocabulary_keeps_the_tokens_the_data_uses_and_their_embedding
         assert torch.equal(rows[i], teacher.state["encoder.embeddings.tokens.weight"][vocab[token]]), token
     with pytest.raises(ConfigError, match="tokenizer.trim_to_data cuts a loaded vocabulary"):
         train.train(compose(TINY + ["tokenizer.trim_to_data=true"], tmp_path / "bad"))
+
+
+def modernbert_folder(folder, tokenizer_path, old_config: bool = False):
+    """A tiny random ModernBERT saved by transformers (4 layers: global, local, local, global; a window of 8
+    tokens), with a real tokenizer; with `old_config`, its config.json as the Hub's checkpoints still write it."""
+    import json
+    import shutil
+
+    from transformers import ModernBertConfig, ModernBertModel
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=Tokenizer.from_file(str(tokenizer_path)).get_vocab_size(), hidden_size=32,
+                              intermediate_size=48, num_hidden_layers=4, num_attention_heads=4, local_attention=8,
+                              global_attn_every_n_layers=3, max_position_embeddings=512, pad_token_id=0,
+                              rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 160000.0},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    reference = ModernBertModel(config).eval()
+    with torch.no_grad():  # (its norms start at 1: make them count)
+        for name, p in reference.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    reference.save_pretrained(folder)
+    shutil.copy(tokenizer_path, folder / "tokenizer.json")
+    if old_config:
+        saved = json.loads((folder / "config.json").read_text())
+        del saved["layer_types"], saved["rope_parameters"]
+        saved.update(global_attn_every_n_layers=3, global_rope_theta=160000.0, local_rope_theta=10000.0)
+        (folder / "config.json").write_text(json.dumps(saved))
+    return reference
+
+
+@pytest.mark.parametrize("old_config", [False, True], ids=["transformers5", "hub"])
+def test_imported_modernbert_matches_transformers_modernbert(minilm, sentences, tmp_path, old_config):
+    """A ModernBERT folder (or Ettin's: the same model type) imports as our rotary encoder with local and global
+    layers, GeGLU and no norm before the first attention, and computes what transformers' ModernBertModel does."""
+    reference = modernbert_folder(tmp_path, minilm.tokenizer_path, old_config)
+    imported = pretrained.load(str(tmp_path))
+    assert {k: imported.arch[k] for k in ("local_attention", "global_every", "rope_theta", "local_rope_theta",
+                                          "first_attention_norm", "positions", "ffn", "bias")} == {
+        "local_attention": 8, "global_every": 3, "rope_theta": 160000.0, "local_rope_theta": 10000.0,
+        "first_attention_norm": False, "positions": "rotary", "ffn": "gated", "bias": False}
+    tok = Tokenizer.from_file(str(imported.tokenizer_path))
+    cfg = ModelConfig.from_dict({**imported.arch, "vocab_size": tok.get_vocab_size(), "pad_token_id": 0})
+    ours = EncoderForSequenceClassification(cfg).eval()
+    pretrained.apply(imported, ours)
+    batch = Collator(pad_token_id=0)([{"input_ids": e.ids} for e in tok.encode_batch(sentences)])
+    real = ~batch["padding_mask"]
+    assert real.sum(1).max() > 20  # (longer than the window: the local layers are local)
+    with torch.no_grad():
+        expected = reference(input_ids=batch["input_ids"], attention_mask=real.long()).last_hidden_state
+        for unpad in (True, False):
+            ours.encoder.unpad = unpad
+            torch.testing.assert_close(ours.encoder(batch["input_ids"], batch["padding_mask"])[real], expected[real],
+                                       atol=1e-4, rtol=1e-4)
+
+
+def test_a_modernbert_encoder_exports_back_to_transformers_and_sentence_transformers(minilm, sentences, tmp_path):
+    """Imported (and, as anything of ours, trained further), a ModernBERT-shaped encoder is written as a
+    ModernBertModel folder: transformers computes what the original did, sentence-transformers embeds as we do."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from encoder.serving import hf
+
+    reference = modernbert_folder(tmp_path / "in", minilm.tokenizer_path)
+    saved = pretrained.as_saved(str(tmp_path / "in"), "contrastive", 128)
+    (tmp_path / "out").mkdir()
+    hf.write_hf(saved, tmp_path / "out", sentence_transformers_only=True)
+    tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    batch = Collator(pad_token_id=0)([{"input_ids": e.ids} for e in tok.encode_batch(sentences)])
+    real = ~batch["padding_mask"]
+    exported = AutoModel.from_pretrained(str(tmp_path / "out")).eval()
+    assert type(exported).__name__ == "ModernBertModel"
+    with torch.no_grad():
+        expected = reference(input_ids=batch["input_ids"], attention_mask=real.long()).last_hidden_state
+        got = exported(input_ids=batch["input_ids"], attention_mask=real.long()).last_hidden_state
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    theirs = SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(sentences[:4], convert_to_tensor=True)
+    mask = real[:4].unsqueeze(-1).float()
+    mean = (expected[:4] * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(theirs, mean, atol=1e-4, rtol=1e-4)
+
+
+def test_a_rotary_model_that_modernbert_cannot_express_is_refused_in_one_line(tmp_path):
+    from encoder.serving import hf
+
+    cfg = ModelConfig(positions="rotary", ffn="gated", norm_first=True, bias=False)  # layer 0's norm kept
+    with pytest.raises(ConfigError, match=r"^model.first_attention_norm=true has no equivalent in transformers' "
+                                          r"ModernBERT \(ModernBERT's layer 0 has no norm before attention\); export "
+                                          r"with the default --format encoder instead$"):
+        hf.check_expressible(cfg, None)
+    with pytest.raises(ConfigError, match=r"exports to transformers' ModernBERT as the encoder alone"):
+        hf.check_expressible(ModelConfig(positions="rotary", ffn="gated", norm_first=True, first_attention_norm=False),
+                             "classification")
+
+
+def test_fine_tuning_starts_from_every_weight_of_a_modernbert_folder(minilm, tmp_path):
+    """python train.py model=modernbert_base model.init_from=FOLDER, with the folder's sizes (here a tiny one)."""
+    import train
+
+    modernbert_folder(tmp_path / "in", minilm.tokenizer_path)
+    imported = pretrained.load(str(tmp_path / "in"))
+    sizes = ["model.embed_dim=32", "model.num_layers=4", "model.ffn_dim=48", "model.attention.num_heads=4",
+             "model.max_positions=512", "model.local_attention=8"]
+    overrides = TINY + ["model=modernbert_base", *sizes, f"model.init_from={tmp_path / 'in'}", "data.max_length=64",
+                        "trainer.limit_train_batches=2", START]
+    train.train(compose(overrides, tmp_path / "run"))
+    assert len(imported.state) == 4 * 6 - 1 + 3  # 6 tensors a layer (layer 0: no attention norm), 3 outside
+    for name, value in imported.state.items():
+        assert torch.equal(WeightsAtStart.seen[name], value), name

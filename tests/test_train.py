@@ -413,7 +413,9 @@ def test_a_model_of_modern_blocks_trains_and_serves_from_its_onnx_and_int8_graph
     torch.testing.assert_close(encoder.load_model(out, backend="onnx").probabilities(texts), probabilities, atol=1e-4,
                                rtol=0)
     assert (encoder.load_model(out, backend="onnx", int8=True).probabilities(texts) - probabilities).abs().max() < 0.1
-    with pytest.raises(ConfigError, match=r"^model.norm_first=true has no equivalent in transformers' BERT"):
+    # (rotary: the ModernBERT way, whose first layer has no norm before attention)
+    with pytest.raises(ConfigError, match=r"^model.first_attention_norm=true has no equivalent in transformers' "
+                                          r"ModernBERT"):
         export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "bert", format="hf")
     assert not (tmp_path / "bert").exists()
 

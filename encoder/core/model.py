@@ -6,13 +6,15 @@ only by the collator. Every row has at least one real token ([CLS]) so no attent
 Padding is skipped wherever it can be: with `Encoder.unpad` (on by default) the hidden states of
 the real tokens only are kept packed as [n_real, dim]; each layer scatters them into a padded
 [batch, seq, dim] tensor for `nn.MultiheadAttention` and gathers the result back, so the
-feed-forward block, norms, residuals and dropout never touch a padded position. `unpad=False`
-runs the plain padded computation; tests check both give the same outputs at real positions.
+feed-forward block, norms, residuals and dropout never touch a padded position (rotary attention skips the
+padded view too: `RotaryAttention.varlen`). `unpad=False` runs the plain padded computation; tests check both give
+the same outputs at real positions.
 
 The default blocks are BERT's (learned positions, LayerNorm, a plain feed-forward, biases, `nn.MultiheadAttention`).
 Modern ones are options beside them (`model=modern_small` composes them): rotary positions (`RotaryAttention`, the
 same packed in-projection with q and k rotated, then torch's scaled_dot_product_attention), RMSNorm, a gated
-feed-forward (GeGLU / SwiGLU) and bias-free layers.
+feed-forward (GeGLU / SwiGLU) and bias-free layers; and for transformers' ModernBERT, local attention layers (a
+window around each token) between global ones, and no norm before layer 0's attention.
 
 Each task's head (`EncoderForSequenceClassification`, ...) lives with its task in encoder/tasks/.
 """
@@ -20,6 +22,7 @@ Each task's head (`EncoderForSequenceClassification`, ...) lives with its task i
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -32,6 +35,9 @@ from encoder.core.options import AttentionConfig, ModelConfig  # noqa: F401 (imp
 # the options (ModelConfig) are in encoder/core/options.py, free of torch; here what each one builds
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 assert tuple(ACTIVATIONS) == options.ACTIVATIONS
+# RotaryAttention.varlen on CPU: torch's math path converts to its older nested layout, which warns that it is a
+# prototype (the jagged layout used here is not)
+warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -98,10 +104,11 @@ class RotaryAttention(nn.Module):
     layout and names: `in_proj_weight` [3 * dim, dim], `in_proj_bias`, `out_proj`), q and k rotated by each
     token's position, then torch's scaled_dot_product_attention (its fused kernels on CPU and GPU)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, local: bool = False):
         super().__init__()
         dim, a = cfg.embed_dim, cfg.attention
         self.num_heads, self.dropout = a.num_heads, a.dropout
+        self.reach = cfg.local_attention // 2 if local else None  # a local layer's tokens: this many either side
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if a.bias else None
         self.out_proj = nn.Linear(dim, dim, bias=a.bias)
@@ -114,31 +121,50 @@ class RotaryAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         return rotate(q, *rotary), rotate(k, *rotary), v
 
-    @staticmethod
-    def allowed(padding_mask: torch.Tensor | None, blocked: torch.Tensor | None, shape: tuple) -> torch.Tensor | None:
+    def allowed(self, padding_mask: torch.Tensor | None, blocked: torch.Tensor | None, shape: tuple,
+                device: torch.device) -> torch.Tensor | None:
         """The [batch, heads or 1, seq, seq] mask of scaled_dot_product_attention (True = may attend) from the
-        padding mask and `nn.MultiheadAttention`'s `blocked` [batch * heads, seq, seq] (True = may not)."""
+        padding mask, `nn.MultiheadAttention`'s `blocked` [batch * heads, seq, seq] (True = may not) and, in a
+        local layer, the window."""
         batch, heads, seq = shape
         allowed = ~padding_mask[:, None, None, :] if padding_mask is not None else None
         if blocked is not None:
             inside = ~blocked.view(batch, heads, seq, seq)
             allowed = inside if allowed is None else inside & allowed
+        if self.reach is not None:
+            near = torch.arange(seq, device=device)
+            near = (near[:, None] - near[None, :]).abs() <= self.reach
+            allowed = near if allowed is None else allowed & near
         return allowed
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, blocked: torch.Tensor | None,
                 rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         batch, seq, dim = x.shape
         q, k, v = self.heads(x, rotary)
-        mask = self.allowed(padding_mask, blocked, (batch, self.num_heads, seq))
+        mask = self.allowed(padding_mask, blocked, (batch, self.num_heads, seq), x.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq, dim))
+
+    def varlen(self, x: torch.Tensor, offsets: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Attention over texts laid end to end without padding: `x` [n_real, dim], the text starting at each of
+        `offsets` [texts + 1] attends within itself only. Through nested tensors (jagged layout), so no [batch *
+        heads, seq, seq] mask is built and attention costs each text's length squared, not the row's: on GPU
+        FlashAttention's variable-length kernel, on CPU torch's math path, text by text."""
+        n, dim = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(n, 3, self.num_heads, -1)
+        q, k, v = (t.contiguous() for t in qkv.unbind(1))  # [n, heads, head_dim] each
+        q, k = rotate(q, *rotary), rotate(k, *rotary)
+        q, k, v = (torch.nested.nested_tensor_from_jagged(t, offsets).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).values().reshape(n, dim))
 
     def probabilities(self, x: torch.Tensor, padding_mask: torch.Tensor,
                       rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """[batch, heads, seq, seq] attention probabilities, for `Encoder.attention_maps`."""
         q, k, _ = self.heads(x, rotary)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        return scores.masked_fill(padding_mask[:, None, None, :], float("-inf")).softmax(-1)
+        allowed = self.allowed(padding_mask, None, (x.shape[0], 1, x.shape[1]), x.device)
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
 
 
 class GatedFeedForward(nn.Module):
@@ -165,11 +191,12 @@ class EncoderLayer(nn.Module):
     `index` the flat positions of those tokens in the [batch * seq] grid.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
         a = cfg.attention
+        self.local = cfg.local_attention > 0 and index % cfg.global_every != 0  # (ModernBERT's local layers)
         if cfg.positions == "rotary":
-            self.attn = RotaryAttention(cfg)
+            self.attn = RotaryAttention(cfg, self.local)
         else:
             self.attn = nn.MultiheadAttention(
                 cfg.embed_dim, a.num_heads, dropout=a.dropout, bias=a.bias,
@@ -180,7 +207,7 @@ class EncoderLayer(nn.Module):
         else:
             self.ffn = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.ffn_dim, bias=cfg.bias), ACTIVATIONS[cfg.activation](),
                                      nn.Linear(cfg.ffn_dim, cfg.embed_dim, bias=cfg.bias))
-        self.norm1 = make_norm(cfg)
+        self.norm1 = make_norm(cfg) if cfg.first_attention_norm or index else nn.Identity()
         self.norm2 = make_norm(cfg)
         self.dropout1 = nn.Dropout(cfg.dropout)
         self.dropout2 = nn.Dropout(cfg.dropout)
@@ -193,7 +220,10 @@ class EncoderLayer(nn.Module):
         return self.attn(x, x, x, key_padding_mask=padding_mask, attn_mask=blocked, need_weights=False)[0]
 
     def attention(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None,
-                  blocked: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                  blocked: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                  offsets: torch.Tensor | None = None) -> torch.Tensor:
+        if offsets is not None:  # rotary, unpadded: the real tokens attend text by text, never padded
+            return self.attn.varlen(x, offsets, rotary)
         if index is None:
             return self.attend(x, padding_mask, blocked, rotary)
         batch, seq = padding_mask.shape
@@ -202,14 +232,15 @@ class EncoderLayer(nn.Module):
         return out.reshape(batch * seq, -1).index_select(0, index)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, index: torch.Tensor | None = None,
-                blocked: torch.Tensor | None = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> torch.Tensor:
+                blocked: torch.Tensor | None = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
         """`blocked` [batch * heads, seq, seq]: True where a token may not attend (another document's);
-        `rotary`: the cos and sin tables of rotary positions (`rotary_tables`), None without them."""
+        `rotary`: the cos and sin tables of rotary positions (`rotary_tables`), None without them; `offsets`: where
+        each text starts among the packed real tokens (`text_offsets`), for `RotaryAttention.varlen`."""
         if self.norm_first:
-            x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index, blocked, rotary))
+            x = x + self.dropout1(self.attention(self.norm1(x), padding_mask, index, blocked, rotary, offsets))
             return x + self.dropout2(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout1(self.attention(x, padding_mask, index, blocked, rotary)))
+        x = self.norm1(x + self.dropout1(self.attention(x, padding_mask, index, blocked, rotary, offsets)))
         return self.norm2(x + self.dropout2(self.ffn(x)))
 
 
@@ -221,14 +252,19 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.unpad = unpad  # a run-time switch, not architecture: both paths compute the same function
         self.embeddings = Embeddings(cfg)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.final_norm = make_norm(cfg) if cfg.norm_first else nn.Identity()
 
-    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def rotary(self, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Each layer's rotary tables at `positions` (None without rotary positions): local layers turn by
+        `local_rope_theta`, global ones by `rope_theta`."""
         cfg = self.cfg
         if cfg.positions != "rotary":
-            return None
-        return rotary_tables(positions, cfg.embed_dim // cfg.attention.num_heads, cfg.rope_theta)
+            return [None] * len(self.layers)
+        head_dim = cfg.embed_dim // cfg.attention.num_heads
+        tables = {local: rotary_tables(positions, head_dim, cfg.local_rope_theta if local else cfg.rope_theta)
+                  for local in {layer.local for layer in self.layers}}
+        return [tables[layer.local] for layer in self.layers]
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, documents: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,29 +275,36 @@ class Encoder(nn.Module):
             raise ValueError(f"sequence length {seq} exceeds model.max_positions={self.cfg.max_positions}; "
                              f"lower data.max_length")
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        blocked = None
         if documents is not None:
-            positions, blocked = within_documents(documents, padding_mask, self.cfg.attention.num_heads)
-        rotary = self.rotary(positions)  # on the padded grid, where attention runs
+            positions = document_positions(documents)
         # A graph export (ONNX) cannot branch on data: it takes the padded path with the mask.
         exporting = torch.compiler.is_exporting()
         has_padding = exporting or bool(padding_mask.any())
-        if not self.unpad or not has_padding or exporting:
+        # Rotary attention on real tokens only (no padding, no mask: RotaryAttention.varlen) whenever there is
+        # padding or a row holds several documents; nn.MultiheadAttention needs the padded grid and a mask.
+        varlen = (self.cfg.positions == "rotary" and not self.cfg.local_attention  # (a window is a mask: padded)
+                  and self.unpad and not exporting and (has_padding or documents is not None))
+        blocked = within_documents(documents, padding_mask, self.cfg.attention.num_heads) \
+            if documents is not None and not varlen else None
+        if not varlen and (not self.unpad or not has_padding or exporting):
             # Without padding there is nothing to skip, and attention needs no mask (a faster kernel).
             mask = padding_mask if has_padding else None
             x = self.embeddings(input_ids, positions, token_type_ids)
-            for layer in self.layers:
+            for layer, rotary in zip(self.layers, self.rotary(positions)):
                 x = layer(x, mask, blocked=blocked, rotary=rotary)
             return self.final_norm(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
         # Gather the real tokens once; everything but attention runs on them only.
         index = (~padding_mask).flatten().nonzero().squeeze(1)
         segments = token_type_ids.flatten()[index] if token_type_ids is not None else None
         x = self.embeddings(input_ids.flatten()[index], positions.flatten()[index], segments)
-        for layer in self.layers:
-            x = layer(x, padding_mask, index, blocked, rotary)
+        if varlen:  # the rotary tables of the real tokens only, and where each text starts among them
+            rotary, offsets = self.rotary(positions.flatten()[index]), text_offsets(padding_mask, documents, index)
+        else:  # on the padded grid, where attention runs
+            rotary, offsets = self.rotary(positions), None
+        for layer, tables in zip(self.layers, rotary):
+            x = layer(x, padding_mask, index, blocked, tables, offsets)
         x = self.final_norm(x)
         return x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, index, x).view(batch, seq, -1)
-
 
     @torch.no_grad()
     def attention_maps(self, input_ids: torch.Tensor, padding_mask: torch.Tensor,
@@ -271,9 +314,9 @@ class Encoder(nn.Module):
         the fused kernels). Call it in eval mode (no dropout) to see what the model attends to."""
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        x, rotary = self.embeddings(input_ids, positions, token_type_ids), self.rotary(positions)
+        x, rotaries = self.embeddings(input_ids, positions, token_type_ids), self.rotary(positions)
         maps = []
-        for layer in self.layers:
+        for layer, rotary in zip(self.layers, rotaries):
             h = layer.norm1(x) if layer.norm_first else x  # what the attention block sees
             if rotary is not None:
                 maps.append(layer.attn.probabilities(h, padding_mask, rotary))
@@ -284,19 +327,34 @@ class Encoder(nn.Module):
         return maps
 
 
-def within_documents(documents: torch.Tensor, padding_mask: torch.Tensor,
-                     num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For rows packed with several documents: positions counted from each document's first token, and the
-    attention mask [batch * heads, seq, seq] (`nn.MultiheadAttention`'s `attn_mask`, True = may not attend) that
-    keeps each token within its document. Padding rows stay open to every real token, as without documents (a
-    row that may attend nowhere gives NaN, and padding's outputs are dropped anyway)."""
+def document_positions(documents: torch.Tensor) -> torch.Tensor:
+    """For rows packed with several documents ([batch, seq], the document of each token): each token's position
+    counted from its document's first token."""
     batch, seq = documents.shape
     arange = torch.arange(seq, device=documents.device).expand(batch, seq)
-    first = torch.ones_like(padding_mask)
+    first = torch.ones_like(documents, dtype=torch.bool)
     first[:, 1:] = documents[:, 1:] != documents[:, :-1]
-    start = torch.where(first, arange, 0).cummax(1).values
+    return arange - torch.where(first, arange, 0).cummax(1).values
+
+
+def within_documents(documents: torch.Tensor, padding_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The attention mask [batch * heads, seq, seq] (`nn.MultiheadAttention`'s `attn_mask`, True = may not attend)
+    that keeps each token of a packed row within its document. Padding rows stay open to every real token, as
+    without documents (a row that may attend nowhere gives NaN, and padding's outputs are dropped anyway)."""
     blocked = (documents.unsqueeze(2) != documents.unsqueeze(1)) & ~padding_mask.unsqueeze(2)
-    return arange - start, blocked.repeat_interleave(num_heads, dim=0)
+    return blocked.repeat_interleave(num_heads, dim=0)
+
+
+def text_offsets(padding_mask: torch.Tensor, documents: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+    """Where each text starts among the real tokens `index` (flat positions in the [batch * seq] grid, in order),
+    and their count at the end: a text is a row's real tokens, or with `documents` each document of a row."""
+    batch, seq = padding_mask.shape
+    rows = torch.arange(batch, device=index.device).repeat_interleave(seq)
+    key = rows * seq + (documents.flatten() if documents is not None else 0)
+    key = key[index]
+    starts = (key[1:] != key[:-1]).nonzero().squeeze(1) + 1
+    ends = torch.tensor([0, key.numel()], device=index.device)
+    return torch.cat([ends[:1], starts, ends[1:]])
 
 
 def pool(hidden: torch.Tensor, padding_mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -56,6 +56,13 @@ class ModelConfig:
     norm_first: bool = False  # False = post-LN (BERT), True = pre-LN (+ a final LayerNorm)
     positions: str = "learned"  # learned | sinusoidal (added to the embeddings) | rotary (RoPE, in attention)
     rope_theta: float = 10000.0  # rotary positions' base: the longest wavelength, in tokens, is 2 pi times it
+    # rotary, ModernBERT's local/global attention: with local_attention > 0 every layer but each global_every-th
+    # (from layer 0) is local, its tokens attending to those within local_attention / 2 positions either side
+    local_attention: int = 0  # 0: every layer global (ModernBERT: 128, with global_every 3)
+    global_every: int = 1
+    local_rope_theta: float = 10000.0  # the local layers' rotary base (ModernBERT: 10,000, its global ones 160,000)
+    first_attention_norm: bool = True  # pre-LN: false drops layer 0's norm before attention (ModernBERT's: the
+    #                                    embeddings' norm is right before it)
     norm: str = "layernorm"  # layernorm | rmsnorm
     ffn: str = "plain"  # plain: linear, activation, linear; gated: activation(x W) * (x V), then linear (GeGLU, SwiGLU)
     bias: bool = True  # biases in the feed-forward's linear layers and in LayerNorm (the attention's: attention.bias)
@@ -118,6 +125,19 @@ class ModelConfig:
                 if getattr(self.attention, key):
                     raise ConfigError(f"model.attention.{key}=true is an nn.MultiheadAttention option, which "
                                       f"model.positions=rotary does not use; set it to false")
+        if not isinstance(self.local_attention, int) or self.local_attention < 0 or self.local_attention % 2:
+            raise ConfigError(f"model.local_attention={self.local_attention!r} must be 0 (every layer global) or an "
+                              f"even window, e.g. 128")
+        if self.local_attention and self.positions != "rotary":
+            raise ConfigError("model.local_attention is ModernBERT's local attention, a rotary option: set "
+                              "model.positions=rotary or model.local_attention=0")
+        if not isinstance(self.global_every, int) or self.global_every < 1:
+            raise ConfigError(f"model.global_every={self.global_every!r} must be a positive integer (1: all global)")
+        if not self.local_rope_theta > 0:
+            raise ConfigError(f"model.local_rope_theta={self.local_rope_theta} must be above 0")
+        if not self.first_attention_norm and not self.norm_first:
+            raise ConfigError("model.first_attention_norm=false drops a pre-LN norm; post-LN (model.norm_first=false) "
+                              "has none to drop: set model.norm_first=true")
         check_choice(self.pooling, POOLINGS, "model.pooling")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary")

@@ -6,6 +6,10 @@ that `transformers` (AutoModelFor<Task>, pipelines) and sentence-transformers lo
 (`python -m encoder.export CKPT DIR --format hf`); tests and benchmarks also use it to compare us with a
 reference we did not write. Importing reads a BERT-family folder (`config.json` + `model.safetensors` +
 `tokenizer.json`: BERT, MiniLM, ...) into our encoder. Neither direction imports `transformers`.
+
+Rotary models go the same two ways as transformers' ModernBERT (`_modernbert`, `modernbert_config_dict`: rotary
+attention with local and global layers, GeGLU, pre-LN without a norm before layer 0's attention, no biases), the
+encoder alone: ModernBERT's task heads are not ours.
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ def _pairs(num_layers: int, prefix: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _modern_names(num_layers: int) -> list[tuple[str, str]]:
+    """(our name, ModernBertModel's name) of each tensor, "{}" standing for weight or bias."""
+    names = [("encoder.embeddings.tokens.{}", "embeddings.tok_embeddings.{}"),
+             ("encoder.embeddings.norm.{}", "embeddings.norm.{}"), ("encoder.final_norm.{}", "final_norm.{}")]
+    for i in range(num_layers):
+        names += [(f"encoder.layers.{i}.{ours}", f"layers.{i}.{theirs}") for ours, theirs in (
+            ("norm1.{}", "attn_norm.{}"), ("attn.in_proj_{}", "attn.Wqkv.{}"), ("attn.out_proj.{}", "attn.Wo.{}"),
+            ("norm2.{}", "mlp_norm.{}"), ("ffn.wi.{}", "mlp.Wi.{}"), ("ffn.wo.{}", "mlp.Wo.{}"))]
+    return names
+
+
 def _qkv(num_layers: int, prefix: str) -> list[tuple[str, list[str]]]:
     """Our packed in-projection and BERT's separate query/key/value, per layer and kind."""
     return [(f"encoder.layers.{i}.attn.in_proj_{kind}",
@@ -66,15 +81,39 @@ def _task(name: str | None) -> Task | None:
     return task if task is not None and task.hf_class is not None else None
 
 
+# ModernBERT (rotary models): the option it cannot express -> (is it fine?, why)
+UNEXPRESSIBLE_MODERN = (
+    ("model.ffn", lambda c: c.ffn == "gated", "ModernBERT's feed-forward is GeGLU-style gated"),
+    ("model.norm_first", lambda c: c.norm_first, "ModernBERT is pre-LN"),
+    ("model.first_attention_norm", lambda c: not c.first_attention_norm, "ModernBERT's layer 0 has no norm before "
+                                                                          "attention"),
+    ("model.norm", lambda c: c.norm == "layernorm", "ModernBERT's norms are LayerNorm"),
+    ("model.activation", lambda c: c.activation in ACTIVATIONS, "its activations here are gelu, relu, silu"),
+    ("model.type_vocab_size", lambda c: c.type_vocab_size == 0, "ModernBERT has no segment embeddings"),
+    ("model.pooler", lambda c: not c.pooler, "ModernBERT has no BERT pooler"),
+)
+
+
+def modernbert_family(cfg: ModelConfig) -> bool:
+    """Rotary models export as transformers' ModernBERT (what `_modernbert` imports), the others as BERT."""
+    return cfg.positions == "rotary"
+
+
 def check_expressible(cfg: ModelConfig, task: str | None) -> None:
-    """One ConfigError line naming the first option transformers' BERT cannot express (`task` None: the
-    encoder alone, as sentence-transformers loads it)."""
-    for key, fine, why in UNEXPRESSIBLE:
+    """One ConfigError line naming the first option transformers' BERT (ModernBERT for a rotary model) cannot
+    express (`task` None: the encoder alone, as sentence-transformers loads it)."""
+    modern = modernbert_family(cfg)
+    for key, fine, why in UNEXPRESSIBLE_MODERN if modern else UNEXPRESSIBLE:
         if not fine(cfg):
             value = getattr(cfg.attention, key.rsplit(".", 1)[1]) if ".attention." in key else getattr(cfg, key[6:])
             value = str(value).lower() if isinstance(value, bool) else repr(value)  # as it is typed: true, not True
-            raise ConfigError(f"{key}={value} has no equivalent in transformers' BERT ({why}); export with the "
-                              f"default --format encoder instead")
+            raise ConfigError(f"{key}={value} has no equivalent in transformers' {'ModernBERT' if modern else 'BERT'} "
+                              f"({why}); export with the default --format encoder instead")
+    if modern and _task(task) is not None:
+        raise ConfigError(f"a rotary model exports to transformers' ModernBERT as the encoder alone: its "
+                          f"ModernBertFor{_task(task).hf_class.removeprefix('BertFor')} head (dense, activation, norm) "
+                          f"is not task={task}'s; export with --format sentence-transformers (embeddings) or the "
+                          f"default --format encoder")
     head = _task(task)
     if head is not None and head.hf_pooler and (cfg.pooling != "cls" or not cfg.pooler):
         raise ConfigError(f"model.pooling={cfg.pooling}, model.pooler={str(cfg.pooler).lower()}: transformers' "
@@ -97,6 +136,33 @@ def bert_config_dict(cfg: ModelConfig, task: str | None = "classification",
         "layer_norm_eps": cfg.layer_norm_eps, "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True,
     }
     return {**config, **(head.hf_config(label_names) if head else {})}
+
+
+def modernbert_config_dict(cfg: ModelConfig) -> dict:
+    """config.json of a ModernBertModel of the same architecture (check_expressible first): transformers 5's keys
+    (`layer_types`, `rope_parameters`) and the older ones the Hub's ModernBERT checkpoints carry."""
+    layers = ["sliding_attention" if cfg.local_attention and i % cfg.global_every else "full_attention"
+              for i in range(cfg.num_layers)]
+    return {
+        "model_type": "modernbert", "architectures": ["ModernBertModel"], "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.embed_dim, "intermediate_size": cfg.ffn_dim, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.attention.num_heads, "hidden_activation": ACTIVATIONS[cfg.activation],
+        "max_position_embeddings": cfg.max_positions, "norm_eps": cfg.layer_norm_eps, "norm_bias": cfg.bias,
+        "mlp_bias": cfg.bias, "attention_bias": cfg.attention.bias, "pad_token_id": cfg.pad_token_id,
+        "embedding_dropout": 0.0, "attention_dropout": cfg.attention.dropout, "mlp_dropout": 0.0,
+        "layer_types": layers, "local_attention": cfg.local_attention or cfg.max_positions,
+        "global_attn_every_n_layers": cfg.global_every if cfg.local_attention else 1,
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.local_rope_theta}},
+        "global_rope_theta": cfg.rope_theta, "local_rope_theta": cfg.local_rope_theta,
+        "classifier_pooling": cfg.pooling, "tie_word_embeddings": True,
+    }
+
+
+def modernbert_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our encoder's weights under ModernBertModel's names (the inverse of `_modernbert`)."""
+    return {theirs.format(kind): state[ours.format(kind)].contiguous()
+            for ours, theirs in _modern_names(cfg.num_layers) for kind in ("weight", "bias") if ours.format(kind) in state}
 
 
 def bert_config(cfg: ModelConfig):
@@ -147,9 +213,12 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, norm
     # Dense) is written as the encoder alone
     cfg = saved.config
     task = None if sentence_transformers_only or _task(saved.task) is None else saved.task
-    config = bert_config_dict(cfg, task, saved.label_names)
-    state = bert_state_dict(saved.state, cfg, task)
-    if task is None:  # the encoder alone, as a BertModel: BERT's pooler, zero. sentence-transformers never reads it
+    check_expressible(cfg, task)
+    if modernbert_family(cfg):  # a ModernBertModel (the encoder alone)
+        config, state = modernbert_config_dict(cfg), modernbert_state_dict(saved.state, cfg)
+    else:
+        config, state = bert_config_dict(cfg, task, saved.label_names), bert_state_dict(saved.state, cfg, task)
+    if task is None and not modernbert_family(cfg):  # the encoder alone, as a BertModel: BERT's pooler, zero. sentence-transformers never reads it
         # (its pooling is 1_Pooling), and with it present no option must tell BertModel to build none: its ONNX
         # backend hands such model_args to optimum, which refuses add_pooling_layer
         state |= {"pooler.dense.weight": torch.zeros(cfg.embed_dim, cfg.embed_dim),
@@ -198,7 +267,8 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, norm
 
 # ---- import: a BERT-family folder -> ours -------------------------------------------------
 def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """(architecture for ModelConfig, weights under our names, tokenizer JSON) of a BERT folder.
+    """(architecture for ModelConfig, weights under our names, tokenizer JSON) of a BERT folder (or a ModernBERT
+    one: `_modernbert`).
 
     Its token-type (segment) embeddings become ours (`type_vocab_size`, 2 for BERT): a single text is
     segment 0 throughout, a pair 0 then 1, as in BERT. The pooler is returned when the folder has one.
@@ -211,11 +281,14 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
         raise ConfigError(f"model.init_from={folder} lacks {', '.join(missing)}; point it at a BERT-style folder "
                           f"(config.json, model.safetensors, tokenizer.json) or an encoder export")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if config.get("model_type") != "bert" or config.get("position_embedding_type", "absolute") != "absolute":
+    modern = config.get("model_type") == "modernbert"
+    if not modern and (config.get("model_type") != "bert" or
+                       config.get("position_embedding_type", "absolute") != "absolute"):
         raise ConfigError(f"{folder} holds a {config.get('model_type')!r} model; only BERT-style encoders "
-                          f"(model_type bert, absolute positions) can be imported")
-    if config.get("hidden_act") not in ACTIVATIONS:
-        raise ConfigError(f"{folder} uses activation {config.get('hidden_act')!r}; supported: {list(ACTIVATIONS)}")
+                          f"(model_type bert, absolute positions) and ModernBERT can be imported")
+    activation = config.get("hidden_activation" if modern else "hidden_act")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"{folder} uses activation {activation!r}; supported: {list(ACTIVATIONS)}")
     try:
         tensors = load_file(folder / "model.safetensors")
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError...: a damaged or truncated file
@@ -226,6 +299,9 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     if broken is not None:
         raise ConfigError(f"model.init_from={folder}: its tensor {broken} holds values that are not finite (inf or "
                           f"NaN); the file is damaged: training from it would fail whatever the learning rate")
+    tokenizer = finalize(load_tokenizer(folder / "tokenizer.json")).to_str()
+    if modern:
+        return (*_modernbert(folder, config, tensors), tokenizer)
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     layers = config["num_hidden_layers"]
     state = {ours: tensors[theirs] for ours, theirs in _pairs(layers, prefix)}
@@ -244,5 +320,38 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
             "norm": "layernorm", "ffn": "plain", "bias": True,
             "attention": {"num_heads": config["num_attention_heads"], "bias": True, "add_bias_kv": False,
                           "add_zero_attn": False}}
-    tokenizer = finalize(load_tokenizer(folder / "tokenizer.json"))
-    return arch, state, tokenizer.to_str()
+    return arch, state, tokenizer
+
+
+def _modernbert(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A ModernBERT (or Ettin) encoder as ours: rotary attention with its local/global layers and their two rotary
+    bases, GeGLU, pre-norm with no norm before layer 0's attention, LayerNorm and linear layers without biases
+    (`model=modern_small`'s blocks). Configs of transformers 5 (`layer_types`, `rope_parameters`) and the older
+    ones the Hub's checkpoints carry (`global_attn_every_n_layers`, `global_rope_theta`, `local_rope_theta`)."""
+    layers = config["num_hidden_layers"]
+    types = config.get("layer_types") or ["full_attention" if i % config.get("global_attn_every_n_layers", 1) == 0
+                                          else "sliding_attention" for i in range(layers)]
+    local = "sliding_attention" in types
+    every = next((i for i, t in enumerate(types) if i and t == "full_attention"), layers) if local else 1
+    if types != ["full_attention" if i % every == 0 else "sliding_attention" for i in range(layers)]:
+        raise ConfigError(f"{folder}: its layers' attention {types} is not global every n-th layer from the first "
+                          f"and local otherwise, the one pattern model.global_every expresses")
+    rope = config.get("rope_parameters") or {}
+    theta = {kind: (rope.get(kind) or {}).get("rope_theta", config.get(key, default)) for kind, key, default in
+             (("full_attention", "global_rope_theta", 160000.0), ("sliding_attention", "local_rope_theta", 10000.0))}
+    if config.get("norm_bias", False) != config.get("mlp_bias", False):
+        raise ConfigError(f"{folder}: norm_bias={config.get('norm_bias')} and mlp_bias={config.get('mlp_bias')} "
+                          f"differ; model.bias sets both, so only equal ones can be imported")
+    prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+    state = {ours.format(kind): tensors[prefix + theirs.format(kind)] for ours, theirs in _modern_names(layers)
+             for kind in ("weight", "bias") if prefix + theirs.format(kind) in tensors}
+    arch = {"embed_dim": config["hidden_size"], "num_layers": layers, "ffn_dim": config["intermediate_size"],
+            "max_positions": config["max_position_embeddings"], "activation": config["hidden_activation"],
+            "type_vocab_size": 0, "layer_norm_eps": config.get("norm_eps", 1e-5), "norm_first": True,
+            "positions": "rotary", "rope_theta": theta["full_attention"], "norm": "layernorm", "ffn": "gated",
+            "bias": config.get("mlp_bias", False), "first_attention_norm": False,
+            "local_attention": config.get("local_attention", 128) if local else 0, "global_every": every if local else 1,
+            "local_rope_theta": theta["sliding_attention"],
+            "attention": {"num_heads": config["num_attention_heads"], "bias": config.get("attention_bias", False),
+                          "add_bias_kv": False, "add_zero_attn": False}}
+    return arch, state

@@ -60,7 +60,8 @@ PRETRAINED = {"all-MiniLM-L6-v2": all_minilm_l6_v2}
 
 
 SHAPE_KEYS = ("embed_dim", "num_layers", "ffn_dim", "max_positions", "type_vocab_size", "activation",
-              "layer_norm_eps", "norm_first", "positions", "rope_theta", "norm", "ffn", "bias")
+              "layer_norm_eps", "norm_first", "positions", "rope_theta", "norm", "ffn", "bias", "local_attention",
+              "global_every", "local_rope_theta", "first_attention_norm")
 
 
 @dataclass
