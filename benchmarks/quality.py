@@ -6,6 +6,7 @@ TF-IDF (1-2 grams, sublinear tf) + logistic regression on the same split.
     python benchmarks/quality.py run small --seeds 42 1 2         # python train.py per seed; results appended
     python benchmarks/quality.py run small_distilled --teacher outputs/.../best-....ckpt
     python benchmarks/quality.py run small_from_embedding_distilled --init-from outputs/.../best-cosine....ckpt --teacher ...
+    python benchmarks/quality.py run modern_small_pretrained --init-from outputs/pretrain_english/.../last.ckpt
     python benchmarks/quality.py run small --set model.dropout=0.2 --name small_dropout0.2   # a variant
     python benchmarks/quality.py ood                              # out-of-domain accuracy of runs that lack it
     python benchmarks/quality.py table                            # mean ± sd of everything recorded
@@ -63,6 +64,11 @@ RECIPES = {  # train.py overrides; {teacher} is --teacher
     "small_from_embedding": ["model.init_from={init}"],
     "small_from_embedding_distilled": ["model.init_from={init}", "distill.teacher={teacher}"],
     "tiny_from_embedding_distilled": ["model=tiny", "model.init_from={init}", "distill.teacher={teacher}"],
+    # modern_small (rotary, GeGLU, pre-norm) from scratch, and from a checkpoint of experiment=pretrain_english
+    # (--init-from: MLM on data=english_corpus), alone or taught (issue 37)
+    "modern_small": ["model=modern_small"],
+    "modern_small_pretrained": ["model=modern_small", "model.init_from={init}"],
+    "modern_small_pretrained_distilled": ["model=modern_small", "model.init_from={init}", "distill.teacher={teacher}"],
     "tiny_distilled_augment_corpus": ["model=tiny", "distill.teacher={teacher}", "distill.augment=4",
                                       "distill.extra_text=rotten_tomatoes_corpus"],
 }
@@ -76,7 +82,7 @@ def run(name: str, overrides: list[str], seeds: list[int], teacher: str | None, 
     teacher, init = (os.path.relpath(Path(p).resolve(), ROOT) if p else None for p in (teacher, init))
     overrides = [o.format(teacher=teacher, init=init) for o in overrides]
     if any("None" in o for o in overrides):
-        raise SystemExit(f"recipe {name} needs --teacher PATH (and --init-from PATH for *_from_embedding)")
+        raise SystemExit(f"recipe {name} needs --teacher PATH (and --init-from PATH for *_from_embedding, *_pretrained*)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         out = ROOT / "outputs" / "quality" / name / f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"

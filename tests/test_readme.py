@@ -130,7 +130,8 @@ def produced(tmp_path_factory, rt_files):
     return out, runs
 
 
-LAST_READ = ("", "task=mlm data=rotten_tomatoes_corpus")  # the runs whose last.ckpt a placeholder below stands for
+# the runs whose last.ckpt a placeholder below stands for
+LAST_READ = ("", "task=mlm data=rotten_tomatoes_corpus", "experiment=pretrain_english")
 
 
 def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
@@ -141,6 +142,8 @@ def fill(arg: str, out: Path, runs: dict, onnx: bool = False) -> str:
         "outputs/.../checkpoints/last.ckpt": str(default / "checkpoints" / "last.ckpt"),
         "outputs/mlm_rotten_tomatoes_corpus/<time>/checkpoints/last.ckpt":
             str(runs["task=mlm data=rotten_tomatoes_corpus"] / "checkpoints" / "last.ckpt"),
+        "outputs/pretrain_english/<time>/checkpoints/last.ckpt":
+            str(runs["experiment=pretrain_english"] / "checkpoints" / "last.ckpt"),
         "outputs/minilm_rotten_tomatoes/<time>/checkpoints/best-....ckpt":
             str(next((runs["experiment=minilm_rotten_tomatoes"] / "checkpoints").glob("best-*.ckpt"))),
         "regression.ckpt": str(next((runs["task=regression data=vader_sentiment"] / "checkpoints").glob("best-*"))),
