@@ -115,6 +115,14 @@ class ModelConfig:
             # torch's ONNX graph of RMSNorm loses so small an epsilon: padding's zero vectors become NaN (1e-8 does)
             raise ConfigError(f"model.norm=rmsnorm needs model.layer_norm_eps >= 1e-6 (got {self.layer_norm_eps}): "
                               f"with less its ONNX export computes NaN at padding; set model.layer_norm_eps=1e-5")
+        self._check_rotary()
+        check_choice(self.pooling, POOLINGS, "model.pooling")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary")
+
+    def _check_rotary(self) -> None:
+        """The rules of rotary positions and ModernBERT's local layers and first norm."""
+        heads = self.attention.num_heads
         if self.positions == "rotary":
             if not self.rope_theta > 0:
                 raise ConfigError(f"model.rope_theta={self.rope_theta} must be above 0")
@@ -138,6 +146,3 @@ class ModelConfig:
         if not self.first_attention_norm and not self.norm_first:
             raise ConfigError("model.first_attention_norm=false drops a pre-LN norm; post-LN (model.norm_first=false) "
                               "has none to drop: set model.norm_first=true")
-        check_choice(self.pooling, POOLINGS, "model.pooling")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary")

@@ -201,6 +201,21 @@ def to_bert(model: torch.nn.Module):
     return bert.train(model.training)
 
 
+def _hf_model(saved, task: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """config.json and weights of `saved` as transformers' BERT (with `task`'s head), or as a ModernBertModel."""
+    cfg = saved.config
+    if modernbert_family(cfg):  # a ModernBertModel (the encoder alone)
+        check_expressible(cfg, task)
+        return modernbert_config_dict(cfg), modernbert_state_dict(saved.state, cfg)
+    config, state = bert_config_dict(cfg, task, saved.label_names), bert_state_dict(saved.state, cfg, task)
+    if task is None:  # the encoder alone, as a BertModel: BERT's pooler, zero. sentence-transformers never reads it
+        # (its pooling is 1_Pooling), and with it present no option must tell BertModel to build none: its ONNX
+        # backend hands such model_args to optimum, which refuses add_pooling_layer
+        state |= {"pooler.dense.weight": torch.zeros(cfg.embed_dim, cfg.embed_dim),
+                  "pooler.dense.bias": torch.zeros(cfg.embed_dim)}
+    return config, state
+
+
 def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, normalize: bool = False,
              truncate_dim: int | None = None) -> None:
     """`saved` (encoder.core.checkpoint.Saved) as a folder `transformers` loads with no code of ours
@@ -213,16 +228,7 @@ def write_hf(saved, folder: Path, sentence_transformers_only: bool = False, norm
     # Dense) is written as the encoder alone
     cfg = saved.config
     task = None if sentence_transformers_only or _task(saved.task) is None else saved.task
-    check_expressible(cfg, task)
-    if modernbert_family(cfg):  # a ModernBertModel (the encoder alone)
-        config, state = modernbert_config_dict(cfg), modernbert_state_dict(saved.state, cfg)
-    else:
-        config, state = bert_config_dict(cfg, task, saved.label_names), bert_state_dict(saved.state, cfg, task)
-    if task is None and not modernbert_family(cfg):  # the encoder alone, as a BertModel: BERT's pooler, zero. sentence-transformers never reads it
-        # (its pooling is 1_Pooling), and with it present no option must tell BertModel to build none: its ONNX
-        # backend hands such model_args to optimum, which refuses add_pooling_layer
-        state |= {"pooler.dense.weight": torch.zeros(cfg.embed_dim, cfg.embed_dim),
-                  "pooler.dense.bias": torch.zeros(cfg.embed_dim)}
+    config, state = _hf_model(saved, task)
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                 "mask_token": "[MASK]"}
@@ -273,8 +279,6 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     Its token-type (segment) embeddings become ours (`type_vocab_size`, 2 for BERT): a single text is
     segment 0 throughout, a pair 0 then 1, as in BERT. The pooler is returned when the folder has one.
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / n).is_file()]
     if missing:
@@ -289,16 +293,7 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     activation = config.get("hidden_activation" if modern else "hidden_act")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"{folder} uses activation {activation!r}; supported: {list(ACTIVATIONS)}")
-    try:
-        tensors = load_file(folder / "model.safetensors")
-    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError...: a damaged or truncated file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"model.init_from={folder}: model.safetensors is not a readable safetensors file "
-                          f"({first}); the folder is damaged or incomplete: copy or download it again") from None
-    broken = next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
-    if broken is not None:
-        raise ConfigError(f"model.init_from={folder}: its tensor {broken} holds values that are not finite (inf or "
-                          f"NaN); the file is damaged: training from it would fail whatever the learning rate")
+    tensors = _read_tensors(folder)
     tokenizer = finalize(load_tokenizer(folder / "tokenizer.json")).to_str()
     if modern:
         return (*_modernbert(folder, config, tensors), tokenizer)
@@ -321,6 +316,23 @@ def load_bert(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
             "attention": {"num_heads": config["num_attention_heads"], "bias": True, "add_bias_kv": False,
                           "add_zero_attn": False}}
     return arch, state, tokenizer
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors of a folder to import: a damaged file or a tensor that is not finite is one line."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(folder / "model.safetensors")
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError...: a damaged or truncated file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model.init_from={folder}: model.safetensors is not a readable safetensors file "
+                          f"({first}); the folder is damaged or incomplete: copy or download it again") from None
+    broken = next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise ConfigError(f"model.init_from={folder}: its tensor {broken} holds values that are not finite (inf or "
+                          f"NaN); the file is damaged: training from it would fail whatever the learning rate")
+    return tensors
 
 
 def _modernbert(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
